@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from conftest import small_model
+from yoco_core import CheckpointError, load_model, save_model
+
+
+def test_save_load_round_trips_logits_exactly(tmp_path, arch):
+    model = small_model(arch)
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(str(tmp_path / "ckpt"))
+    ids = torch.randint(0, 256, (2, 30))
+    assert torch.equal(model(ids), loaded(ids))
+    assert loaded.config == model.config
+    # a path to the weights file works too
+    again = load_model(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert torch.equal(model(ids), again(ids))
+
+
+def test_torch_state_dict_loads_with_weights_only(tmp_path):
+    model = small_model("yoco-gret")
+    save_model(model, tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    ids = torch.randint(0, 256, (1, 20))
+    assert torch.equal(load_model(str(tmp_path))(ids), model(ids))
+
+
+def test_a_pickled_object_is_refused(tmp_path):
+    model = small_model("yoco-gret")
+    save_model(model, tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({"model": model}, tmp_path / "evil.pt")   # arbitrary objects need full unpickling
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_model(str(tmp_path))
+
+
+def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="neither a preset"):
+        load_model(str(tmp_path / "nope"))
+    model = small_model("transformer")
+    save_model(model, tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_model(str(tmp_path / "a"))
+    save_model(model, tmp_path / "b")
+    cfg = (tmp_path / "b" / "config.json").read_text().replace('"dim": 64', '"dim": 96')
+    (tmp_path / "b" / "config.json").write_text(cfg)
+    with pytest.raises(CheckpointError, match="shape|match"):
+        load_model(str(tmp_path / "b"))
+    (tmp_path / "b" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="bad config"):
+        load_model(str(tmp_path / "b"))
+    (tmp_path / "c").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_model(str(tmp_path / "c"))
+
+
+def test_presets_load_by_name():
+    model = load_model("yoco-tiny")
+    assert model.config.name == "yoco-tiny" and model.dtype == torch.float32

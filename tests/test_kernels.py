@@ -1,0 +1,71 @@
+"""Each kernel against its reference, on random inputs (never zeros), float32.
+
+Tolerance: max abs error 1e-4 relative to the output's scale for the float32 PyTorch forms."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from yoco_core.kernels.attention import attend, attention_ref, sliding_window_attend
+from yoco_core.kernels.gret import gated_retention, gret_chunk, gret_parallel_ref, gret_recurrent_ref, gret_step
+
+
+def _gret_inputs(B, T, H, K, V, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(B, T, H, K, generator=g), torch.randn(B, T, H, K, generator=g)
+    v = torch.randn(B, T, H, V, generator=g)
+    gate = F.logsigmoid(torch.randn(B, T, H, generator=g) * 3) / 4   # a wide spread of decays
+    s0 = torch.randn(B, H, K, V, generator=g)
+    return q, k, v, gate, s0
+
+
+def _close(a, b, tol=1e-4):
+    scale = b.abs().max().clamp_min(1.0)
+    assert torch.isfinite(a).all()
+    assert (a - b).abs().max() / scale < tol, float((a - b).abs().max() / scale)
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 64), (5, 4), (37, 8), (64, 64), (130, 32)])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_gret_chunk_equals_recurrent_equals_parallel(T, chunk, with_state):
+    q, k, v, g, s0 = _gret_inputs(2, T, 3, 8, 16, seed=T)
+    s0 = s0 if with_state else None
+    o_rec, s_rec = gret_recurrent_ref(q, k, v, g, 0.35, s0)
+    o_par, s_par = gret_parallel_ref(q, k, v, g, 0.35, s0)
+    o_chk, s_chk = gret_chunk(q, k, v, g, 0.35, s0, chunk_size=chunk)
+    for o, s in ((o_par, s_par), (o_chk, s_chk)):
+        _close(o, o_rec)
+        _close(s, s_rec)
+
+
+def test_gret_step_and_dispatch_follow_the_recurrence():
+    q, k, v, g, s0 = _gret_inputs(2, 6, 2, 8, 8, seed=3)
+    ref, ref_state = gret_recurrent_ref(q, k, v, g, 0.5, s0)
+    state, outs = s0, []
+    for t in range(6):
+        o, state = gret_step(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], g[:, t:t + 1], 0.5, state)
+        outs.append(o)
+    _close(torch.cat(outs, 1), ref)
+    _close(state, ref_state)
+    o, s = gated_retention(q, k, v, g, 0.5, s0)
+    _close(o, ref)
+    _close(s, ref_state)
+
+
+def _attn_inputs(B, H, Hkv, n, L, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, n, D, generator=g), torch.randn(B, Hkv, L, D, generator=g),
+            torch.randn(B, Hkv, L, D, generator=g))
+
+
+@pytest.mark.parametrize("n,L", [(1, 1), (1, 50), (50, 50), (7, 50), (33, 34)])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (6, 1)])
+def test_attend_is_bottom_right_causal(n, L, H, Hkv):
+    q, k, v = _attn_inputs(2, H, Hkv, n, L, 16, seed=n * 100 + L)
+    _close(attend(q, k, v), attention_ref(q, k, v))
+
+
+@pytest.mark.parametrize("n,L,window,block", [(50, 50, 8, 16), (10, 60, 16, 4), (1, 40, 8, 1024),
+                                              (64, 64, 64, 32), (64, 64, 100, 16)])
+def test_sliding_window_attend(n, L, window, block):
+    q, k, v = _attn_inputs(1, 4, 2, n, L, 8, seed=window + n)
+    _close(sliding_window_attend(q, k, v, window, block=block), attention_ref(q, k, v, window=window))

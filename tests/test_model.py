@@ -1,0 +1,127 @@
+"""The cached paths (prefill, chunked prefill, decode) give the full forward's logits."""
+import pytest
+import torch
+
+from conftest import small_model
+from yoco_core import YOCOCache, build_model, get_config
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _ids(B, T, seed=1):
+    return torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_are_not_trivial(arch):
+    full = small_model(arch)(_ids(2, 40))
+    assert full.std() > 0.5 and torch.isfinite(full).all()
+
+
+def test_prefill_then_token_by_token_decode_equals_full_forward(arch):
+    model = small_model(arch)
+    ids = _ids(2, 70)
+    full = model(ids)
+    last, cache = model.prefill(ids[:, :33])
+    torch.testing.assert_close(last, full[:, 32], **TOL)
+    steps = []
+    for t in range(33, 70):
+        logits, cache = model.decode(ids[:, t:t + 1], cache)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 33:70], **TOL)
+    assert cache.length == 70
+
+
+def test_multi_token_decode_equals_full_forward(arch):
+    model = small_model(arch)
+    ids = _ids(1, 60)
+    full = model(ids)
+    _, cache = model.prefill(ids[:, :20])
+    logits, cache = model.decode(ids[:, 20:45], cache)
+    torch.testing.assert_close(logits, full[:, 20:45], **TOL)
+    logits, cache = model.decode(ids[:, 45:60], cache)
+    torch.testing.assert_close(logits, full[:, 45:60], **TOL)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 50])
+def test_chunked_prefill_equals_unchunked(arch, chunk):
+    model = small_model(arch)
+    ids = _ids(2, 50)
+    ref, ref_cache = model.prefill(ids)
+    got, cache = model.prefill(ids, chunk_size=chunk)
+    torch.testing.assert_close(got, ref, **TOL)
+    # and the caches continue identically
+    nxt = _ids(2, 3, seed=5)
+    torch.testing.assert_close(model.decode(nxt, cache)[0], model.decode(nxt, ref_cache)[0], **TOL)
+
+
+def test_early_exit_prefill_matches_running_every_layer():
+    """YOCO's prefill skips the cross-decoder for all but the last position; the logits must be
+    those of the full forward, which runs every layer at every position."""
+    model = small_model("yoco-gret")
+    ids = _ids(3, 45)
+    calls = []
+    for layer in model.cross_layers:
+        layer.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[1]))
+    last, _ = model.prefill(ids, chunk_size=10)
+    assert calls == [1] * len(model.cross_layers), "cross-decoder must run for the last position only"
+    torch.testing.assert_close(last, model(ids)[:, -1], **TOL)
+
+
+def test_decode_past_the_reserved_capacity_grows_the_cache(arch):
+    model = small_model(arch)
+    ids = _ids(1, 30)
+    full = model(ids)
+    _, cache = model.prefill(ids[:, :10], reserve=2)
+    out = [model.decode(ids[:, t:t + 1], cache)[0] for t in range(10, 30)]
+    torch.testing.assert_close(torch.cat(out, 1), full[:, 10:30], **TOL)
+
+
+def test_longer_than_max_seq_len_is_refused(arch):
+    model = small_model(arch, max_seq_len=32)
+    with pytest.raises(ValueError, match="exceed"):
+        model.prefill(_ids(1, 33))
+    _, cache = model.prefill(_ids(1, 32))
+    with pytest.raises(ValueError, match="exceed"):
+        model.decode(_ids(1, 1), cache)
+
+
+def _cache_bytes(name, n_layers, T, **overrides):
+    cfg = get_config(name).replace(n_layers=n_layers, **overrides)
+    model = build_model(cfg)
+    _, cache = model.prefill(_ids(1, T), reserve=0)
+    return cache
+
+
+def test_yoco_kv_cache_does_not_grow_with_depth_but_transformer_does():
+    y2, y8 = _cache_bytes("yoco-tiny", 2, 64), _cache_bytes("yoco-tiny", 8, 64)
+    assert isinstance(y2, YOCOCache)
+    assert y2.kv_nbytes() == y8.kv_nbytes() > 0
+    t2, t8 = _cache_bytes("transformer-tiny", 2, 64), _cache_bytes("transformer-tiny", 8, 64)
+    assert t8.kv_nbytes() == 4 * t2.kv_nbytes()
+    assert y8.kv_nbytes() * 8 == t8.kv_nbytes()   # one KV for the model vs one per layer
+
+
+@pytest.mark.parametrize("name", ["yoco-tiny", "yoco-swa-tiny"])
+def test_yoco_self_decoder_state_is_constant_in_context_length(name):
+    short, long = (_cache_bytes(name, 4, T, window=32) for T in (40, 160))
+    assert short.state_nbytes() == long.state_nbytes() > 0
+    assert long.kv_nbytes() == 4 * short.kv_nbytes()
+
+
+def test_presets_and_parameter_counts():
+    for name in ("yoco-tiny", "yoco-swa-tiny", "transformer-tiny"):
+        cfg = get_config(name)
+        model = build_model(cfg)
+        assert sum(p.numel() for p in model.parameters()) == cfg.n_params()
+        assert 1e6 < cfg.n_params() < 2e7
+    for size in ("160m", "400m", "830m", "1.4b", "3b", "13b"):
+        y, t = get_config(f"yoco-{size}"), get_config(f"transformer-{size}")
+        for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim"):
+            assert getattr(y, f) == getattr(t, f)
+        meta = build_model(y, device="meta")
+        assert sum(p.numel() for p in meta.parameters()) == y.n_params()
+    y3 = get_config("yoco-3b")
+    assert (y3.dim, y3.n_layers, y3.n_heads, y3.n_kv_heads, y3.ffn_dim) == (3072, 26, 24, 8, 8192)
+    assert 3.3e9 < y3.n_params() < 3.6e9
+    with pytest.raises(KeyError, match="did you mean"):
+        get_config("yoco-3bb")

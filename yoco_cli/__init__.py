@@ -1,0 +1,1 @@
+"""yoco_cli: the ``yoco`` command (Typer), one module per subcommand."""

@@ -1,0 +1,16 @@
+"""yoco_core: the compact YOCO / Transformer model core of the yoco toolkit."""
+from .cache import KVBuffer, TransformerCache, YOCOCache
+from .checkpoint import CheckpointError, load_model, register_loader, save_model
+from .config import PRESETS, ModelConfig, get_config
+from .generate import Generation, generate
+from .model import YOCO, CausalLM, Transformer, build_model
+from .tokenizer import ByteTokenizer, Tokenizer, get_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelConfig", "PRESETS", "get_config", "build_model", "load_model", "save_model",
+    "CheckpointError", "register_loader", "CausalLM", "YOCO", "Transformer", "YOCOCache",
+    "TransformerCache", "KVBuffer", "Tokenizer", "ByteTokenizer", "get_tokenizer", "generate",
+    "Generation", "__version__",
+]

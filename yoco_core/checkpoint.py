@@ -1,0 +1,148 @@
+"""Saving and loading weights: safetensors + ``config.json``, nothing executable.
+
+``load_model`` accepts:
+
+* a preset name (``yoco-tiny``, ``transformer-3b``, ...): the weights shipped in the package under
+  ``yoco_core/weights/<name>/`` if there are any, else random weights (for profiling);
+* a directory with ``config.json`` and ``model.safetensors`` (what ``save_model`` writes), or
+  with a ``.pt`` / ``.bin`` state dict, read with ``torch.load(..., weights_only=True)``;
+* a path to a ``.safetensors`` / ``.pt`` / ``.bin`` file with ``config.json`` beside it;
+* ``PREFIX:PATH`` for a registered foreign format (see ``register_loader``).
+
+Every failure a user can cause raises ``CheckpointError`` with a one-line message.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import PRESETS, ModelConfig, get_config
+from .model import CausalLM, build_model
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable, or does not fit its config."""
+
+
+_LOADERS: dict[str, Callable[..., CausalLM]] = {}
+
+
+def register_loader(prefix: str, fn: Callable[..., CausalLM]) -> None:
+    """``load_model(f"{prefix}:PATH", ...)`` calls ``fn(PATH, device=, dtype=)``."""
+    _LOADERS[prefix] = fn
+
+
+def default_dtype(device) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def save_model(model: CausalLM, path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "yoco", "version": str(FORMAT_VERSION)})
+    (path / "config.json").write_text(model.config.to_json() + "\n")
+    return path
+
+
+def read_config(path) -> ModelConfig:
+    path = Path(path)
+    cfg_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"no config.json at {cfg_file}")
+    try:
+        return ModelConfig.from_dict(json.loads(cfg_file.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"bad config {cfg_file}: {e}") from None
+
+
+def _weights_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for pattern in ("model.safetensors", "*.safetensors", "*.pt", "*.bin"):
+        found = sorted(path.glob(pattern))
+        if found:
+            return found[0]
+    raise CheckpointError(f"no weights (.safetensors, .pt or .bin) in {path}")
+
+
+def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        if file.suffix in (".pt", ".bin", ".pth"):
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+                state = state["model"]
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise CheckpointError(f"{file} does not hold a state dict of tensors")
+            return state
+    except CheckpointError:
+        raise
+    except Exception as e:  # corrupt or foreign file: safetensors / pickle errors of many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read weights {file}: {first}") from None
+    raise CheckpointError(f"unsupported weights file {file} (use .safetensors, .pt or .bin)")
+
+
+def load_state(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> CausalLM:
+    expected = model.state_dict()
+    if model.config.tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+        raise CheckpointError(f"{source} does not match its config: {'; '.join(parts)}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, config wants {tuple(expected[k].shape)}")
+    model.load_state_dict(state, strict=not model.config.tie_embeddings)
+    return model
+
+
+def load_model(name_or_path: str, device="cpu", dtype: torch.dtype | None = None, seed: int = 0) -> CausalLM:
+    dtype = dtype or default_dtype(device)
+    name = str(name_or_path)
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _LOADERS and len(prefix) > 1:  # (a one-letter prefix is a Windows drive)
+        return _LOADERS[prefix](rest, device=device, dtype=dtype)
+    if name.lower() in PRESETS:
+        shipped = WEIGHTS_DIR / name.lower()
+        if (shipped / "config.json").is_file():
+            return _load_dir(shipped, device, dtype)
+        return build_model(get_config(name), device=device, dtype=dtype, seed=seed)
+    path = Path(name).expanduser()
+    if not path.exists():
+        known = ", ".join(sorted(k for k in PRESETS if k.endswith("tiny")))
+        raise CheckpointError(f"{name!r} is neither a preset (e.g. {known}) nor an existing path")
+    return _load_dir(path, device, dtype)
+
+
+def _load_dir(path: Path, device, dtype) -> CausalLM:
+    cfg = read_config(path)
+    file = _weights_file(path)
+    state = read_state_dict(file)
+    model = build_model(cfg, device="meta")
+    model = model.to_empty(device=device)
+    load_state(model, {k: v.to(device) for k, v in state.items()}, str(file))
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.to(dtype).eval()

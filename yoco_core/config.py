@@ -1,0 +1,160 @@
+"""Model configuration and the named presets.
+
+One dataclass describes both architectures:
+
+* ``arch="yoco"``: a self-decoder of ``n_layers // 2`` layers (gated retention, ``gret``, or
+  sliding-window attention, ``swa``), one KV projection that writes the single global KV cache,
+  then ``n_layers // 2`` cross-decoder layers that attend that cache.
+* ``arch="transformer"``: ``n_layers`` ordinary causal GQA self-attention layers.
+
+The paper sizes (arXiv 2405.05254, Table 7 and Section 4) come with a ``transformer-*`` twin of the
+same width, depth, heads, KV heads and FFN, so the two can be profiled against each other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    arch: Literal["yoco", "transformer"] = "yoco"
+    self_decoder: Literal["gret", "swa"] = "gret"
+    vocab_size: int = 512
+    dim: int = 256
+    n_layers: int = 8
+    n_heads: int = 4           # query heads of every attention layer (cross-decoder, transformer)
+    n_kv_heads: int = 2        # KV heads of the global cache / the transformer's GQA
+    n_self_heads: int = 0      # heads of the gRet / SWA self-decoder (0: same as n_heads)
+    ffn_dim: int = 768
+    window: int = 1024         # SWA window (keys a query sees, itself included)
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None   # None, or LLaMA-3 style {"rope_type": "llama3", ...}
+    cross_rope: bool = True    # RoPE on the global keys and cross-decoder queries
+    norm_eps: float = 1e-5
+    gate_logit_normalizer: float = 16.0
+    max_seq_len: int = 1 << 20
+    tie_embeddings: bool = False
+    tokenizer: str = "bytes"
+
+    def __post_init__(self) -> None:
+        if self.n_self_heads == 0:
+            self.n_self_heads = self.n_heads
+        problems = []
+        if self.arch not in ("yoco", "transformer"):
+            problems.append(f"arch must be 'yoco' or 'transformer', not {self.arch!r}")
+        if self.self_decoder not in ("gret", "swa"):
+            problems.append(f"self_decoder must be 'gret' or 'swa', not {self.self_decoder!r}")
+        if self.dim % self.n_heads or self.dim % self.n_self_heads:
+            problems.append("dim must be divisible by n_heads and n_self_heads")
+        if self.n_heads % self.n_kv_heads:
+            problems.append("n_heads must be a multiple of n_kv_heads")
+        if self.arch == "yoco" and self.n_layers % 2:
+            problems.append("a YOCO model needs an even n_layers (half self-, half cross-decoder)")
+        if (self.dim // self.n_heads) % 2:
+            problems.append("head dim must be even for RoPE")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def self_head_dim(self) -> int:
+        return self.dim // self.n_self_heads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+    def n_params(self) -> int:
+        """Analytic parameter count (equals ``sum(p.numel())`` of the built model)."""
+        d, f, v = self.dim, self.ffn_dim, self.vocab_size
+        kv = self.n_kv_heads * self.head_dim
+        ffn = 3 * d * f
+        emb = v * d * (1 if self.tie_embeddings else 2)
+        if self.arch == "transformer":
+            layer = 2 * d * d + 2 * d * kv + ffn + 2 * d
+            return emb + self.n_layers * layer + d
+        half = self.n_layers // 2
+        if self.self_decoder == "gret":
+            mixer = 5 * d * d + d * self.n_self_heads
+        else:
+            mixer = 4 * d * d
+        self_layer = mixer + ffn + 2 * d
+        cross_layer = 2 * d * d + ffn + 2 * d
+        return emb + half * (self_layer + cross_layer) + 2 * d * kv + d + d
+
+
+def _ffn(dim: int) -> int:
+    """SwiGLU width 8/3 * dim rounded up to a multiple of 256 (the LLaMA convention)."""
+    return ((8 * dim // 3) + 255) // 256 * 256
+
+
+# name -> (dim, layers, heads, kv heads, ffn); the paper's scaling sizes plus its 3B and 13B.
+_PAPER_SIZES = {
+    "160m": (768, 12, 12, 4, _ffn(768)),
+    "400m": (1024, 24, 16, 4, _ffn(1024)),
+    "830m": (1536, 24, 12, 4, _ffn(1536)),
+    "1.4b": (2048, 24, 16, 4, _ffn(2048)),
+    "2.7b": (2560, 32, 20, 4, _ffn(2560)),
+    "3b": (3072, 26, 24, 8, 8192),
+    "6.8b": (4096, 32, 32, 8, 11008),
+    "13b": (5120, 40, 40, 8, 13824),
+}
+
+PRESETS: dict[str, ModelConfig] = {}
+
+
+def _register(cfg: ModelConfig) -> None:
+    PRESETS[cfg.name] = cfg
+
+
+for _size, (_d, _l, _h, _kv, _f) in _PAPER_SIZES.items():
+    for _arch in ("yoco", "transformer"):
+        _register(ModelConfig(
+            name=f"{_arch}-{_size}", arch=_arch, vocab_size=100288, dim=_d, n_layers=_l,
+            n_heads=_h, n_kv_heads=_kv, ffn_dim=_f, max_seq_len=1 << 20,
+        ))
+    _register(ModelConfig(
+        name=f"yoco-swa-{_size}", arch="yoco", self_decoder="swa", vocab_size=100288, dim=_d,
+        n_layers=_l, n_heads=_h, n_kv_heads=_kv, ffn_dim=_f, max_seq_len=1 << 20,
+    ))
+
+# Tiny models: byte-level vocabulary (256 bytes + specials, padded to 320), a few million
+# parameters; the embedded defaults and the CPU test models.
+_TINY = dict(vocab_size=320, dim=256, n_layers=8, n_heads=4, n_kv_heads=2, ffn_dim=768,
+             max_seq_len=1 << 20)
+_register(ModelConfig(name="yoco-tiny", arch="yoco", self_decoder="gret", **_TINY))
+_register(ModelConfig(name="yoco-swa-tiny", arch="yoco", self_decoder="swa", window=256, **_TINY))
+_register(ModelConfig(name="transformer-tiny", arch="transformer", **_TINY))
+
+SIZES = tuple(_PAPER_SIZES) + ("tiny",)
+
+
+def get_config(name: str) -> ModelConfig:
+    key = name.lower()
+    if key not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(key, PRESETS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise KeyError(f"unknown preset {name!r}{hint}")
+    return dataclasses.replace(PRESETS[key])

@@ -1,0 +1,71 @@
+"""Greedy generation through ``prefill`` + ``decode``, with timings."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]            # the new tokens of each row (stops removed)
+    texts: list[str]
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    decoded: int = 0                   # decode steps run
+    stopped: list[bool] = field(default_factory=list)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, chunk_size: int | None = None,
+             stop_strings: tuple[str, ...] = (), stop_at_eos: bool = True) -> Generation:
+    """Greedy decoding of ``max_new_tokens`` after ``input_ids`` ``[B, T]``.
+
+    A row stops at the tokenizer's EOS or once its text contains one of ``stop_strings``
+    (the text is cut there); the loop ends when every row has stopped.
+    """
+    tok = model.tokenizer
+    input_ids = input_ids.to(model.device)
+    B, T = input_ids.shape
+    _sync(model.device)
+    t0 = time.perf_counter()
+    logits, cache = model.prefill(input_ids, chunk_size=chunk_size, reserve=max_new_tokens)
+    _sync(model.device)
+    t1 = time.perf_counter()
+    rows: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    steps = 0
+    nxt = logits.argmax(-1)
+    for i in range(max_new_tokens):
+        ids = nxt.tolist()
+        for b in range(B):
+            if done[b]:
+                continue
+            if stop_at_eos and ids[b] == tok.eos_id:
+                done[b] = True
+                continue
+            rows[b].append(ids[b])
+            if stop_strings and any(s in tok.decode(rows[b][-64:]) for s in stop_strings):
+                done[b] = True
+        if all(done) or i == max_new_tokens - 1:
+            break
+        logits, cache = model.decode(nxt[:, None], cache)
+        steps += 1
+        nxt = logits[:, -1].argmax(-1)
+    _sync(model.device)
+    t2 = time.perf_counter()
+    texts = []
+    for r in rows:
+        text = tok.decode(r)
+        for s in stop_strings:
+            if s in text:
+                text = text[: text.index(s)]
+        texts.append(text)
+    return Generation(rows, texts, T, t1 - t0, t2 - t1, steps, done)

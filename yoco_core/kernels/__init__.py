@@ -1,0 +1,1 @@
+"""Kernel families, each in its own folder with a plain-PyTorch reference beside the fast path."""

@@ -1,0 +1,370 @@
+"""YOCO and its Transformer baseline in one short file.
+
+YOCO (arXiv 2405.05254) is a decoder-decoder::
+
+    tokens -> embed -> self-decoder (L/2 layers: gated retention or sliding-window attention)
+           -> kv_norm -> k_proj/v_proj -> ONE global KV cache
+           -> cross-decoder (L/2 layers, each: its own queries, GQA over the global KV) -> norm -> head
+
+Every block is pre-norm: ``x + mixer(norm(x))`` then ``x + SwiGLU(norm(x))`` (RMSNorm, RoPE as in
+LLaMA, rotate-half layout). The Transformer baseline is the same block with causal GQA
+self-attention and a KV cache per layer.
+
+Both models share one API:
+
+* ``model(input_ids)`` -> logits ``[B, T, V]`` for every position (the full forward, used for
+  training and as the reference the cached paths are tested against);
+* ``model.prefill(input_ids, chunk_size=None)`` -> (logits of the last position ``[B, V]``, cache);
+* ``model.decode(input_ids, cache)`` -> (logits of the new positions ``[B, n, V]``, cache).
+
+YOCO's prefill exits early: the self-decoder runs over the prompt (chunk by chunk, carrying its
+constant-size state) and fills the global KV cache, and the cross-decoder runs only for the last
+position, whose logits are the ones needed. That is what makes its prefill linear in the context.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cache import KVBuffer, TransformerCache, YOCOCache
+from .config import ModelConfig
+from .kernels.attention import attend, sliding_window_attend
+from .kernels.gret import gated_retention
+from .rope import inv_freq
+from .tokenizer import get_tokenizer
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x):
+        xf = x.float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return y if self.weight is None else self.weight * y
+
+
+def rope_cos_sin(start: int, n: int, head_dim: int, theta: float, device, dtype, scaling: dict | None = None):
+    """cos, sin ``[n, head_dim]`` for absolute positions start .. start + n (rotate-half layout)."""
+    freqs = torch.outer(torch.arange(start, start + n, device=device, dtype=torch.float32),
+                        inv_freq(head_dim, theta, scaling, device))
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x ``[B, n, H, D]``; cos/sin ``[n, D]``."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rot = torch.cat((-x2, x1), dim=-1)
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GatedRetention(nn.Module):
+    """gRet: per-head data-dependent decay, swish output gate, per-head RMSNorm (no affine).
+
+    ``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t / sqrt(d)``, ``g_t = logsigmoid(W_g x_t) / 16``.
+    State: ``[B, H, d, d]`` float32, whatever the context length.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, self.n_heads, self.head_dim = cfg.dim, cfg.n_self_heads, cfg.self_head_dim
+        self.theta, self.normalizer = cfg.rope_theta, cfg.gate_logit_normalizer
+        self.rope_scaling = cfg.rope_scaling
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.g_proj = nn.Linear(d, d, bias=False)
+        self.gt_proj = nn.Linear(d, self.n_heads, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        self.subln = RMSNorm(self.head_dim, cfg.norm_eps, affine=False)
+
+    def forward(self, x, pos: int, state=None):
+        B, n, d = x.shape
+        shape = (B, n, self.n_heads, self.head_dim)
+        cos, sin = rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling)
+        q = apply_rope(self.q_proj(x).view(shape), cos, sin)
+        k = apply_rope(self.k_proj(x).view(shape), cos, sin)
+        v = self.v_proj(x).view(shape)
+        g = F.logsigmoid(self.gt_proj(x).float()) / self.normalizer
+        o, state = gated_retention(q, k, v, g, self.head_dim ** -0.5, state)
+        o = self.subln(o).reshape(B, n, d)
+        return self.o_proj(F.silu(self.g_proj(x)) * o), state
+
+
+class SlidingWindowAttention(nn.Module):
+    """SWA with RoPE; state: the last ``window - 1`` keys and values ``[B, H, window - 1, d]``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, self.n_heads, self.head_dim = cfg.dim, cfg.n_self_heads, cfg.self_head_dim
+        self.theta, self.window = cfg.rope_theta, cfg.window
+        self.rope_scaling = cfg.rope_scaling
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x, pos: int, state=None):
+        B, n, d = x.shape
+        shape = (B, n, self.n_heads, self.head_dim)
+        cos, sin = rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling)
+        q = apply_rope(self.q_proj(x).view(shape), cos, sin).transpose(1, 2)
+        k = apply_rope(self.k_proj(x).view(shape), cos, sin).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        if state is not None:
+            k, v = torch.cat((state[0], k), dim=2), torch.cat((state[1], v), dim=2)
+        o = sliding_window_attend(q, k, v, self.window)
+        keep = self.window - 1
+        state = (k[:, :, -keep:].contiguous(), v[:, :, -keep:].contiguous())
+        return self.o_proj(o.transpose(1, 2).reshape(B, n, d)), state
+
+
+class CrossAttention(nn.Module):
+    """A cross-decoder layer's attention: own queries, GQA over the shared global KV."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.theta, self.rope = cfg.rope_theta, cfg.cross_rope
+        self.rope_scaling = cfg.rope_scaling
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, pos: int, k, v):
+        B, n, _ = x.shape
+        q = self.q_proj(x).view(B, n, self.n_heads, self.head_dim)
+        if self.rope:
+            q = apply_rope(q, *rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling))
+        o = attend(q.transpose(1, 2), k, v)
+        return self.o_proj(o.transpose(1, 2).reshape(B, n, -1))
+
+
+class SelfAttention(nn.Module):
+    """The Transformer baseline's causal GQA attention; its cache is one KVBuffer."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.theta = cfg.rope_theta
+        self.rope_scaling = cfg.rope_scaling
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, pos: int, buf: KVBuffer | None = None):
+        B, n, _ = x.shape
+        cos, sin = rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling)
+        q = apply_rope(self.q_proj(x).view(B, n, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).view(B, n, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(B, n, self.n_kv_heads, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if buf is not None:
+            buf.append(k, v)
+            k, v = buf.view()
+        o = attend(q.transpose(1, 2), k, v)
+        return self.o_proj(o.transpose(1, 2).reshape(B, n, -1)), buf
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer: nn.Module):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = mixer
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.ffn_dim)
+
+    def forward(self, x, *args):
+        h, extra = self.attn(self.attn_norm(x), *args)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), extra
+
+
+class CrossBlock(Block):
+    def forward(self, x, pos, k, v):
+        x = x + self.attn(self.attn_norm(x), pos, k, v)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CausalLM(nn.Module):
+    """What both architectures share: embedding, head, prefill / decode drivers, init."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tokenizer = get_tokenizer(cfg.tokenizer)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std, generator=generator)
+            elif isinstance(m, RMSNorm) and m.weight is not None:
+                nn.init.ones_(m.weight)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def logits(self, x):
+        return self.lm_head(self.norm(x)).float()
+
+    # -- the cached path ---------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int):
+        raise NotImplementedError
+
+    def _run(self, input_ids, cache, need: str | None):
+        """Feed ``input_ids`` at the cache's position; return logits for ``need``
+        (``"all"`` new positions, the ``"last"`` one, or ``None``)."""
+        raise NotImplementedError
+
+    def _check_length(self, total: int) -> None:
+        if total > self.config.max_seq_len:
+            raise ValueError(f"{total} tokens exceed the model's maximum of {self.config.max_seq_len}")
+
+    @torch.inference_mode()
+    def prefill(self, input_ids, chunk_size: int | None = None, reserve: int = 256):
+        """Process the prompt; return (logits of its last position ``[B, V]``, cache).
+
+        ``chunk_size`` bounds activation memory: the prompt goes through in pieces of that many
+        tokens, each continuing from the cache (None: one piece). ``reserve`` preallocates room
+        for that many decoded tokens.
+        """
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("prefill needs at least one token")
+        self._check_length(T)
+        cache = self.new_cache(B, T + reserve)
+        step = T if not chunk_size or chunk_size >= T else int(chunk_size)
+        out = None
+        for s in range(0, T, step):
+            final = s + step >= T
+            out = self._run(input_ids[:, s: s + step], cache, "last" if final else None)
+        return out[:, -1], cache
+
+    @torch.inference_mode()
+    def decode(self, input_ids, cache):
+        """Feed new tokens ``[B, n]`` after the cache; return (their logits ``[B, n, V]``, cache)."""
+        self._check_length(cache.length + input_ids.shape[1])
+        return self._run(input_ids, cache, "all"), cache
+
+
+class YOCO(CausalLM):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        half = cfg.n_layers // 2
+        mixer = GatedRetention if cfg.self_decoder == "gret" else SlidingWindowAttention
+        self.self_layers = nn.ModuleList(Block(cfg, mixer(cfg)) for _ in range(half))
+        self.kv_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.cross_layers = nn.ModuleList(CrossBlock(cfg, CrossAttention(cfg)) for _ in range(half))
+
+    def global_kv(self, x, pos: int):
+        """The single KV cache of the cross-decoder, ``[B, H_kv, n, d]`` each."""
+        B, n, _ = x.shape
+        cfg = self.config
+        h = self.kv_norm(x)
+        k = self.k_proj(h).view(B, n, cfg.n_kv_heads, cfg.head_dim)
+        v = self.v_proj(h).view(B, n, cfg.n_kv_heads, cfg.head_dim)
+        if cfg.cross_rope:
+            k = apply_rope(k, *rope_cos_sin(pos, n, cfg.head_dim, cfg.rope_theta, x.device, x.dtype, cfg.rope_scaling))
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)
+        for layer in self.self_layers:
+            x, _ = layer(x, 0)
+        k, v = self.global_kv(x, 0)
+        for layer in self.cross_layers:
+            x = layer(x, 0, k, v)
+        return self.logits(x)
+
+    def new_cache(self, batch: int, capacity: int) -> YOCOCache:
+        cfg = self.config
+        kv = KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
+        return YOCOCache(kv=kv, states=[None] * len(self.self_layers))
+
+    def _run(self, input_ids, cache: YOCOCache, need):
+        pos, n = cache.length, input_ids.shape[1]
+        x = self.embed(input_ids)
+        for i, layer in enumerate(self.self_layers):
+            x, cache.states[i] = layer(x, pos, cache.states[i])
+        cache.kv.append(*self.global_kv(x, pos))
+        if need is None:                      # early exit: the cross-decoder is not needed here
+            return None
+        qpos = pos
+        if need == "last":
+            x, qpos = x[:, -1:], pos + n - 1
+        k, v = cache.kv.view()
+        for layer in self.cross_layers:
+            x = layer(x, qpos, k, v)
+        return self.logits(x)
+
+
+class Transformer(CausalLM):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.layers = nn.ModuleList(Block(cfg, SelfAttention(cfg)) for _ in range(cfg.n_layers))
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x, _ = layer(x, 0)
+        return self.logits(x)
+
+    def new_cache(self, batch: int, capacity: int) -> TransformerCache:
+        cfg = self.config
+        return TransformerCache([KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
+                                 for _ in self.layers])
+
+    def _run(self, input_ids, cache: TransformerCache, need):
+        pos = cache.length
+        x = self.embed(input_ids)
+        for layer, buf in zip(self.layers, cache.layers):
+            x, _ = layer(x, pos, buf)
+        if need is None:
+            return None
+        return self.logits(x[:, -1:] if need == "last" else x)
+
+
+def model_class(config: ModelConfig) -> type[CausalLM]:
+    return YOCO if config.arch == "yoco" else Transformer
+
+
+def build_model(config: ModelConfig, device=None, dtype=None, seed: int | None = 0) -> CausalLM:
+    """A model of ``config`` with random weights (normal, std 0.02; ``seed`` makes it repeatable).
+
+    On the ``meta`` device the weights are left unallocated (for loading into)."""
+    device = torch.device(device or "cpu")
+    with device:
+        model = model_class(config)(config)
+        if device.type != "meta":
+            gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+            model.init_weights(generator=gen)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
