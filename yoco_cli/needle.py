@@ -1,9 +1,164 @@
-"""`yoco needle`: not built yet (see the README's roadmap)."""
+"""`yoco needle`: needle-in-a-haystack retrieval over a context-length x depth grid (up to 1M).
+
+The task logic (haystacks, templates, prompt building, scoring) lives in ``yoco_core.needle``;
+this module parses options, checks every cell before any work, runs the sweep with a progress
+bar, appends each row to ``needle.csv`` as it is measured, and draws the heatmap.
+"""
 from __future__ import annotations
 
-from .options import fail
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import schemas
+from .options import (DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console, fail,
+                      format_size, load_model_or_fail, parse_float_list, parse_size, parse_size_list,
+                      resolve_device, resolve_dtype)
+
+DEFAULT_CHUNK = 32768
 
 
-def needle() -> None:
-    """Not built yet: exits 2."""
-    fail("`yoco needle` is not built yet")
+def _depths(depths: str | None, n_depths: int) -> list[float]:
+    if depths is not None:
+        values = parse_float_list(depths, "depth", 0.0, 1.0)
+    else:
+        if n_depths < 2:
+            fail(f"--n-depths {n_depths}: need at least 2 (for one depth use --depths, e.g. --depths 0.5)")
+        values = [i / (n_depths - 1) for i in range(n_depths)]
+    return sorted({round(d, 4) for d in values})
+
+
+def _chunk(text: str) -> int | None:
+    key = text.strip().lower()
+    if key == "auto":
+        return DEFAULT_CHUNK
+    if key in ("none", "off", "0"):
+        return None
+    return parse_size(text)
+
+
+def needle(
+    model: ModelOpt = "yoco-tiny",
+    ctx: Annotated[str, typer.Option(
+        "--ctx", help="Prompt lengths in tokens, e.g. 1k,4k,32k; one size alone (e.g. 1m) sweeps 1k, 2k, 4k, ... up to it.")] = "1k,2k,4k,8k",
+    depths: Annotated[Optional[str], typer.Option(
+        "--depths", help="Needle depths between 0 (start) and 1 (end), e.g. 0,0.25,0.5,0.75,1 (overrides --n-depths).")] = None,
+    n_depths: Annotated[int, typer.Option("--n-depths", help="Evenly spaced depths from 0 to 1.")] = 5,
+    needles: Annotated[Optional[int], typer.Option(
+        "--needles", help="Needles per prompt (default: 1 for single, 4 for the multi tasks).")] = None,
+    task: Annotated[str, typer.Option(
+        "--task", help="single, multi-needle (asks for all), multi-key (distractor keys) or multi-value (one key, several values).")] = "single",
+    trials: Annotated[int, typer.Option("--trials", help="Prompts (with fresh needle values) per cell.")] = 1,
+    seed: SeedOpt = 0,
+    haystack: Annotated[str, typer.Option(
+        "--haystack", help="noise (repeated filler sentences), text (generated prose) or a UTF-8 text file.")] = "noise",
+    chunk_size: Annotated[str, typer.Option(
+        "--chunk-size", help="Prefill chunk in tokens (auto = 32k; none = whole prompt at once).")] = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    out: OutOpt = Path("runs/needle"),
+    resume: ResumeOpt = False,
+) -> None:
+    """Needle-in-a-haystack retrieval: does the model find the needle at every length and depth?"""
+    from yoco_core import needle as nd
+
+    # -- check everything before any work ----------------------------------------------------
+    ctxs = parse_size_list(ctx, doubling_from=1024)
+    depth_list = _depths(depths, n_depths)
+    try:
+        task, n = nd.check_task(task.strip().lower(), needles)
+    except ValueError as e:
+        fail(str(e))
+    if trials < 1:
+        fail(f"--trials {trials}: must be at least 1")
+    chunk = _chunk(chunk_size)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    csv_path = schemas.NEEDLE.path(out)
+    if csv_path.exists() and csv_path.stat().st_size > 0 and not resume:
+        fail(f"{csv_path} already exists: add --resume to continue it, or choose another --out")
+    try:
+        done = schemas.NEEDLE.done_keys(out) if resume else set()
+    except schemas.SchemaError as e:
+        fail(str(e))
+
+    lm = load_model_or_fail(model, dev, torch_dtype)
+    tok, cfg = lm.tokenizer, lm.config
+    try:
+        hay = nd.make_haystack(haystack, tok, seed=0)
+    except ValueError as e:
+        fail(str(e))
+    answer = nd.answer_tokens(nd.n_expected(task, n))
+    smallest = nd.min_context(tok, task, n)
+    for c in ctxs:
+        if c + answer > cfg.max_seq_len:
+            fail(f"--ctx {format_size(c)}: a {c}-token prompt plus {answer} answer tokens exceeds "
+                 f"{cfg.name}'s maximum of {cfg.max_seq_len} tokens")
+        if c < smallest:
+            fail(f"--ctx {format_size(c)}: too small for task {task} with {n} needle(s); "
+                 f"the prompt needs at least {smallest} tokens")
+
+    cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
+
+    def key(c, d, t):
+        return schemas.NEEDLE.key_of(dict(model=model, task=task, ctx_requested=c, depth=d,
+                                          n_needles=n, trial=t, seed=seed))
+
+    todo = [cell for cell in cells if key(*cell) not in done]
+    schemas.write_command(out, command_line())
+    msg = (f"needle: {model} ({cfg.arch}) on {nd.device_name(lm.device)}, task {task}, {n} needle(s), "
+           f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)")
+    if resume:
+        msg += f"; {len(cells) - len(todo)} of {len(cells)} prompts already in {csv_path}"
+    console.print(msg, highlight=False, soft_wrap=True)
+
+    # -- measure ------------------------------------------------------------------------------
+    import torch
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console,
+                  transient=False) as progress:
+        bar = progress.add_task("needle", total=len(todo), last="")
+        for c, d, t in todo:
+            progress.update(bar, description=f"ctx {format_size(c)} depth {d:g} trial {t}")
+            try:
+                row = nd.run_cell(lm, c, d, task, n, t, seed, hay, chunk, model_name=model)
+            except torch.cuda.OutOfMemoryError:
+                fail(f"out of memory at --ctx {format_size(c)}: rows so far are in {csv_path}; "
+                     f"try a smaller --chunk-size or --dtype bf16, then --resume")
+            schemas.NEEDLE.append_row(out, row)
+            progress.update(bar, advance=1, last=f"score {row['score']:g}  prefill {row['prefill_seconds']:.2f}s")
+
+    # -- summarise ------------------------------------------------------------------------------
+    df = schemas.NEEDLE.read(csv_path)
+    df = df[(df["task"] == task) & (df["n_needles"] == n)]
+    from .plots import needle_heatmap
+
+    pngs = needle_heatmap(df, Path(out) / "needle_heatmap.png")
+    mine = df[(df["model"] == model) & (df["seed"] == seed) & df["ctx_requested"].isin(ctxs)
+              & df["depth"].round(4).isin(depth_list) & (df["trial"] < trials)]
+    _summary(mine, model, task, n, csv_path, pngs)
+
+
+def _summary(df, model: str, task: str, n: int, csv_path: Path, pngs) -> None:
+    table = Table(title=f"needle retrieval: {model}, task {task}, {n} needle(s)")
+    table.add_column("context", justify="right")
+    table.add_column("prompts", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("found (score 1)", justify="right")
+    table.add_column("mean prefill s", justify="right")
+    for c, g in df.groupby("ctx_requested", sort=True):
+        table.add_row(format_size(int(c)), str(len(g)), f"{g['score'].mean():.1%}",
+                      str(int((g["score"] == 1).sum())), f"{g['prefill_seconds'].mean():.3f}")
+    if len(df):
+        table.add_row("all", str(len(df)), f"{df['score'].mean():.1%}", str(int((df["score"] == 1).sum())),
+                      f"{df['prefill_seconds'].mean():.3f}", style="bold")
+    out = Console()
+    out.print(table)
+    out.print(f"results: {csv_path}", highlight=False, soft_wrap=True)
+    for p in pngs:
+        out.print(f"heatmap: {p}", highlight=False, soft_wrap=True)

@@ -1,0 +1,495 @@
+"""Needle-in-a-haystack retrieval: haystacks, needles, prompts built to an exact token count, scoring.
+
+Conventions (RULER, Hsieh et al. 2024, "What's the real context size of your long-context LMs?",
+its ``niah_*`` tasks; the passkey filler of Mohtashami & Jaggi 2023):
+
+* **Needle**: ``One of the special magic numbers for {key} is: {value}.`` The key is a random
+  ``adjective-noun`` pair (RULER's "words" keys, from our own word lists), the value a random
+  7-digit number (RULER's "numbers" values). Both are drawn from a seed, so a run is reproducible
+  and a model cannot guess the answer.
+* **Prompt**: an instruction line, the haystack with the needle(s) inside, then the question and
+  the start of the answer, which the model completes::
+
+      Some special magic numbers are hidden within the following text. Make sure to memorize it.
+      I will quiz you about the numbers afterwards.
+      <haystack ... One of the special magic numbers for shy-otter is: 4819302. ... haystack>
+      What is the special magic number for shy-otter mentioned in the provided text? The special
+      magic number for shy-otter mentioned in the provided text is
+
+  Unlike RULER (an instruction-tuned chat template, with the answer prefix after it), the question
+  and the answer prefix form one plain continuation, so base models can be scored.
+* **Tasks** (``n`` = the needles inserted; RULER's default for the multi tasks is 4):
+
+  - ``single``: one needle, one question (RULER ``niah_single``);
+  - ``multi-needle``: ``n`` needles with different keys, the question asks for all of them
+    (RULER ``niah_multiquery``; the multi-needle setting of the YOCO paper);
+  - ``multi-key``: ``n`` needles with different keys, the question asks for one; the other
+    ``n - 1`` are distractors (RULER ``niah_multikey``);
+  - ``multi-value``: one key with ``n`` values in ``n`` needles, the question asks for all of them
+    (RULER ``niah_multivalue``).
+
+  Multi-key questions (``multi-needle``) list the keys as ``a, b, and c``; questions asking for
+  several values use "What are all the special magic numbers for ...".
+* **Haystacks**: ``noise`` repeats "The grass is green. The sky is blue. The sun is yellow. Here we
+  go. There and back again." (the passkey filler, RULER's ``noise``); ``text`` is readable
+  English-like prose generated from a seeded grammar shipped in ``yoco_core/data/prose.json``
+  (in place of RULER's Paul Graham essays, which cannot ship); any other value is a UTF-8 file,
+  repeated as often as needed (as RULER repeats its essays).
+* **Length and depth**: every piece (instruction, each haystack sentence, each needle, question)
+  is tokenized on its own with the model's tokenizer and the ids are concatenated, so the prompt
+  is *exactly* the requested number of tokens (a BOS token, when the tokenizer has one, counts)
+  and a needle's token position is known exactly. The haystack takes whatever the other pieces
+  leave, ``H`` tokens, cut from its token stream (so its last sentence may be cut short). Depth ``d`` puts the needle after
+  ``round(d * H)`` haystack tokens (0 = right after the instruction, 1 = right before the
+  question), moved to the nearest sentence boundary when one is within ``max(16, H / 200)``
+  tokens. With several needles the first sits at ``d`` and the others follow at ``d + j / n``
+  (wrapping past the end), evenly spread over the haystack; for ``multi-key`` the first is the
+  one asked about.
+* **Scoring**: greedy generation of at most ``12`` tokens per expected value (+4), stopped at a
+  newline or a period; the score is the share of expected values that occur in the answer as
+  whole numbers (not inside a longer number). RULER's ``string_match_all`` is the same share with
+  plain substring matching.
+"""
+from __future__ import annotations
+
+import bisect
+import datetime as _dt
+import functools
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .generate import generate
+
+DATA_DIR = Path(__file__).parent / "data"
+
+# -- templates (RULER style) -----------------------------------------------------------------
+INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+         "I will quiz you about the numbers afterwards.\n")
+NEEDLE = "One of the special magic numbers for {key} is: {value}."
+QUESTION = ("What is the special magic number for {key} mentioned in the provided text? "
+            "The special magic number for {key} mentioned in the provided text is")
+QUESTION_ALL = ("What are all the special magic numbers for {key} mentioned in the provided text? "
+                "The special magic numbers for {key} mentioned in the provided text are")
+NOISE = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
+         "There and back again.")
+
+TASKS = ("single", "multi-needle", "multi-key", "multi-value")
+DEFAULT_NEEDLES = {"single": 1, "multi-needle": 4, "multi-key": 4, "multi-value": 4}
+MAX_NEEDLES = 64
+VALUE_DIGITS = 7
+ANSWER_TOKENS_PER_VALUE = 12
+ANSWER_EXTRA_TOKENS = 4
+STOP_STRINGS = ("\n", ".")
+SNAP_TOKENS = 16          # snap a needle to a sentence boundary this close (or H / SNAP_FRACTION)
+SNAP_FRACTION = 200
+
+
+@functools.lru_cache(maxsize=1)
+def grammar() -> dict:
+    """The shipped word lists and sentence templates (``yoco_core/data/prose.json``)."""
+    return json.loads((DATA_DIR / "prose.json").read_text(encoding="utf-8"))
+
+
+# -- haystacks ----------------------------------------------------------------------------------
+class Haystack:
+    """An endless stream of filler sentences, tokenized piece by piece and cached.
+
+    Every piece starts with whitespace (as the needles do), so needles and sentences join cleanly
+    wherever a needle goes.
+
+    ``take(n)`` gives the first ``n`` token ids; ``snap(pos, n)`` moves a position to the nearest
+    sentence boundary within tolerance. One instance belongs to one tokenizer.
+    """
+
+    name = "haystack"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._bounds: list[int] = [0]       # token offsets where a sentence starts
+        self._pieces: Iterator[str] | None = None
+        self._memo: dict[str, list[int]] = {}
+
+    def pieces(self) -> Iterator[str]:
+        """Sentences in order, each with its leading whitespace; never ends."""
+        raise NotImplementedError
+
+    def _encode(self, piece: str) -> list[int]:
+        ids = self._memo.get(piece)
+        if ids is None:
+            ids = self.tokenizer.encode(piece)
+            if len(self._memo) < 4096:
+                self._memo[piece] = ids
+        return ids
+
+    def _fill(self, n: int) -> None:
+        if self._pieces is None:
+            self._pieces = self.pieces()
+        stalled = 0
+        while len(self._ids) < n:
+            ids = self._encode(next(self._pieces))
+            if not ids:
+                stalled += 1
+                if stalled > 1000:
+                    raise ValueError(f"haystack {self.name!r} yields no tokens")
+                continue
+            stalled = 0
+            self._ids.extend(ids)
+            self._bounds.append(len(self._ids))
+
+    def take(self, n: int) -> list[int]:
+        self._fill(n)
+        return self._ids[:n]
+
+    def snap(self, pos: int, n: int, tolerance: int | None = None) -> int:
+        """Where a needle aimed at ``pos`` of an ``n``-token haystack goes: the nearest sentence
+        boundary within ``tolerance`` tokens (0 and ``n`` count as boundaries), else the nearest
+        word start (a token whose text begins with whitespace) within it, else ``pos`` itself."""
+        self._fill(n)
+        if tolerance is None:
+            tolerance = max(SNAP_TOKENS, n // SNAP_FRACTION)
+        hi = bisect.bisect_right(self._bounds, n)
+        i = bisect.bisect_left(self._bounds, pos, 0, hi)
+        candidates = [b for b in (self._bounds[i - 1] if i > 0 else None,
+                                  self._bounds[i] if i < hi else None, n) if b is not None]
+        best = min(candidates, key=lambda b: (abs(b - pos), b))
+        if abs(best - pos) <= tolerance:
+            return best
+        for off in range(min(tolerance, SNAP_TOKENS) + 1):
+            for p in (pos - off, pos + off):
+                if 0 < p < n and self.tokenizer.decode([self._ids[p]])[:1].isspace():
+                    return p
+        return pos
+
+
+class NoiseHaystack(Haystack):
+    """The passkey filler: five short sentences, repeated."""
+
+    name = "noise"
+
+    def pieces(self) -> Iterator[str]:
+        while True:
+            yield from (" " + s for s in NOISE)
+
+
+class TextHaystack(Haystack):
+    """Readable English-like prose from the shipped grammar; ``seed`` picks the text."""
+
+    name = "text"
+
+    def __init__(self, tokenizer, seed: int = 0):
+        super().__init__(tokenizer)
+        self.seed = seed
+
+    def pieces(self) -> Iterator[str]:
+        rng = random.Random(f"yoco-haystack:{self.seed}")
+        first = True
+        while True:                                   # paragraphs of 4 to 9 sentences
+            for i in range(rng.randint(4, 9)):
+                yield (" " if i or first else "\n\n ") + prose_sentence(rng)
+                first = False
+
+
+class FileHaystack(Haystack):
+    """A user's UTF-8 text file, split into sentences and repeated as often as needed."""
+
+    def __init__(self, tokenizer, path):
+        super().__init__(tokenizer)
+        path = Path(path).expanduser()
+        self.name = str(path)
+        if not path.is_file():
+            raise ValueError(f"haystack {str(path)!r} is neither noise, text nor an existing file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"haystack file {str(path)!r} is not UTF-8 text") from None
+        except OSError as e:
+            raise ValueError(f"cannot read haystack file {str(path)!r}: {e.strerror}") from None
+        text = text.strip()
+        if not text:
+            raise ValueError(f"haystack file {str(path)!r} is empty")
+        # split after sentence-final punctuation; every piece starts with whitespace
+        self._sentences = [p for p in re.split(r"(?<=[.!?])(?=\s)", " " + text) if p]
+
+    def pieces(self) -> Iterator[str]:
+        yield from self._sentences
+        while True:
+            yield "\n\n" + self._sentences[0]
+            yield from self._sentences[1:]
+
+
+def _article(m: re.Match) -> str:
+    a, word = m.group(1), m.group(2)
+    return (a + "n " if word[0].lower() in "aeiou" else a + " ") + word
+
+
+def prose_sentence(rng: random.Random) -> str:
+    """One sentence of the grammar (no digits, never the needle phrasing)."""
+    g = grammar()
+    name, name2 = rng.sample(g["names"], 2)
+    place, place2 = rng.sample(g["places"], 2)
+    noun, noun2 = rng.sample(g["nouns"], 2)
+    adj, adj2 = rng.sample(g["adjectives"], 2)
+    time_, scene = rng.choice(g["times"]), rng.choice(g["scenes"])
+    slots = dict(name=name, name2=name2, place=place, place2=place2, noun=noun, noun2=noun2,
+                 adj=adj, adj2=adj2, vt=rng.choice(g["verbs_t"]), vi=rng.choice(g["verbs_i"]),
+                 adv=rng.choice(g["adverbs"]), time=time_, scene=scene,
+                 Name=name[0].upper() + name[1:], Time=time_[0].upper() + time_[1:],
+                 Scene=scene[0].upper() + scene[1:])
+    text = rng.choice(g["templates"]).format(**slots)
+    return re.sub(r"\b([Aa]) (\w+)", _article, text)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_haystack(spec: str, tokenizer) -> Haystack:
+    return make_haystack(spec, tokenizer)
+
+
+def make_haystack(spec: str, tokenizer, seed: int = 0) -> Haystack:
+    """``noise``, ``text`` (prose of grammar seed ``seed``) or a path to a UTF-8 file.
+
+    Raises ``ValueError`` (one line) for a missing, empty or non-UTF-8 file."""
+    if spec == "noise":
+        return NoiseHaystack(tokenizer)
+    if spec == "text":
+        return TextHaystack(tokenizer, seed)
+    return FileHaystack(tokenizer, spec)
+
+
+# -- needles ------------------------------------------------------------------------------------
+def draw_keys(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct ``adjective-noun`` keys."""
+    g = grammar()
+    keys: list[str] = []
+    while len(keys) < n:
+        key = f"{rng.choice(g['key_adjectives'])}-{rng.choice(g['key_nouns'])}"
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def draw_values(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct 7-digit numbers (as strings)."""
+    lo, hi = 10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS - 1
+    values: list[str] = []
+    while len(values) < n:
+        v = str(rng.randint(lo, hi))
+        if v not in values:
+            values.append(v)
+    return values
+
+
+def check_task(task: str, n_needles: int | None = None) -> tuple[str, int]:
+    """Validate a task and its needle count (None: the task's default); ValueError if bad."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (use {', '.join(TASKS)})")
+    n = DEFAULT_NEEDLES[task] if n_needles is None else int(n_needles)
+    if task == "single" and n != 1:
+        raise ValueError(f"task single has one needle, not {n} (use --task multi-needle for several)")
+    if task != "single" and not 2 <= n <= MAX_NEEDLES:
+        raise ValueError(f"task {task} needs 2 to {MAX_NEEDLES} needles, not {n}")
+    return task, n
+
+
+def join_keys(keys: Sequence[str]) -> str:
+    """``a``; ``a and b``; ``a, b, and c`` (RULER's multi-query question)."""
+    keys = list(keys)
+    if len(keys) == 1:
+        return keys[0]
+    if len(keys) == 2:
+        return f"{keys[0]} and {keys[1]}"
+    return ", ".join(keys[:-1]) + ", and " + keys[-1]
+
+
+def needle_depths(depth: float, n: int) -> list[float]:
+    """The first needle at ``depth``, the others ``1/n`` apart after it, wrapping past the end."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth {depth:g} is not between 0 and 1")
+    return [depth] + [(depth + j / n) % 1.0 for j in range(1, n)]
+
+
+def answer_tokens(n_expected: int) -> int:
+    """Greedy tokens generated: enough for the expected value(s), no more."""
+    return ANSWER_TOKENS_PER_VALUE * n_expected + ANSWER_EXTRA_TOKENS
+
+
+def n_expected(task: str, n_needles: int) -> int:
+    return 1 if task in ("single", "multi-key") else n_needles
+
+
+@dataclass
+class NeedleSample:
+    prompt_ids: list[int]
+    expected: list[str]            # the values the answer must contain
+    answer: str                    # a correct continuation of the prompt, e.g. " 4819302."
+    keys: list[str]                # the key of each needle, in insertion order
+    values: list[str]              # the value of each needle
+    question_keys: list[str]
+    depths: list[float]            # requested depth of each needle
+    needle_positions: list[int] = field(default_factory=list)   # token index where each needle starts
+    needle_lengths: list[int] = field(default_factory=list)
+    haystack_start: int = 0        # token index of the first haystack token
+    haystack_tokens: int = 0       # H
+
+    @property
+    def max_new_tokens(self) -> int:
+        return answer_tokens(len(self.expected))
+
+
+def _texts(task: str, keys: list[str], values: list[str]) -> tuple[list[str], list[str], str, list[str]]:
+    """(needle texts, question keys, question + answer prefix, expected values)."""
+    needles = [" " + NEEDLE.format(key=k, value=v) for k, v in zip(keys, values)]
+    if task in ("single", "multi-key"):      # multi-key: needles 2..n are distractors
+        qkeys, expected, q = keys[:1], values[:1], QUESTION
+    elif task == "multi-needle":
+        qkeys, expected, q = keys, values, QUESTION_ALL
+    else:  # multi-value: one key
+        qkeys, expected, q = keys[:1], values, QUESTION_ALL
+    return needles, qkeys, "\n" + q.format(key=join_keys(qkeys)), expected
+
+
+def _draw(task: str, n: int, rng: random.Random) -> tuple[list[str], list[str]]:
+    if task == "multi-value":
+        keys = draw_keys(rng, 1) * n
+    else:
+        keys = draw_keys(rng, n)
+    return keys, draw_values(rng, n)
+
+
+def prompt_overhead(tokenizer, task: str, n_needles: int | None = None) -> int:
+    """An upper bound on the tokens a prompt spends outside its haystack (longest keys)."""
+    task, n = check_task(task, n_needles)
+    g = grammar()
+    adj = max(g["key_adjectives"], key=lambda w: (len(tokenizer.encode(w)), len(w)))
+    noun = max(g["key_nouns"], key=lambda w: (len(tokenizer.encode(w)), len(w)))
+    key = f"{adj}-{noun}"
+    keys = [key] * n
+    values = ["9" * VALUE_DIGITS] * n
+    needles, qkeys, question, _ = _texts(task, keys, values)
+    slack = 2 * (n + len(qkeys))          # a BPE tokenizer may merge across the hyphen differently
+    return (len(tokenizer.encode(INTRO, add_bos=True)) + sum(len(tokenizer.encode(t)) for t in needles)
+            + len(tokenizer.encode(question)) + slack)
+
+
+def min_context(tokenizer, task: str, n_needles: int | None = None) -> int:
+    """The smallest prompt that holds the instruction, the needle(s), the question and one
+    haystack token, whatever keys are drawn."""
+    return prompt_overhead(tokenizer, task, n_needles) + 1
+
+
+def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
+                 n_needles: int | None = None, rng: random.Random | int | str = 0,
+                 haystack: Haystack | str = "noise") -> NeedleSample:
+    """A prompt of exactly ``ctx_tokens`` tokens with the needle(s) at ``depth``.
+
+    ``rng`` (a ``random.Random`` or a seed) draws the keys and values; ``haystack`` is a
+    ``Haystack`` built for ``tokenizer`` or a spec for ``make_haystack`` (``noise``, ``text``, a
+    file). The trainer appends ``tokenizer.encode(sample.answer)`` to train on the answer.
+    """
+    task, n = check_task(task, n_needles)
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    if isinstance(haystack, str):
+        haystack = _cached_haystack(haystack, tokenizer)
+    depths = needle_depths(float(depth), n)
+    keys, values = _draw(task, n, rng)
+    needle_texts, qkeys, question, expected = _texts(task, keys, values)
+
+    head = tokenizer.encode(INTRO, add_bos=True)
+    tail = tokenizer.encode(question)
+    needle_ids = [tokenizer.encode(t) for t in needle_texts]
+    fixed = len(head) + len(tail) + sum(map(len, needle_ids))
+    H = int(ctx_tokens) - fixed
+    if H < 1:
+        raise ValueError(f"a {ctx_tokens}-token prompt is too small: the instruction, {n} needle(s) "
+                         f"and the question take {fixed} tokens")
+    hay = haystack.take(H)
+    positions = [haystack.snap(round(d * H), H) for d in depths]
+
+    prompt = list(head)
+    starts = [0] * n
+    cursor = 0
+    for j in sorted(range(n), key=lambda j: (positions[j], j)):
+        prompt.extend(hay[cursor:positions[j]])
+        cursor = positions[j]
+        starts[j] = len(prompt)
+        prompt.extend(needle_ids[j])
+    prompt.extend(hay[cursor:])
+    prompt.extend(tail)
+    assert len(prompt) == ctx_tokens, (len(prompt), ctx_tokens)
+    if len(expected) == 1:
+        answer = f" {expected[0]}."
+    else:
+        answer = " " + join_keys(expected) + "."
+    return NeedleSample(prompt, expected, answer, keys, values, qkeys, depths, starts,
+                        [len(x) for x in needle_ids], len(head), H)
+
+
+# -- scoring and running ------------------------------------------------------------------------
+def score(expected: Sequence[str], prediction: str) -> float:
+    """Share of ``expected`` values found in ``prediction`` as whole tokens (``1234567`` does not
+    count inside ``12345678`` or ``a1234567``)."""
+    if not expected:
+        raise ValueError("nothing expected")
+    hits = sum(1 for v in expected
+               if re.search(rf"(?<![0-9A-Za-z]){re.escape(str(v))}(?![0-9A-Za-z])", prediction))
+    return hits / len(expected)
+
+
+def cell_rng(seed: int, task: str, ctx: int, depth: float, n_needles: int, trial: int) -> random.Random:
+    """The generator a cell's keys and values come from: one per (seed, cell, trial)."""
+    return random.Random(f"yoco-needle:{seed}:{task}:{int(ctx)}:{round(float(depth), 6)!r}:{n_needles}:{trial}")
+
+
+def device_name(device) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def run_cell(model, ctx: int, depth: float, task: str = "single", n_needles: int | None = None,
+             trial: int = 0, seed: int = 0, haystack: Haystack | str = "noise",
+             chunk_size: int | None = 32768, model_name: str | None = None) -> dict:
+    """Build one prompt, generate greedily (prefill + decode), score; return a ``needle.csv`` row."""
+    import torch
+
+    task, n = check_task(task, n_needles)
+    sample = build_sample(model.tokenizer, ctx, depth, task, n,
+                          cell_rng(seed, task, ctx, depth, n, trial), haystack)
+    ids = torch.tensor([sample.prompt_ids], dtype=torch.long)
+    gen = generate(model, ids, sample.max_new_tokens, chunk_size=chunk_size, stop_strings=STOP_STRINGS)
+    prediction = gen.texts[0].strip()
+    return {
+        "model": model_name or model.config.name,
+        "arch": model.config.arch,
+        "task": task,
+        "ctx_requested": int(ctx),
+        "ctx_tokens": len(sample.prompt_ids),
+        "depth": float(depth),
+        "n_needles": n,
+        "trial": int(trial),
+        "seed": int(seed),
+        "expected": "|".join(sample.expected),
+        "prediction": prediction,
+        "score": score(sample.expected, prediction),
+        "prefill_seconds": round(gen.prefill_seconds, 6),
+        "device": device_name(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+__all__ = [
+    "INTRO", "NEEDLE", "QUESTION", "QUESTION_ALL", "NOISE", "TASKS", "DEFAULT_NEEDLES", "STOP_STRINGS",
+    "Haystack", "NoiseHaystack", "TextHaystack", "FileHaystack", "make_haystack", "prose_sentence",
+    "draw_keys", "draw_values", "check_task", "needle_depths", "answer_tokens", "n_expected",
+    "NeedleSample", "build_sample", "prompt_overhead", "min_context", "score", "cell_rng",
+    "run_cell", "device_name",
+]
