@@ -1,9 +1,460 @@
-"""`yoco report`: not built yet (see the README's roadmap)."""
+"""`yoco report`: turn one or more results folders into figures, ``report.md`` and a
+self-contained ``report.html``.
+
+Every ``profile.csv``, ``needle.csv`` and ``eval.csv`` under the given folders (searched
+recursively) is validated against its schema (``schemas.py``); a foreign or damaged file is
+refused with a one-line error. The figures come from ``plots.py``; the tables hold the headline
+YOCO / baseline ratios, needle accuracy per length, eval scores, and the device, versions, dates
+and ``yoco`` commands (``commands.txt``) of each folder. The same cell measured by several runs
+(e.g. two devices) stays as separate rows and lines, never averaged.
+"""
 from __future__ import annotations
 
-from .options import fail
+import base64
+import html
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from . import plots, schemas
+from .options import OutOpt, command_line, console, fail, format_size
+
+DEFAULT_OUT = Path("runs/report")
+KINDS = (schemas.PROFILE, schemas.NEEDLE, schemas.EVAL)
+_OUR_FIGURES = ("profile_*.png", "needle*.png", "eval.png")
 
 
-def report() -> None:
-    """Not built yet: exits 2."""
-    fail("`yoco report` is not built yet")
+# -- reading ---------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One results folder: the CSVs found in it and the commands that wrote them."""
+    folder: Path
+    label: str
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)   # schema name -> rows
+    commands: list[tuple[str, str]] = field(default_factory=list)   # (UTC time, command line)
+
+
+def find_csvs(dirs: list[Path], skip: Path | None = None) -> list[Path]:
+    """Every profile/needle/eval CSV under ``dirs`` (a CSV may also be named directly)."""
+    names = {s.name for s in KINDS}
+    found: dict[Path, None] = {}
+    for d in dirs:
+        if not d.exists():
+            fail(f"{d}: no such folder")
+        if d.is_file():
+            if d.name not in names:
+                fail(f"{d}: not a results folder or one of {', '.join(sorted(names))}")
+            found[d.resolve()] = None
+            continue
+        for root, subdirs, files in os.walk(d):
+            subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+            rootp = Path(root)
+            if skip is not None and rootp.resolve() == skip:
+                continue
+            for f in sorted(files):
+                if f in names:
+                    found[(rootp / f).resolve()] = None
+    return list(found)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    schema = schemas.SCHEMAS[path.name]
+    try:
+        df = schema.read(path)
+    except schemas.SchemaError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{path}: cannot read ({e.strerror or type(e).__name__})")
+    return df[schema.names].copy()
+
+
+def _label(folder: Path, dirs: list[Path]) -> str:
+    """A short, stable name for a results folder: relative to the folder given that holds it."""
+    for d in dirs:
+        d = d.resolve() if d.is_dir() else d.resolve().parent
+        try:
+            rel = folder.relative_to(d)
+        except ValueError:
+            continue
+        return str(rel) if str(rel) != "." else d.name
+    return str(folder)
+
+
+def read_commands(folder: Path) -> list[tuple[str, str]]:
+    path = folder / "commands.txt"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.strip():
+            when, _, cmd = line.partition("\t")
+            out.append((when.strip(), cmd.strip()) if cmd else ("", when.strip()))
+    return out
+
+
+def load_runs(dirs: list[Path], out: Path) -> list[Run]:
+    csvs = find_csvs(dirs, skip=out.resolve())
+    if not csvs:
+        fail(f"no {', '.join(s.name for s in KINDS)} found under {', '.join(map(str, dirs))}")
+    runs: dict[Path, Run] = {}
+    for path in csvs:
+        folder = path.parent
+        run = runs.get(folder)
+        if run is None:
+            run = runs[folder] = Run(folder, _label(folder, dirs), commands=read_commands(folder))
+        run.frames[path.name] = read_csv(path)
+    labels = [r.label for r in runs.values()]
+    for r in runs.values():            # two folders with the same short name: use full paths
+        if labels.count(r.label) > 1:
+            r.label = str(r.folder)
+    return list(runs.values())
+
+
+def combine(runs: list[Run], schema: schemas.Schema) -> pd.DataFrame:
+    """All runs' rows of one schema, with a ``run`` column. Where two runs measured the same cell
+    on the same device, the device is relabelled ``device (run)`` so the plots and tables keep
+    both side by side instead of one replacing the other."""
+    frames = [r.frames[schema.name].assign(run=r.label) for r in runs if schema.name in r.frames]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=[*schema.names, "run"])
+    df = pd.concat(frames, ignore_index=True)
+    keyed = df[list(schema.key)].astype(str).agg("\x1f".join, axis=1)
+    runs_per = df.assign(_k=keyed).groupby(["device", "_k"])["run"].nunique()
+    shared = {dev for (dev, _), n in runs_per.items() if n > 1}
+    if shared and df["run"].nunique() > 1:
+        # every row of such a device (not only the clashing cells) so that pairs stay paired
+        sel = df["device"].isin(shared)
+        df.loc[sel, "device"] = df.loc[sel, "device"].astype(str) + " (" + df.loc[sel, "run"] + ")"
+    return df
+
+
+# -- tables ----------------------------------------------------------------------------------
+def _x(v) -> str:
+    return f"{v:.2f}x" if isinstance(v, float) and v == v else ""
+
+
+def _g(v, digits=3) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if v != v:
+        return ""
+    return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:,.0f}"
+
+
+def ratio_table(profile: pd.DataFrame) -> pd.DataFrame:
+    rows = plots.ratio_rows(profile)
+    if rows.empty:
+        return rows
+    rows = rows.sort_values(["baseline", "size", "batch", "ctx", "device", "dtype"], kind="stable",
+                            key=lambda c: c.map({b: i for i, b in enumerate(plots.BASELINES)})
+                            if c.name == "baseline" else c)
+    out = []
+    for r in rows.to_dict("records"):
+        def cell(v):
+            return _x(v) if v == v else (r["note"] or "n/a")
+
+        out.append({
+            "YOCO vs": r["baseline"], "size": r["size"], "batch": _g(r["batch"]),
+            "context": format_size(int(r["ctx"])), "device": r["device"], "dtype": r["dtype"],
+            "memory saved": cell(r["memory_saved"]), "prefill speed-up": cell(r["prefill_speedup"]),
+            "throughput gain": cell(r["throughput_gain"]),
+        })
+    df = pd.DataFrame(out)
+    return _drop_constant(df, ("dtype",))
+
+
+def _drop_constant(df: pd.DataFrame, cols) -> pd.DataFrame:
+    drop = [c for c in cols if c in df.columns and df[c].astype(str).nunique() <= 1]
+    return df.drop(columns=drop)
+
+
+def profile_table(profile: pd.DataFrame) -> pd.DataFrame:
+    if profile.empty:
+        return pd.DataFrame()
+    df = profile.sort_values(["size", "batch", "arch", "ctx", "device"], kind="stable")
+    out = pd.DataFrame({
+        "arch": df["arch"], "size": df["size"], "batch": df["batch"].map(_g),
+        "context": df["ctx"].map(lambda c: format_size(int(c)) if c == c else ""),
+        "device": df["device"], "dtype": df["dtype"], "status": df["status"],
+        "prefill (s)": df["prefill_s"].map(_g), "decode (ms/step)": df["decode_ms"].map(_g),
+        "throughput (tok/s)": df["decode_tok_s"].map(_g), "peak mem (GB)": df["peak_alloc_gb"].map(_g),
+        "cache (GB)": df["cache_gb"].map(_g), "note": df["note"].astype(str).str.slice(0, 60),
+    })
+    return _drop_constant(out, ("dtype", "note"))
+
+
+def needle_table(needle: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (mean score) per model and context length, and over all lengths."""
+    if needle.empty:
+        return pd.DataFrame()
+    rows_by = ["model", *[c for c in ("task", "device", "dtype") if needle[c].astype(str).nunique() > 1]]
+    acc = needle.pivot_table(index=rows_by, columns="ctx_requested", values="score", aggfunc="mean")
+    acc = acc.sort_index(axis=1)
+    overall = needle.groupby(rows_by)["score"].mean()
+    trials = needle.groupby(rows_by).size()
+    order = list(dict.fromkeys(map(tuple, needle[rows_by].astype(str).to_numpy())))
+    out = []
+    for key in acc.index:
+        k = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(rows_by, k))
+        for c in acc.columns:
+            v = acc.loc[key, c]
+            row[format_size(int(c))] = f"{v:.0%}" if v == v else ""
+        row["all lengths"] = f"{overall.loc[key]:.1%}"
+        row["trials"] = str(int(trials.loc[key]))
+        out.append((order.index(tuple(map(str, k))) if tuple(map(str, k)) in order else 0, row))
+    return pd.DataFrame([r for _, r in sorted(out, key=lambda t: t[0])])
+
+
+def eval_table(ev: pd.DataFrame) -> pd.DataFrame:
+    if ev.empty:
+        return pd.DataFrame()
+    df = pd.DataFrame({
+        "task": ev["task"], "metric": ev["metric"], "value": ev["value"].map(lambda v: _g(v, 4)),
+        "stderr": ev["stderr"].map(lambda v: _g(v, 2)), "model": ev["model"],
+        "few-shot": ev["num_fewshot"].map(_g), "limit": ev["limit"].map(_g), "device": ev["device"],
+    })
+    return df
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    out = []
+    for r in runs:
+        for name, df in sorted(r.frames.items()):
+            dates = sorted(d for d in df["date"].astype(str) if d)
+            versions = []
+            for col in ("torch", "triton"):
+                if col in df.columns:
+                    vals = sorted({v for v in df[col].astype(str) if v})
+                    if vals:
+                        versions.append(f"{col} {', '.join(vals)}")
+            out.append({
+                "folder": r.label, "file": name, "rows": str(len(df)),
+                "device": ", ".join(sorted({v for v in df["device"].astype(str) if v})) or "n/a",
+                "dtype": ", ".join(sorted({v for v in df["dtype"].astype(str) if v})) if "dtype" in df else "",
+                "versions": "; ".join(versions),
+                "dates (UTC)": (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "",
+            })
+    return pd.DataFrame(out)
+
+
+# -- document model --------------------------------------------------------------------------
+@dataclass
+class Block:
+    kind: str          # "h2", "h3", "p", "table", "img", "code"
+    content: object
+    extra: str = ""    # image alt text / table caption
+
+
+def _md_cell(v) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(title: str, blocks: list[Block]) -> str:
+    lines = [f"# {title}", ""]
+    for b in blocks:
+        if b.kind in ("h2", "h3"):
+            lines += [("## " if b.kind == "h2" else "### ") + str(b.content), ""]
+        elif b.kind == "p":
+            lines += [str(b.content), ""]
+        elif b.kind == "code":
+            lines += ["```", *b.content, "```", ""]
+        elif b.kind == "img":
+            lines += [f"![{b.extra}]({Path(b.content).name})", ""]
+        elif b.kind == "table":
+            df: pd.DataFrame = b.content
+            if b.extra:
+                lines += [f"*{b.extra}*", ""]
+            lines.append("| " + " | ".join(_md_cell(c) for c in df.columns) + " |")
+            lines.append("|" + "|".join("---" for _ in df.columns) + "|")
+            for row in df.itertuples(index=False):
+                lines.append("| " + " | ".join(_md_cell(v) for v in row) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1200px;padding:0 1.5em;color:#1f2328;line-height:1.45}
+h1{border-bottom:2px solid #d0d7de;padding-bottom:.3em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.86em;display:block;overflow-x:auto}
+th,td{border:1px solid #d0d7de;padding:.3em .65em;text-align:left;white-space:nowrap}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr:nth-child(even) td{background:#fbfbfc}td.oom{color:#b03a2e;font-weight:600}td.win{color:#1a7f37;font-weight:600}
+figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#57606a}pre{background:#f6f8fa;padding:.7em;overflow-x:auto;font-size:.85em}
+.caption{font-size:.9em;color:#57606a;margin-bottom:.2em}
+"""
+
+
+def _td(v) -> str:
+    s = str(v)
+    cls = ' class="num"' if _NUMERIC.match(s) else ""
+    if "OOM" in s or "skipped" in s or "error" in s:
+        cls = ' class="oom"'
+    elif s.endswith("x"):
+        try:
+            cls = ' class="num win"' if float(s[:-1]) > 1 else cls
+        except ValueError:
+            pass
+    return f"<td{cls}>{html.escape(s)}</td>"
+
+
+_NUMERIC = re.compile(r"^[-+]?[\d,]*\.?\d+(e[-+]?\d+)?[x%]?$|^\d+(\.\d+)?[km]$")
+
+
+def to_html(title: str, blocks: list[Block]) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for b in blocks:
+        if b.kind in ("h2", "h3"):
+            parts.append(f"<{b.kind}>{html.escape(str(b.content))}</{b.kind}>")
+        elif b.kind == "p":
+            parts.append(f"<p>{_inline_code(str(b.content))}</p>")
+        elif b.kind == "code":
+            parts.append("<pre><code>" + html.escape("\n".join(b.content)) + "</code></pre>")
+        elif b.kind == "img":
+            data = base64.b64encode(Path(b.content).read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{html.escape(b.extra)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{html.escape(b.extra)}</figcaption></figure>")
+        elif b.kind == "table":
+            df: pd.DataFrame = b.content
+            if b.extra:
+                parts.append(f'<div class="caption">{html.escape(b.extra)}</div>')
+            parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+                         + "</tr></thead><tbody>")
+            for row in df.itertuples(index=False):
+                parts.append("<tr>" + "".join(_td(v) for v in row) + "</tr>")
+            parts.append("</tbody></table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _inline_code(text: str) -> str:
+    """``code`` spans of the Markdown paragraphs as <code> (everything else escaped)."""
+    bits = text.split("`")
+    return "".join(f"<code>{html.escape(b)}</code>" if i % 2 else html.escape(b) for i, b in enumerate(bits))
+
+
+# -- the command -----------------------------------------------------------------------------
+def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
+    """Read, plot and write; returns what was written (paths and table sizes), for tests."""
+    runs = load_runs(dirs, out)
+    profile, needle, ev = (combine(runs, s) for s in KINDS)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in _OUR_FIGURES:        # figures of an earlier report in this folder
+        for old in out.glob(pattern):
+            old.unlink()
+
+    blocks: list[Block] = []
+    devices = sorted({d for r in runs for df in r.frames.values() for d in df["device"].astype(str) if d})
+    n_rows = {s.name: len(df) for s, df in zip(KINDS, (profile, needle, ev))}
+    blocks.append(Block("p", f"{len(runs)} results folder(s): "
+                        + ", ".join(f"`{r.label}`" for r in runs) + ". Devices: "
+                        + (", ".join(devices) or "n/a") + ". Rows: "
+                        + ", ".join(f"{k} {v}" for k, v in n_rows.items() if v) + "."))
+    blocks.append(Block("p", f"Generated {schemas.utc_now()} by `{generated_by}` (yoco {_version()})."))
+
+    figures: list[Path] = []
+    tables: dict[str, pd.DataFrame] = {}
+
+    # headline
+    ratios = ratio_table(profile) if not profile.empty else pd.DataFrame()
+    needle_acc = needle_table(needle)
+    if not ratios.empty or not needle_acc.empty:
+        blocks.append(Block("h2", "Headline"))
+    if not ratios.empty:
+        tables["ratios"] = ratios
+        lone = ratios.apply(lambda r: r.astype(str).str.contains(" OOM| skipped").any(), axis=1)
+        blocks.append(Block("p", "YOCO over each baseline at each context length (measured on the same "
+                            "device): memory saved = baseline peak memory / YOCO's, prefill speed-up = "
+                            "baseline prefill time / YOCO's, throughput gain = YOCO decode tokens/s / "
+                            "baseline's. Above 1x YOCO is better."
+                            + (f" In {int(lone.sum())} cell(s) YOCO ran where the baseline did not "
+                               "(marked with the baseline's OOM / skipped status)." if lone.any() else "")))
+        blocks.append(Block("table", ratios, "Headline ratios"))
+    if not needle_acc.empty:
+        tables["needle"] = needle_acc
+        blocks.append(Block("table", needle_acc, "Needle-in-a-haystack accuracy (mean score) per context length"))
+
+    if not profile.empty:
+        blocks.append(Block("h2", "Profile"))
+        blocks.append(Block("p", "Lines join the cells that ran (status ok); an x at the top edge marks a "
+                            "cell that ran out of memory (OOM) or was skipped because its memory estimate "
+                            "exceeded the device. Several devices or runs are separate lines."))
+        written = plots.profile_figures(profile, out) + plots.ratio_figures(profile, out)
+        captions = {f: t for f, _, _, t in plots.PROFILE_METRICS}
+        captions["profile_ratios.png"] = "YOCO over baseline: memory saved, prefill speed-up, throughput gain"
+        for p in written:
+            blocks.append(Block("img", p, captions.get(p.name, p.stem)))
+        figures += written
+        tables["profile"] = profile_table(profile)
+        blocks.append(Block("table", tables["profile"], "All profile cells"))
+
+    if not needle.empty:
+        blocks.append(Block("h2", "Needle in a haystack"))
+        written = plots.needle_heatmap(needle, out / "needle.png")
+        for p in written:
+            blocks.append(Block("img", p, f"Needle heatmap ({p.name}): depth x context, mean score per cell"))
+        figures += written
+
+    if not ev.empty:
+        blocks.append(Block("h2", "Evaluation"))
+        written = plots.eval_bars(ev, out / "eval.png")
+        for p in written:
+            blocks.append(Block("img", p, "Eval metrics per task"))
+        figures += written
+        tables["eval"] = eval_table(ev)
+        blocks.append(Block("table", tables["eval"], "lm-eval results"))
+
+    blocks.append(Block("h2", "Runs"))
+    tables["runs"] = runs_table(runs)
+    blocks.append(Block("table", tables["runs"], "Device, versions and dates of each results file"))
+    blocks.append(Block("h3", "Commands"))
+    for r in runs:
+        lines = [f"{when}  {cmd}".strip() for when, cmd in r.commands]
+        blocks.append(Block("p", f"`{r.label}`" + ("" if lines else ": no commands.txt (command not recorded)")))
+        if lines:
+            blocks.append(Block("code", lines))
+
+    title = "YOCO report"
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(title, blocks))
+    page.write_text(to_html(title, blocks))
+    return {"md": md, "html": page, "figures": figures, "tables": tables, "runs": runs}
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("yoco")
+    except Exception:
+        return "unknown"
+
+
+def report(
+    dirs: Annotated[list[Path], typer.Argument(
+        help="Results folders (searched recursively for profile.csv, needle.csv, eval.csv).",
+        show_default=False)],
+    out: OutOpt = DEFAULT_OUT,
+) -> None:
+    """Figures, report.md and a self-contained report.html from one or more results folders."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
+    res = build(list(dirs), out, command_line())
+    schemas.write_command(out, command_line())
+    console.print(f"[green]report[/]: {res['html']} and {res['md']} "
+                  f"({len(res['figures'])} figures, {len(res['runs'])} results folder(s))", highlight=False)
+    print(res["html"])

@@ -56,6 +56,7 @@ class Schema:
         missing = [c for c in self.names if c not in df.columns]
         if missing:
             raise SchemaError(f"{path}: not a {self.name} (missing columns: {', '.join(missing[:5])})")
+        self._check_fields(path)
         for col, kind, _ in self.columns:
             if kind in ("int", "float"):
                 vals = pd.to_numeric(df[col].replace("", None), errors="coerce")
@@ -65,6 +66,23 @@ class Schema:
                     raise SchemaError(f"{path}: row {i + 2}, column {col}: {df[col][i]!r} is not a number")
                 df[col] = vals
         return df
+
+    @staticmethod
+    def _check_fields(path: Path) -> None:
+        """Refuse rows with more or fewer fields than the header (a truncated or damaged write),
+        which pandas would pad with empty cells or shift silently."""
+        try:
+            with path.open(newline="") as f:
+                rows = csv.reader(f)
+                width = len(next(rows, []))
+                for i, row in enumerate(rows, start=2):
+                    if row and len(row) != width:
+                        what = "truncated" if len(row) < width else "has extra fields"
+                        raise SchemaError(f"{path}: row {i} {what} ({len(row)} fields, header has {width})")
+        except UnicodeDecodeError:
+            raise SchemaError(f"{path}: not a text CSV (undecodable bytes)") from None
+        except csv.Error as e:
+            raise SchemaError(f"{path}: not a readable CSV ({e})") from None
 
     def done_keys(self, folder) -> set[tuple[str, ...]]:
         path = self.path(folder)

@@ -1,0 +1,222 @@
+"""`yoco report` on tiny schema-conformant sweeps: every figure and table, self-contained HTML
+that renders in headless Chromium, and one-line refusals of bad input."""
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from test_plots import assert_png, write_eval, write_needle, write_profile
+
+from yoco_cli import plots, schemas
+from yoco_cli.main import main
+
+H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+FIGURES = ["profile_memory.png", "profile_prefill.png", "profile_throughput.png",
+           "profile_decode_latency.png", "profile_ratios.png", "needle.png",
+           "needle_transformer-3b.png", "eval.png"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Two result folders (nested, found recursively): an H100 sweep with all three CSVs and an
+    H200 profile of the same cells; the report goes to its own folder."""
+    root = tmp_path_factory.mktemp("sweeps")
+    h100, h200 = root / "h100", root / "more" / "h200"
+    write_profile(h100, devices=(H100,))
+    write_needle(h100)
+    write_eval(h100)
+    write_profile(h200, devices=(H200,), oom_from=16384)
+    out = root.parent / (root.name + "_report")
+    rc = main(["report", str(root), "--out", str(out)])
+    assert rc == 0
+    return root, out
+
+
+def test_report_has_every_figure(built):
+    _, out = built
+    for name in FIGURES:
+        assert_png(out / name)
+    md = (out / "report.md").read_text()
+    for name in FIGURES:
+        assert f"]({name})" in md, name
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(FIGURES)
+
+
+def test_report_tables(built):
+    root, out = built
+    md = (out / "report.md").read_text()
+    for header in ("| YOCO vs | size | batch | context | device | memory saved | prefill speed-up | throughput gain |",
+                   "| model | 1k | 4k | 16k | all lengths | trials |",
+                   "| task | metric | value | stderr | model |", "| folder | file | rows | device |"):
+        assert header in md, header
+    # headline ratios recomputed from the CSV: memory saved at 16k on the H100
+    prof = schemas.PROFILE.read(root / "h100" / "profile.csv")
+    cell = prof[(prof.ctx == 16384) & (prof.status == "ok")].set_index("arch")
+    saved = cell.loc["transformer", "peak_alloc_gb"] / cell.loc["yoco", "peak_alloc_gb"]
+    speed = cell.loc["transformer", "prefill_s"] / cell.loc["yoco", "prefill_s"]
+    gain = cell.loc["yoco", "decode_tok_s"] / cell.loc["transformer", "decode_tok_s"]
+    assert f"| transformer | 3b | 1 | 16k | {H100} | {saved:.2f}x | {speed:.2f}x | {gain:.2f}x |" in md
+    # YOCO ran where the Transformer did not: said so, per device, side by side (not averaged)
+    assert f"| transformer | 3b | 1 | 64k | {H100} | Transformer OOM |" in md
+    assert f"| transformer | 3b | 1 | 16k | {H200} | Transformer OOM |" in md
+    # needle accuracy per length (transformer misses at 16k except depth 1.0 trial 0: 1/6)
+    assert "| transformer-3b | 100% | 100% | 17% | 72.2% | 18 |" in md
+    assert "| yoco-3b | 100% | 100% | 100% | 100.0% | 18 |" in md
+    # eval rows, stderr left empty where lm-eval gave none
+    assert "| hellaswag | acc_norm | 0.55 |  | yoco-3b |" in md
+    # device, versions, dates and the commands of each folder
+    assert "torch 2.13.0; triton 3.4.0" in md and "2025-01-02T03:04:05Z" in md
+    assert "yoco profile --sizes 3b" in md and "yoco needle --ctx 16k" in md and "yoco eval --tasks" in md
+    assert md.count("```") == 4          # one command block per folder
+    assert "h100" in md and "more/h200" in md
+
+
+def test_report_html_self_contained(built):
+    _, out = built
+    page = (out / "report.html").read_text()
+    srcs = re.findall(r'\bsrc="([^"]*)"', page)
+    assert len(srcs) == len(FIGURES)
+    assert all(src.startswith("data:image/png;base64,") for src in srcs)
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    assert embedded == {(out / n).read_bytes() for n in FIGURES}
+    assert not re.search(r'\b(href|src)="(?!data:)', page)
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+    assert "<table>" in page and 'class="oom">Transformer OOM' in page
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_report_html_renders_in_headless_chromium(built, tmp_path):
+    """Open report.html in headless Chromium; a script counts images that failed to decode."""
+    _, out = built
+    probe = ("<script>window.addEventListener('load',function(){var a=Array.from(document.images);"
+             "document.title='IMGCHECK '+a.length+' '+a.filter(function(i){return !i.complete||"
+             "i.naturalWidth===0;}).length;});</script>")
+    good = tmp_path / "good.html"
+    good.write_text((out / "report.html").read_text().replace("</body>", probe + "</body>"))
+    bad = tmp_path / "bad.html"      # the probe itself must see a broken image
+    bad.write_text(good.read_text().replace("<h1>", '<img src="data:image/png;base64,AAAA"><h1>', 1))
+
+    def render(page):
+        cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+               "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        m = re.search(r"<title>IMGCHECK (\d+) (\d+)</title>", res.stdout)
+        assert m, f"no probe result from Chromium (rc {res.returncode}): {res.stderr[-500:]}"
+        return int(m.group(1)), int(m.group(2))
+
+    assert render(good) == (len(FIGURES), 0)
+    assert render(bad) == (len(FIGURES) + 1, 1)
+
+
+def test_same_device_in_two_runs_kept_side_by_side(tmp_path):
+    """Two runs of the same cells on the same device: both kept, labelled by run, never merged."""
+    write_profile(tmp_path / "a", ctxs=(1024, 4096))
+    write_profile(tmp_path / "b", ctxs=(1024, 4096))
+    from yoco_cli import report
+
+    runs = report.load_runs([tmp_path], tmp_path / "out")
+    df = report.combine(runs, schemas.PROFILE)
+    assert len(df) == 8
+    assert set(df.device) == {f"{H100} (a)", f"{H100} (b)"}
+    ratios = plots.ratio_rows(df)
+    assert len(ratios) == 4 and ratios.memory_saved.notna().all()
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def _one_line_error(capsys, argv) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def _damage(kind):
+    def truncate(text):
+        lines = text.splitlines()
+        return "\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]]) + "\n"
+
+    def non_numeric(text):
+        lines = text.splitlines()
+        cells = lines[2].split(",")
+        cells[schemas.PROFILE.names.index("prefill_s")] = "fast"
+        return "\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n"
+
+    return {
+        "truncated": truncate,
+        "foreign": lambda text: "name,value\nfoo,1\n",
+        "non-numeric": non_numeric,
+        "empty": lambda text: "",
+        "extra-field": lambda text: text.rstrip("\n") + ",surplus\n",
+        "binary": lambda text: "\x00\xff\xfe garbage",
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign", "non-numeric", "empty", "extra-field", "binary"])
+def test_damaged_csv_refused(tmp_path, capsys, kind):
+    good = write_profile(tmp_path / "ok" / "run", ctxs=(1024,))
+    bad = write_profile(tmp_path / "ok" / "broken", ctxs=(1024, 2048))
+    text = bad.read_text()
+    damaged = _damage(kind)(text)
+    if kind == "binary":
+        bad.write_bytes(b"\x00\xff\xfe\x80garbage")
+    else:
+        bad.write_text(damaged)
+    err = _one_line_error(capsys, ["report", str(tmp_path / "ok"), "--out", str(tmp_path / "rep")])
+    assert "broken/profile.csv" in err
+    assert not (tmp_path / "rep" / "report.html").exists()
+    assert good.exists()
+
+
+def test_damaged_csv_refused_by_the_command(tmp_path):
+    """The installed CLI, end to end: exit code 2 and one line on stderr, no traceback."""
+    run = tmp_path / "run"
+    schemas.NEEDLE.path(run).parent.mkdir(parents=True)
+    schemas.NEEDLE.path(run).write_text("model,score\nyoco,1\n")
+    res = subprocess.run([sys.executable, "-m", "yoco_cli.main", "report", str(run), "--out",
+                          str(tmp_path / "rep")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a needle.csv" in lines[0] and "missing columns" in lines[0]
+
+
+def test_missing_or_empty_folder_refused(tmp_path, capsys):
+    err = _one_line_error(capsys, ["report", str(tmp_path / "nope")])
+    assert "no such folder" in err
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.csv").write_text("a,b\n1,2\n")
+    err = _one_line_error(capsys, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
+    assert "no profile.csv, needle.csv, eval.csv found" in err
+    (tmp_path / "file.txt").write_text("x")
+    assert "not a results folder" in _one_line_error(capsys, ["report", str(tmp_path / "file.txt")])
+
+
+def test_report_of_profile_only_and_rerun_replaces_figures(tmp_path, capsys):
+    run = tmp_path / "run"
+    write_needle(run, models=("yoco-3b", "transformer-3b"), ctxs=(1024,))
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert (out / "needle_transformer-3b.png").exists()
+    schemas.NEEDLE.path(run).unlink()
+    write_needle(run, models=("yoco-3b",), ctxs=(1024,))
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["needle.png"]   # stale figure removed
+    md = (out / "report.md").read_text()
+    assert "## Profile" not in md and "| yoco-3b | 100% | 100.0% | 6 |" in md
+    assert len((out / "commands.txt").read_text().splitlines()) == 2
+    assert pd.read_csv(schemas.NEEDLE.path(run)).shape[0] == 6
