@@ -6,6 +6,8 @@ from .generate import Generation, generate
 from .model import YOCO, CausalLM, Transformer, build_model
 from .tokenizer import ByteTokenizer, Tokenizer, get_tokenizer
 
+from . import hf as _hf  # noqa: E402,F401  (registers the hf: and unilm: loaders)
+
 __version__ = "0.1.0"
 
 __all__ = [

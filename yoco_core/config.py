@@ -36,8 +36,9 @@ class ModelConfig:
     cross_rope: bool = True    # RoPE on the global keys and cross-decoder queries
     norm_eps: float = 1e-5
     gate_logit_normalizer: float = 16.0
-    max_seq_len: int = 1 << 20
+    max_seq_len: int = 1 << 21
     tie_embeddings: bool = False
+    embed_scale: float = 1.0   # token embeddings times this (sqrt(dim) in FLA / official YOCO)
     tokenizer: str = "bytes"
 
     def __post_init__(self) -> None:
@@ -131,17 +132,17 @@ for _size, (_d, _l, _h, _kv, _f) in _PAPER_SIZES.items():
     for _arch in ("yoco", "transformer"):
         _register(ModelConfig(
             name=f"{_arch}-{_size}", arch=_arch, vocab_size=100288, dim=_d, n_layers=_l,
-            n_heads=_h, n_kv_heads=_kv, ffn_dim=_f, max_seq_len=1 << 20,
+            n_heads=_h, n_kv_heads=_kv, ffn_dim=_f, max_seq_len=1 << 21,
         ))
     _register(ModelConfig(
         name=f"yoco-swa-{_size}", arch="yoco", self_decoder="swa", vocab_size=100288, dim=_d,
-        n_layers=_l, n_heads=_h, n_kv_heads=_kv, ffn_dim=_f, max_seq_len=1 << 20,
+        n_layers=_l, n_heads=_h, n_kv_heads=_kv, ffn_dim=_f, max_seq_len=1 << 21,
     ))
 
 # Tiny models: byte-level vocabulary (256 bytes + specials, padded to 320), a few million
 # parameters; the embedded defaults and the CPU test models.
 _TINY = dict(vocab_size=320, dim=256, n_layers=8, n_heads=4, n_kv_heads=2, ffn_dim=768,
-             max_seq_len=1 << 20)
+             max_seq_len=1 << 21)
 _register(ModelConfig(name="yoco-tiny", arch="yoco", self_decoder="gret", **_TINY))
 _register(ModelConfig(name="yoco-swa-tiny", arch="yoco", self_decoder="swa", window=256, **_TINY))
 _register(ModelConfig(name="transformer-tiny", arch="transformer", **_TINY))

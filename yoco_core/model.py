@@ -229,6 +229,10 @@ class CausalLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
 
+    def embed_tokens(self, input_ids):
+        x = self.embed(input_ids)
+        return x if self.config.embed_scale == 1.0 else self.config.embed_scale * x
+
     def logits(self, x):
         return self.lm_head(self.norm(x)).float()
 
@@ -295,7 +299,7 @@ class YOCO(CausalLM):
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, input_ids):
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         for layer in self.self_layers:
             x, _ = layer(x, 0)
         k, v = self.global_kv(x, 0)
@@ -310,7 +314,7 @@ class YOCO(CausalLM):
 
     def _run(self, input_ids, cache: YOCOCache, need):
         pos, n = cache.length, input_ids.shape[1]
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
             x, cache.states[i] = layer(x, pos, cache.states[i])
         cache.kv.append(*self.global_kv(x, pos))
@@ -331,7 +335,7 @@ class Transformer(CausalLM):
         self.layers = nn.ModuleList(Block(cfg, SelfAttention(cfg)) for _ in range(cfg.n_layers))
 
     def forward(self, input_ids):
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x, _ = layer(x, 0)
         return self.logits(x)
@@ -343,7 +347,7 @@ class Transformer(CausalLM):
 
     def _run(self, input_ids, cache: TransformerCache, need):
         pos = cache.length
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         for layer, buf in zip(self.layers, cache.layers):
             x, _ = layer(x, pos, buf)
         if need is None:

@@ -13,8 +13,10 @@ def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, device=No
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind in (None, "default"):
         return freq
+    if kind == "yoco":  # official YOCO (microsoft/unilm) and FLA's rope_inv_freq="yoco"
+        return 1.0 / theta ** torch.linspace(0, 1, head_dim // 2, device=device, dtype=torch.float32)
     if kind != "llama3":
-        raise ValueError(f"unsupported rope scaling {kind!r} (supported: llama3)")
+        raise ValueError(f"unsupported rope scaling {kind!r} (supported: llama3, yoco)")
     factor = float(scaling["factor"])
     low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
     old_len = float(scaling["original_max_position_embeddings"])

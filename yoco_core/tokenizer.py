@@ -37,4 +37,8 @@ class ByteTokenizer:
 def get_tokenizer(name: str = "bytes") -> Tokenizer:
     if name == "bytes":
         return ByteTokenizer()
-    raise ValueError(f"unknown tokenizer {name!r} (known: bytes)")
+    if name.startswith("hf:"):  # a local tokenizer.json (yoco_core.hf.HFTokenizer)
+        from .hf import HFTokenizer
+
+        return HFTokenizer(name[3:])
+    raise ValueError(f"unknown tokenizer {name!r} (known: bytes, hf:PATH)")

@@ -1,0 +1,148 @@
+"""`yoco eval` and the lm-eval model class: scoring against direct computations, lm-eval's
+simple_evaluate on the local tasks, the CLI (ours and lm-eval's through the wrapper)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("lm_eval")
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from conftest import small_model  # noqa: E402
+from yoco_cli import schemas  # noqa: E402
+from yoco_cli.lm_eval_model import YOCOLM, tasks_dir  # noqa: E402
+from yoco_core import generate, save_model  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+TEXT = ("The river runs past the old mill and on toward the hills. A light wind moves the tall grass "
+        "along the edge of the field. The market opens early and closes when the bread runs out.")
+
+
+def _lm(kind="yoco-gret", **kw):
+    return YOCOLM(pretrained=kind, model=small_model(kind, n_layers=2), **kw)
+
+
+def _direct_rolling(model, tokens, prefix, window):
+    """Sum of log p(token) where each token sees at most `window` inputs ending just before it,
+    the scheme of lm-eval's disjoint rolling windows, computed window by window."""
+    seq = [prefix] + tokens
+    total = 0.0
+    for start in range(0, len(tokens), window):
+        end = min(start + window, len(tokens))
+        inp = seq[max(0, end - window): end]
+        logp = F.log_softmax(model(torch.tensor([inp])), -1)[0]
+        n = end - start
+        tgt = torch.tensor(tokens[start:end])
+        total += logp[len(inp) - n:].gather(-1, tgt[:, None]).sum().item()
+    return total
+
+
+@pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "transformer"])
+def test_rolling_loglikelihood_equals_direct_computation(kind):
+    lm = _lm(kind, max_length=48, batch_size=3)
+    tokens = lm.tok_encode(TEXT)
+    assert len(tokens) > 3 * 48
+    got = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (TEXT,), 0)], disable_tqdm=True)[0]
+    want = _direct_rolling(lm.model, tokens, lm.prefix_token_id, 48)
+    assert abs(got - want) < 1e-3 * abs(want)
+    # a full-context score differs: the windows really are limited to max_length
+    full = _direct_rolling(lm.model, tokens, lm.prefix_token_id, len(tokens))
+    assert abs(full - want) > 1e-3
+
+
+def test_loglikelihood_batched_equals_one_by_one_and_direct():
+    lm1, lm4 = _lm(batch_size=1), _lm(batch_size=4)
+    reqs = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(
+        [("The sky is", " blue"), ("A", " light wind moves"), ("The market opens early and", " closes"), ("", "Hello")])]
+    a, b = lm1.loglikelihood(reqs, disable_tqdm=True), lm4.loglikelihood(reqs, disable_tqdm=True)
+    for (x, gx), (y, gy) in zip(a, b):
+        assert abs(x - y) < 1e-4 and gx == gy
+    ctx, cont = lm1.tok_encode("The sky is"), lm1.tok_encode(" blue")
+    logp = F.log_softmax(lm1.model(torch.tensor([ctx + cont])), -1)[0]
+    want = sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont))
+    assert abs(a[0][0] - want) < 1e-4
+    assert a[0][1] == all(logp[len(ctx) - 1 + j].argmax().item() == t for j, t in enumerate(cont))
+
+
+def test_generate_until_is_greedy_with_stops_and_batching():
+    lm1, lm3 = _lm(batch_size=1), _lm(batch_size=3)
+    gk = {"until": ["e"], "max_gen_toks": 10}
+    reqs = [Instance("generate_until", {}, (c, dict(gk)), i) for i, c in enumerate(["abc", "xyz", "abc", "hello world"])]
+    a, b = lm1.generate_until(reqs, disable_tqdm=True), lm3.generate_until(reqs, disable_tqdm=True)
+    assert a == b and a[0] == a[2]
+    g = generate(lm1.model, torch.tensor([lm1.tok_encode("abc")]), 10, stop_strings=("e",))
+    assert a[0] == g.texts[0] and "e" not in a[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    save_model(small_model("yoco-gret", n_layers=2), d)
+    return d
+
+
+def test_simple_evaluate_on_local_tasks(tiny_dir):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    folder = tasks_dir()
+    assert folder is not None and (folder / "yoco_passkey" / "yoco_passkey.yaml").is_file()
+    tm = TaskManager(include_path=str(folder), include_defaults=False)
+    lm = YOCOLM(pretrained=str(tiny_dir), device="cpu", batch_size=2)
+    res = simple_evaluate(model=lm, tasks=["yoco_passkey", "yoco_kv_choice"], limit=2, task_manager=tm,
+                          bootstrap_iters=0, log_samples=True)
+    r = res["results"]
+    assert 0.0 <= r["yoco_passkey"]["exact_match,none"] <= 1.0
+    assert 0.0 <= r["yoco_kv_choice"]["acc,none"] <= 1.0
+    assert len(res["samples"]["yoco_passkey"]) == 2 and len(res["samples"]["yoco_kv_choice"]) == 2
+    s = res["samples"]["yoco_passkey"][0]
+    assert s["doc"]["target"].isdigit() and len(s["doc"]["target"]) == 7
+    assert s["exact_match"] == float(s["filtered_resps"][0].strip().rstrip(".") == s["doc"]["target"])
+
+
+def test_passkey_scoring_is_exact_match():
+    sys.path.insert(0, str(ROOT / "tasks" / "yoco_passkey"))
+    try:
+        import utils as passkey_utils
+    finally:
+        sys.path.pop(0)
+    doc = {"target": "1234567"}
+    assert passkey_utils.process_results(doc, [" 1234567."])["exact_match"] == 1.0
+    assert passkey_utils.process_results(doc, [" 12345678"])["exact_match"] == 0.0
+    assert passkey_utils.process_results(doc, [""])["exact_match"] == 0.0
+
+
+def test_yoco_eval_cli_writes_csv_json_and_rejects_unknown_task(tiny_dir, tmp_path, capsys):
+    from yoco_cli.main import main
+
+    out = tmp_path / "ev"
+    rc = main(["eval", "--tasks", "yoco_kv_choice,yoco_paskey", "--model", str(tiny_dir), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown task 'yoco_paskey'" in err and "yoco_passkey" in err
+    assert len([line for line in err.strip().splitlines() if "error" in line]) == 1 and "Traceback" not in err
+    rc = main(["eval", "--tasks", "yoco_kv_choice", "--model", str(tiny_dir), "--limit", "2",
+               "--num-fewshot", "1", "--batch-size", "2", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    df = schemas.EVAL.read(schemas.EVAL.path(out))
+    assert set(df["metric"]) == {"acc", "acc_norm"} and set(df["task"]) == {"yoco_kv_choice"}
+    assert (df["num_fewshot"] == 1).all() and (df["limit"] == 2).all()
+    results = json.loads((out / "results.json").read_text())
+    assert results["results"]["yoco_kv_choice"]["acc,none"] == pytest.approx(df.loc[df.metric == "acc", "value"].iloc[0])
+    assert "eval" in (out / "commands.txt").read_text()
+
+
+def test_lm_eval_cli_through_wrapper(tiny_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "yoco_cli.lm_eval_model", "--model", "yoco", "--model_args",
+           f"pretrained={tiny_dir}", "--device", "cpu", "--tasks", "yoco_kv_choice", "--limit", "2",
+           "--output_path", str(tmp_path / "out")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "yoco_kv_choice" in p.stdout and "acc" in p.stdout
+    files = list((tmp_path / "out").rglob("results*.json"))
+    assert files and "yoco_kv_choice" in json.loads(files[0].read_text())["results"]

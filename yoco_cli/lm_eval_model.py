@@ -1,0 +1,261 @@
+"""The ``yoco`` model of lm-evaluation-harness: every model ``load_model`` knows, behind lm-eval's API.
+
+``@register_model("yoco")`` on a ``TemplateLM`` subclass:
+
+* ``loglikelihood``: the full forward ``model(ids)`` over context + continuation (cut from the left
+  to ``max_length`` + 1 tokens), requests sorted by length and batched with right padding (safe for
+  causal models: later positions never change earlier logits).
+* ``loglikelihood_rolling``: disjoint windows of ``max_length`` tokens (lm-eval's
+  ``get_rolling_token_windows`` + ``make_disjoint_window``), scored as above and summed.
+* ``generate_until``: greedy through the model's ``prefill`` + ``decode``
+  (``yoco_core.generate``), stop strings honoured; rows with the same prompt length and
+  generation settings go together in one batch.
+
+lm-eval 0.4.13 finds models only in its own registry (no plugin entry points), so its CLI knows
+``yoco`` only once this module is imported. Run lm-eval's own command through this module, which
+registers the model, adds the project's ``tasks/`` folder and the local byte tokenizer, then hands
+over to lm-eval's CLI unchanged::
+
+    python -m yoco_cli.lm_eval_model --model yoco --model_args pretrained=yoco-tiny --tasks yoco_passkey --limit 4
+
+Model args: ``pretrained`` (preset, path, ``hf:PATH`` or ``unilm:PATH``; default yoco-tiny), ``device``,
+``dtype`` (auto, fp32, bf16, fp16), ``batch_size``, ``max_length`` (default: the model's
+``max_seq_len``), ``max_gen_toks`` (default 256), ``chunk_size`` (prefill chunking),
+``add_bos_token`` (default false), ``tokenizer`` (ignored by the model; read by lm-eval's synthetic
+tasks to size prompts).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import lm_eval.models  # noqa: F401  (fill lm-eval's registry before adding to it)
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import model_registry, register_model
+
+import yoco_core.hf  # noqa: F401  (registers the hf: and unilm: loaders)
+from yoco_core import generate, load_model
+from yoco_core.checkpoint import default_dtype
+from yoco_core.hf import BYTE_TOKENIZER_DIR
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def tasks_dir() -> Path | None:
+    """The project's ``tasks/`` folder: ``$YOCO_TASKS_DIR``, else beside the ``yoco_cli`` package
+    (an editable install or a source checkout). None when there is none."""
+    env = os.environ.get("YOCO_TASKS_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parent.parent / "tasks")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def _as_bool(v) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+class YOCOLM(TemplateLM):
+    backend = "causal"
+
+    def __init__(self, pretrained="yoco-tiny", device=None, dtype="auto", batch_size=1, max_length=None,
+                 max_gen_toks=256, chunk_size=None, add_bos_token=False, tokenizer=None, model=None,
+                 max_batch_size=None, **kwargs):
+        super().__init__()
+        if kwargs:
+            log.warning("yoco model: ignoring unknown model args %s", sorted(kwargs))
+        if model is not None:                      # an already-built CausalLM (yoco eval, tests)
+            self.model = model
+            self.model_name = str(pretrained)
+        else:
+            dev = str(device or "auto")
+            if dev == "auto" or (dev.startswith("cuda") and not torch.cuda.is_available()):
+                if dev.startswith("cuda"):   # lm-eval's CLI defaults to cuda
+                    log.warning("yoco model: CUDA is not available; running on cpu")
+                dev = "cuda" if torch.cuda.is_available() else "cpu"
+            key = str(dtype).lower()
+            if key not in _DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r} (auto, fp32, bf16, fp16)")
+            self.model = load_model(str(pretrained), device=dev, dtype=_DTYPES[key] or default_dtype(dev))
+            self.model_name = str(pretrained)
+        self.model.eval()
+        self.tok = self.model.tokenizer
+        self._device = self.model.device
+        bs = str(batch_size).split(":")[0]
+        self.batch_size = 1 if bs in ("auto", "None", "") else max(1, int(bs))
+        self._max_length = int(max_length) if max_length else int(self.model.config.max_seq_len)
+        self.max_gen_toks = int(max_gen_toks)
+        self.chunk_size = int(chunk_size) if chunk_size else None
+        self.add_bos_token = _as_bool(add_bos_token)
+        self.synthetic_tokenizer = tokenizer
+
+    # -- what lm-eval asks about ----------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return self.tok.bos_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tok, "name", "bytes")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        add = self.add_bos_token if add_special_tokens is None else (add_special_tokens and self.add_bos_token)
+        return self.tok.encode(string, add_bos=add)
+
+    def tok_decode(self, tokens, **kwargs) -> str:
+        return self.tok.decode(tokens)
+
+    # -- scoring --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _score(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool = True,
+               desc: str = "loglikelihood") -> list[tuple[float, bool]]:
+        """(sum of log p(continuation | context), greedy?) for token pairs, batched by length."""
+        rows = []
+        for i, (ctx, cont) in enumerate(pairs):
+            if not cont:
+                raise ValueError("empty continuation")
+            if len(cont) > self.max_length:
+                raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length {self.max_length}")
+            whole = (list(ctx) + list(cont))[-(self.max_length + 1):]
+            rows.append((i, whole[:-1], len(cont)))
+        rows.sort(key=lambda r: -len(r[1]))
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        pad = self.tok.pad_id if self.tok.pad_id < self.model.config.vocab_size else 0
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows), desc=desc, disable=disable_tqdm)
+        for s in range(0, len(rows), self.batch_size):
+            batch = rows[s: s + self.batch_size]
+            width = max(1, len(batch[0][1]))
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            for b, (_, inp, _) in enumerate(batch):
+                ids[b, : len(inp)] = torch.tensor(inp, dtype=torch.long)
+            logp = F.log_softmax(self.model(ids.to(self.device)).float(), dim=-1)
+            for b, (i, inp, n) in enumerate(batch):
+                whole = (list(pairs[i][0]) + list(pairs[i][1]))[-(self.max_length + 1):]
+                target = torch.tensor(whole[-n:], device=logp.device)
+                lp = logp[b, len(inp) - n: len(inp)]
+                total = float(lp.gather(-1, target[:, None]).sum())
+                greedy = bool((lp.argmax(-1) == target).all())
+                out[i] = (total, greedy)
+            bar.update(len(batch))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        res = self._score([(ctx, cont) for _, ctx, cont in requests], disable_tqdm)
+        for (key, _, _), r in zip(requests, res):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, r)
+        return res
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, owner = [], []
+        for n, req in enumerate(requests):
+            (text,) = req.args[:1]
+            tokens = self.tok_encode(text, add_special_tokens=False)
+            for w in lm_utils.get_rolling_token_windows(token_list=tokens, prefix_token=self.prefix_token_id,
+                                                        max_seq_len=self.max_length, context_len=1):
+                windows.append(lm_utils.make_disjoint_window(w))
+                owner.append(n)
+        scores = self._score(windows, disable_tqdm, desc="loglikelihood_rolling")
+        totals = [0.0] * len(requests)
+        for n, (lp, _) in zip(owner, scores):
+            totals[n] += lp
+        for req, t in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), t)
+        return totals
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from tqdm import tqdm
+
+        groups: dict[tuple, list[tuple[int, list[int], list[str], int]]] = {}
+        warned = False
+        for i, req in enumerate(requests):
+            context, kw = req.args[0], dict(req.args[1] or {})
+            until = kw.pop("until", None) or []
+            if isinstance(until, str):
+                until = [until]
+            max_new = int(kw.pop("max_gen_toks", self.max_gen_toks))
+            if (kw.get("do_sample") or float(kw.get("temperature", 0) or 0) > 0) and not warned:
+                log.warning("yoco model: sampling was asked for; decoding greedily")
+                warned = True
+            ids = self.tok_encode(context) if context else [self.prefix_token_id]
+            ids = ids[-max(1, self.max_length - max_new):]
+            groups.setdefault((len(ids), tuple(until), max_new), []).append((i, ids, until, max_new))
+        out: list[str | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm)
+        for (_, until, max_new), items in groups.items():
+            for s in range(0, len(items), self.batch_size):
+                chunk = items[s: s + self.batch_size]
+                ids = torch.tensor([c[1] for c in chunk], dtype=torch.long, device=self.device)
+                gen = generate(self.model, ids, max_new, chunk_size=self.chunk_size, stop_strings=until)
+                for (i, _, _, _), text in zip(chunk, gen.texts):
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
+                bar.update(len(chunk))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+
+if "yoco" not in model_registry:
+    register_model("yoco")(YOCOLM)
+
+
+def synthetic_tokenizer_for(model_name: str) -> str:
+    """The local HF tokenizer directory lm-eval's synthetic tasks should size prompts with."""
+    name = str(model_name)
+    for pre in ("hf:",):
+        if name.startswith(pre) and (Path(name[len(pre):]).expanduser() / "tokenizer.json").is_file():
+            return str(Path(name[len(pre):]).expanduser())
+    return str(BYTE_TOKENIZER_DIR)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """lm-eval's own command line with the ``yoco`` model registered and the project's tasks and
+    local byte tokenizer added (``--include_path``, ``--metadata tokenizer=``) unless given."""
+    import json
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] not in ("run", "ls", "validate", "-h", "--help") and len(args) > 1:
+        args.insert(0, "run")
+    if args and args[0] == "run":
+        folder = tasks_dir()
+        if folder is not None and "--include_path" not in args:
+            args += ["--include_path", str(folder)]
+        if "--metadata" not in args:
+            args += ["--metadata", json.dumps({"tokenizer": str(BYTE_TOKENIZER_DIR)})]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval"] + args
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    cli()
