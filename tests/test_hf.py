@@ -106,7 +106,7 @@ def test_interleaved_rows_permutation_gives_same_scores():
     pos = torch.arange(n)
     q_ref = _interleaved_rope((x @ wq.T).view(n, heads, d), pos, 10000.0)
     k_ref = _interleaved_rope((x @ wk.T).view(n, heads, d), pos, 10000.0)
-    cos, sin = rope_cos_sin(0, n, d, 10000.0, None, torch.float32)
+    cos, sin = rope_cos_sin(torch.arange(n), d, 10000.0, torch.float32)
     q = apply_rope((x @ hf.interleaved_to_half(wq, d).T).view(1, n, heads, d), cos, sin)[0]
     k = apply_rope((x @ hf.interleaved_to_half(wk, d).T).view(1, n, heads, d), cos, sin)[0]
     want = torch.einsum("qhd,khd->hqk", q_ref, k_ref)

@@ -47,10 +47,11 @@ class RMSNorm(nn.Module):
         return y if self.weight is None else self.weight * y
 
 
-def rope_cos_sin(start: int, n: int, head_dim: int, theta: float, device, dtype, scaling: dict | None = None):
-    """cos, sin ``[n, head_dim]`` for absolute positions start .. start + n (rotate-half layout)."""
-    freqs = torch.outer(torch.arange(start, start + n, device=device, dtype=torch.float32),
-                        inv_freq(head_dim, theta, scaling, device))
+def rope_cos_sin(positions, head_dim: int, theta: float, dtype, scaling: dict | None = None):
+    """cos, sin ``[n, head_dim]`` for the absolute ``positions`` ``[n]`` (rotate-half layout).
+
+    Computed once per forward step and shared by every layer of that head size."""
+    freqs = torch.outer(positions.float(), inv_freq(head_dim, theta, scaling, positions.device))
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -83,8 +84,7 @@ class GatedRetention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, self.n_heads, self.head_dim = cfg.dim, cfg.n_self_heads, cfg.self_head_dim
-        self.theta, self.normalizer = cfg.rope_theta, cfg.gate_logit_normalizer
-        self.rope_scaling = cfg.rope_scaling
+        self.normalizer = cfg.gate_logit_normalizer
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
@@ -93,10 +93,10 @@ class GatedRetention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
         self.subln = RMSNorm(self.head_dim, cfg.norm_eps, affine=False)
 
-    def forward(self, x, pos: int, state=None):
+    def forward(self, x, rope, state=None):
         B, n, d = x.shape
         shape = (B, n, self.n_heads, self.head_dim)
-        cos, sin = rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling)
+        cos, sin = rope
         q = apply_rope(self.q_proj(x).view(shape), cos, sin)
         k = apply_rope(self.k_proj(x).view(shape), cos, sin)
         v = self.v_proj(x).view(shape)
@@ -112,17 +112,16 @@ class SlidingWindowAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, self.n_heads, self.head_dim = cfg.dim, cfg.n_self_heads, cfg.self_head_dim
-        self.theta, self.window = cfg.rope_theta, cfg.window
-        self.rope_scaling = cfg.rope_scaling
+        self.window = cfg.window
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def forward(self, x, pos: int, state=None):
+    def forward(self, x, rope, state=None):
         B, n, d = x.shape
         shape = (B, n, self.n_heads, self.head_dim)
-        cos, sin = rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling)
+        cos, sin = rope
         q = apply_rope(self.q_proj(x).view(shape), cos, sin).transpose(1, 2)
         k = apply_rope(self.k_proj(x).view(shape), cos, sin).transpose(1, 2)
         v = self.v_proj(x).view(shape).transpose(1, 2)
@@ -140,16 +139,14 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.theta, self.rope = cfg.rope_theta, cfg.cross_rope
-        self.rope_scaling = cfg.rope_scaling
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, pos: int, k, v):
+    def forward(self, x, rope, k, v):
         B, n, _ = x.shape
         q = self.q_proj(x).view(B, n, self.n_heads, self.head_dim)
-        if self.rope:
-            q = apply_rope(q, *rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling))
+        if rope is not None:
+            q = apply_rope(q, *rope)
         o = attend(q.transpose(1, 2), k, v)
         return self.o_proj(o.transpose(1, 2).reshape(B, n, -1))
 
@@ -160,16 +157,14 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.theta = cfg.rope_theta
-        self.rope_scaling = cfg.rope_scaling
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, pos: int, buf: KVBuffer | None = None):
+    def forward(self, x, rope, buf: KVBuffer | None = None):
         B, n, _ = x.shape
-        cos, sin = rope_cos_sin(pos, n, self.head_dim, self.theta, x.device, x.dtype, self.rope_scaling)
+        cos, sin = rope
         q = apply_rope(self.q_proj(x).view(B, n, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(B, n, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(B, n, self.n_kv_heads, self.head_dim)
@@ -196,8 +191,8 @@ class Block(nn.Module):
 
 
 class CrossBlock(Block):
-    def forward(self, x, pos, k, v):
-        x = x + self.attn(self.attn_norm(x), pos, k, v)
+    def forward(self, x, rope, k, v):
+        x = x + self.attn(self.attn_norm(x), rope, k, v)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -232,6 +227,13 @@ class CausalLM(nn.Module):
     def embed_tokens(self, input_ids):
         x = self.embed(input_ids)
         return x if self.config.embed_scale == 1.0 else self.config.embed_scale * x
+
+    def rope(self, positions, head_dim: int):
+        cfg = self.config
+        return rope_cos_sin(positions, head_dim, cfg.rope_theta, self.dtype, cfg.rope_scaling)
+
+    def positions(self, start: int, n: int):
+        return torch.arange(start, start + n, device=self.device)
 
     def logits(self, x):
         return self.lm_head(self.norm(x)).float()
@@ -287,24 +289,33 @@ class YOCO(CausalLM):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.cross_layers = nn.ModuleList(CrossBlock(cfg, CrossAttention(cfg)) for _ in range(half))
 
-    def global_kv(self, x, pos: int):
+    def global_kv(self, x, rope):
         """The single KV cache of the cross-decoder, ``[B, H_kv, n, d]`` each."""
         B, n, _ = x.shape
         cfg = self.config
         h = self.kv_norm(x)
         k = self.k_proj(h).view(B, n, cfg.n_kv_heads, cfg.head_dim)
         v = self.v_proj(h).view(B, n, cfg.n_kv_heads, cfg.head_dim)
-        if cfg.cross_rope:
-            k = apply_rope(k, *rope_cos_sin(pos, n, cfg.head_dim, cfg.rope_theta, x.device, x.dtype, cfg.rope_scaling))
+        if rope is not None:
+            k = apply_rope(k, *rope)
         return k.transpose(1, 2), v.transpose(1, 2)
 
+    def ropes(self, positions):
+        """(self-decoder rope, cross-decoder rope or None) for ``positions``."""
+        cfg = self.config
+        rs = self.rope(positions, cfg.self_head_dim)
+        if not cfg.cross_rope:
+            return rs, None
+        return rs, rs if cfg.self_head_dim == cfg.head_dim else self.rope(positions, cfg.head_dim)
+
     def forward(self, input_ids):
+        rs, rc = self.ropes(self.positions(0, input_ids.shape[1]))
         x = self.embed_tokens(input_ids)
         for layer in self.self_layers:
-            x, _ = layer(x, 0)
-        k, v = self.global_kv(x, 0)
+            x, _ = layer(x, rs)
+        k, v = self.global_kv(x, rc)
         for layer in self.cross_layers:
-            x = layer(x, 0, k, v)
+            x = layer(x, rc, k, v)
         return self.logits(x)
 
     def new_cache(self, batch: int, capacity: int) -> YOCOCache:
@@ -313,19 +324,19 @@ class YOCO(CausalLM):
         return YOCOCache(kv=kv, states=[None] * len(self.self_layers))
 
     def _run(self, input_ids, cache: YOCOCache, need):
-        pos, n = cache.length, input_ids.shape[1]
+        rs, rc = self.ropes(self.positions(cache.length, input_ids.shape[1]))
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
-            x, cache.states[i] = layer(x, pos, cache.states[i])
-        cache.kv.append(*self.global_kv(x, pos))
+            x, cache.states[i] = layer(x, rs, cache.states[i])
+        cache.kv.append(*self.global_kv(x, rc))
         if need is None:                      # early exit: the cross-decoder is not needed here
             return None
-        qpos = pos
         if need == "last":
-            x, qpos = x[:, -1:], pos + n - 1
+            x = x[:, -1:]
+            rc = None if rc is None else (rc[0][-1:], rc[1][-1:])
         k, v = cache.kv.view()
         for layer in self.cross_layers:
-            x = layer(x, qpos, k, v)
+            x = layer(x, rc, k, v)
         return self.logits(x)
 
 
@@ -335,9 +346,10 @@ class Transformer(CausalLM):
         self.layers = nn.ModuleList(Block(cfg, SelfAttention(cfg)) for _ in range(cfg.n_layers))
 
     def forward(self, input_ids):
+        rope = self.rope(self.positions(0, input_ids.shape[1]), self.config.head_dim)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x, _ = layer(x, 0)
+            x, _ = layer(x, rope)
         return self.logits(x)
 
     def new_cache(self, batch: int, capacity: int) -> TransformerCache:
@@ -346,10 +358,10 @@ class Transformer(CausalLM):
                                  for _ in self.layers])
 
     def _run(self, input_ids, cache: TransformerCache, need):
-        pos = cache.length
+        rope = self.rope(self.positions(cache.length, input_ids.shape[1]), self.config.head_dim)
         x = self.embed_tokens(input_ids)
         for layer, buf in zip(self.layers, cache.layers):
-            x, _ = layer(x, pos, buf)
+            x, _ = layer(x, rope, buf)
         if need is None:
             return None
         return self.logits(x[:, -1:] if need == "last" else x)
