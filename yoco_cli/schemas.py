@@ -150,7 +150,7 @@ PROFILE = Schema(
         ("prefill_share", "float", "prefill TFLOP/s over the measured matmul rate"),
         ("decode_gb_per_token", "float", "bytes a decode step must read (weights + cache), GB"),
         ("decode_share", "float", "decode bytes/s over the measured copy bandwidth"),
-        ("matmul_tflops", "float", "measured bf16 matmul ceiling of this run"),
+        ("matmul_tflops", "float", "measured matmul ceiling of this run, in the run's dtype (bf16 on GPU)"),
         ("copy_tbs", "float", "measured device copy bandwidth of this run, TB/s"),
         ("gen_tokens", "int", "decode steps timed"),
         ("chunk_size", "int", "prefill chunk size (0 = unchunked)"),
@@ -161,7 +161,7 @@ PROFILE = Schema(
         ("date", "str", "UTC time the row was measured"),
         ("note", "str", "error text or remark"),
     ),
-    key=("arch", "size", "ctx", "batch", "dtype"),
+    key=("arch", "model", "size", "ctx", "batch", "dtype"),
 )
 
 EVAL = Schema(

@@ -1,0 +1,233 @@
+"""`yoco profile` on the CPU: the analytic model against real caches and a FLOP counter, the whole
+sweep on tiny presets (CSV schema, plots, an injected out-of-memory, --resume), and bad input."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import small_model
+from yoco_cli import schemas
+from yoco_cli.main import main
+from yoco_core import bench, get_config
+
+GB = 1e9
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine oversubscribed OpenMP threads spin and
+    make these tiny models several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- analytic model ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,T", [("yoco-gret", 40), ("yoco-swa", 9), ("yoco-swa", 40), ("transformer", 40)])
+def test_cache_bytes_match_the_models_cache(kind, T):
+    model = small_model(kind)
+    reserve = 7
+    ids = torch.randint(0, model.config.vocab_size, (3, T), generator=torch.Generator().manual_seed(0))
+    _, cache = model.prefill(ids, chunk_size=16, reserve=reserve)
+    want = bench.cache_bytes(model.config, T, 3, 4, reserve=reserve)
+    assert cache.kv_nbytes() == want["kv"]
+    assert cache.state_nbytes() == want["state"]
+
+
+@pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "transformer"])
+@pytest.mark.parametrize("T", [100, 128])
+def test_prefill_flops_match_a_flop_counter(kind, T):
+    """Every matmul prefill runs (linear layers, lm_head on the last position, gRet's chunkwise
+    einsums) as counted by torch's FlopCounterMode; SDPA is not counted on the CPU, so the
+    attention part is left out of the comparison."""
+    model = small_model(kind)
+    ids = torch.randint(0, model.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(1))
+    with FlopCounterMode(display=False) as counter:
+        model.prefill(ids)
+    parts = bench.prefill_flops(model.config, T, 2)
+    expected = parts["linear"] + parts["lm_head"] + parts["mixer"]
+    assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
+    assert parts["attention"] > 0
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+
+
+def test_prefill_flops_scale_linear_for_yoco_quadratic_for_transformer():
+    y, t = get_config("yoco-3b"), get_config("transformer-3b")
+    T = 256 * 1024
+    ry = bench.prefill_flops(y, 2 * T)["total"] / bench.prefill_flops(y, T)["total"]
+    rt = bench.prefill_flops(t, 2 * T)["total"] / bench.prefill_flops(t, T)["total"]
+    assert 1.99 < ry < 2.05
+    assert rt > 2.5
+    # the Transformer's attention term is about 2 T^2 d per layer
+    att = bench.prefill_flops(t, T)["attention"]
+    assert att == pytest.approx(2 * T * T * t.dim * t.n_layers, rel=1e-4)
+
+
+def test_decode_bytes_match_the_issue_numbers():
+    """YOCO-3B at 1M: ~6.5 GB of weights + 13 x 4.3 GB of KV; Transformer-3B at 256K: ~6.5 + 27.9 GB."""
+    y = bench.decode_bytes(get_config("yoco-3b"), 1 << 20, 1, 2)
+    kv_layer = 2 * (1 << 20) * 8 * 128 * 2
+    assert kv_layer / GB == pytest.approx(4.29, abs=0.01)
+    assert 5.5 < y["weights"] / GB < 7.0
+    assert y["cache"] == 13 * kv_layer + 13 * 24 * 128 * 128 * 4      # + the gRet states (float32)
+    t = bench.decode_bytes(get_config("transformer-3b"), 256 * 1024, 1, 2)
+    assert t["cache"] / GB == pytest.approx(27.9, abs=0.05)
+    assert 5.5 < t["weights"] / GB < 7.0
+    # batch multiplies the cache, not the weights
+    y4 = bench.decode_bytes(get_config("yoco-3b"), 1 << 20, 4, 2)
+    assert y4["weights"] == y["weights"] and y4["cache"] == 4 * y["cache"]
+
+
+def test_memory_estimate_parts():
+    cfg = get_config("yoco-3b")
+    full = bench.estimate_memory(cfg, 1 << 20, 1, 2, chunk=None)
+    chunked = bench.estimate_memory(cfg, 1 << 20, 1, 2, chunk=32768)
+    assert full["weights"] == cfg.n_params() * 2
+    assert chunked["cache"] == full["cache"] > 2 * (1 << 20) * 1024 * 2
+    assert chunked["activations"] < full["activations"] / 16
+    assert chunked["total"] == sum(v for k, v in chunked.items() if k != "total")
+    # YOCO-3B at 1M in 32K chunks: 6.9 GB of weights + 4.3 GB of KV + a few GB of chunk activations
+    assert (chunked["weights"] + chunked["cache"]) / GB < 11.5 < chunked["total"] / GB < 17
+    t = bench.estimate_memory(get_config("transformer-3b"), 1 << 20, 1, 2)
+    assert t["total"] > 80e9                    # does not fit an 80 GB GPU: skipped by estimate
+
+
+def test_tensor_nbytes_counts_shared_storage_once():
+    a = torch.zeros(10, 4)
+    cache = {"x": [a, a[2:], (a,)], "y": torch.zeros(3, dtype=torch.float64)}
+    assert bench.tensor_nbytes(cache) == a.nbytes + 3 * 8
+
+
+def test_run_cell_records_injected_oom_and_the_runner_still_works(monkeypatch):
+    runner = bench.build_runner("yoco", "tiny", "cpu", torch.float32, max_tokens=256)
+    monkeypatch.setenv(bench.INJECT_ENV, "yoco:48:1")
+    res = bench.run_cell(runner, 48, 1, 2, None)
+    assert res.status == "oom" and "injected" in res.note and res.prefill_s is None
+    res = bench.run_cell(runner, 48, 2, 2, None)
+    assert res.status == "ok" and res.prefill_s > 0 and res.decode_ms > 0
+    assert res.cache_bytes == sum(bench.cache_bytes(runner.config, 48, 2, 4, reserve=2 + bench.WARMUP_STEPS + 1).values())
+
+    def broken(ids, cache):
+        raise ValueError("kernel exploded\nsecond line")
+
+    monkeypatch.setattr(runner, "decode", broken)
+    res = bench.run_cell(runner, 48, 2, 2, None)
+    assert res.status == "error" and res.note == "ValueError: kernel exploded"
+
+
+def test_cells_over_memory_by_estimate_are_skipped_unbuilt(tmp_path, monkeypatch):
+    est = bench.estimate_memory(get_config("yoco-tiny"), 96, 1, 4, reserve=2 + bench.WARMUP_STEPS + 1)["total"]
+    monkeypatch.setattr(bench, "device_memory", lambda device: est - 1)
+    monkeypatch.setattr(bench, "build_runner", lambda *a, **k: pytest.fail("built a model for skipped cells"))
+    assert main(["profile", "--arch", "yoco", "--size", "tiny", "--ctx", "96,192", "--batch", "1",
+                 "--gen-tokens", "2", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path)
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert float(rows[0]["est_gb"]) * GB == pytest.approx(est) and "exceeds" in rows[0]["note"]
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+ARGS = ["profile", "--size", "tiny", "--batch", "1,2", "--gen-tokens", "2", "--device", "cpu"]
+
+
+def _rows(out):
+    with open(out / "profile.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "prof"
+    monkeypatch.setenv(bench.INJECT_ENV, "yoco:128:1")
+    argv = [*ARGS, "--arch", "yoco,transformer,hf", "--ctx", "64,128", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["yoco", *argv])     # what command_line() records
+    rc = main(argv)
+    assert rc == 0
+    with open(out / "profile.csv", newline="") as f:
+        assert next(csv.reader(f)) == schemas.PROFILE.names
+    df = schemas.PROFILE.read(out / "profile.csv")
+    assert len(df) == 12
+    status = {(r["arch"], int(r["ctx"]), int(r["batch"])): r["status"] for r in df.to_dict("records")}
+    assert status.pop(("yoco", 128, 1)) == "oom"
+    assert status.pop(("yoco", 128, 2)) == "skipped"      # larger than a cell that ran out of memory
+    assert set(status.values()) == {"ok"}                 # the sweep went on, same model included
+    oom = df[df["status"] == "oom"].iloc[0]
+    assert oom["est_gb"] > 0 and "injected" in oom["note"]
+
+    ok = df[df["status"] == "ok"]
+    for col in ("prefill_s", "decode_ms", "decode_tok_s", "cache_gb", "est_gb", "prefill_tflops",
+                "prefill_share", "decode_gb_per_token", "decode_share", "matmul_tflops", "copy_tbs", "params"):
+        assert (ok[col] > 0).all(), col
+    assert list(ok["decode_tok_s"]) == pytest.approx(list(ok["batch"] * 1e3 / ok["decode_ms"]))
+    assert ok["peak_alloc_gb"].isna().all()               # no GPU: no peak measured, none invented
+    assert set(ok["dtype"]) == {"fp32"} and set(ok["gen_tokens"]) == {2}
+    assert set(ok["model"]) == {"yoco-tiny", "transformer-tiny", "hf-llama-tiny"}
+    assert ok["device"].str.startswith("cpu").all() and (ok["torch"] == torch.__version__).all()
+    # measured cache sizes: ours as allocated (prefill + room for the decoded tokens), HF's exact
+    cfg_t = get_config("transformer-tiny")
+    for r in ok.to_dict("records"):
+        T, B = int(r["ctx"]), int(r["batch"])
+        if r["arch"] == "hf":
+            want = bench.cache_bytes(cfg_t, T, B, 4)["kv"]
+        else:
+            cfg = get_config(r["model"])
+            want = sum(bench.cache_bytes(cfg, T, B, 4, reserve=2 + bench.WARMUP_STEPS + 1).values())
+        assert r["cache_gb"] * GB == pytest.approx(want), (r["arch"], T, B)
+
+    for name in ("profile_memory.png", "profile_prefill.png", "profile_throughput.png",
+                 "profile_decode_latency.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "profile --size tiny" in (out / "commands.txt").read_text()
+    text = capsys.readouterr().out
+    assert "yoco profile" in text and "oom" in text and "skipped" in text
+
+    # --resume: nothing measured twice
+    calls = []
+    real = bench.measure_cell
+    monkeypatch.setattr(bench, "measure_cell", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    monkeypatch.delenv(bench.INJECT_ENV)
+    assert main([*ARGS, "--arch", "yoco,transformer,hf", "--ctx", "64,128", "--out", str(out), "--resume"]) == 0
+    assert calls == [] and len(_rows(out)) == 12
+    # a larger context: only the new cells run; the earlier OOM still rules out yoco 256 x 1 and x 2
+    assert main([*ARGS, "--arch", "yoco,transformer", "--ctx", "64,128,256", "--out", str(out), "--resume"]) == 0
+    assert sorted(calls) == [(256, 1), (256, 2)]
+    rows = _rows(out)
+    assert len(rows) == 16
+    new = {(r["arch"], r["ctx"], r["batch"]): r["status"] for r in rows[12:]}
+    assert new == {("yoco", "256", "1"): "skipped", ("yoco", "256", "2"): "skipped",
+                   ("transformer", "256", "1"): "ok", ("transformer", "256", "2"): "ok"}
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["--ctx", "4q"], ["--ctx", "0"], ["--ctx", "1.5"], ["--arch", "rnn"], ["--arch", "yoco,mamba"],
+    ["--size", "7b"], ["--batch", "x"], ["--batch", "0"], ["--gen-tokens", "0"], ["--device", "tpu"],
+    ["--chunk-size", "abc"], ["--self-decoder", "mamba"], ["--dtype", "int8"], ["--repeats", "0"],
+])
+def test_bad_input_is_one_line_exit_2(args, capsys, tmp_path):
+    assert main(["profile", "--device", "cpu", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "profile.csv").exists()
+
+
+def test_missing_peer_package_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "fla", None)        # as if flash-linear-attention were absent
+    assert main(["profile", "--arch", "yoco,fla", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "arch fla needs flash-linear-attention" in err and "\n" not in err
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert main(["profile", "--arch", "hf", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "arch hf needs transformers" in capsys.readouterr().err
+
+
+def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path):
+    p = subprocess.run(["yoco", "profile", "--ctx", "4k,x", "--device", "cpu", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and "bad size 'x'" in p.stderr
