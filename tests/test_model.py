@@ -125,3 +125,28 @@ def test_presets_and_parameter_counts():
     assert 3.3e9 < y3.n_params() < 3.6e9
     with pytest.raises(KeyError, match="did you mean"):
         get_config("yoco-3bb")
+
+
+@pytest.mark.parametrize("kind", ["yoco-gret", "transformer"])
+def test_graph_safe_decode_step_equals_full_forward(kind):
+    """The step a CUDA graph captures (device position, in-place KV write, attention over the
+    whole buffer up to the position with the decode kernel's reference) gives the full forward's
+    logits; on the CPU it runs eagerly, the same code."""
+    from yoco_core.graphs import StaticDecoder
+
+    model = small_model(kind)
+    ids = _ids(2, 40)
+    full = model(ids)
+    _, cache = model.prefill(ids[:, :25], reserve=20)
+    step = StaticDecoder(model, cache)
+    out = [step(ids[:, t:t + 1]) for t in range(25, 40)]
+    torch.testing.assert_close(torch.cat(out, 1), full[:, 25:40], **TOL)
+    assert cache.length == 40
+    # positions past the fill are never read: poison them and decode once more
+    with torch.inference_mode():
+        for buf in ([cache.kv] if hasattr(cache, "kv") else cache.layers):
+            buf.k[:, :, 41:] = float("nan")
+    assert torch.isfinite(step(ids[:, :1])).all()
+    with pytest.raises(ValueError, match="cache is full"):
+        for _ in range(10):
+            step(ids[:, :1])

@@ -7,7 +7,7 @@ import typer
 
 from . import eval as eval_cmd
 from . import needle, profile, report, train
-from .options import UserError, console
+from .options import UserError, console, set_argv
 
 app = typer.Typer(
     name="yoco",
@@ -24,6 +24,7 @@ app.command("train")(train.train)
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_argv(argv)
     try:
         app(args=argv, standalone_mode=False)
     except UserError as e:

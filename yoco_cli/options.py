@@ -124,8 +124,17 @@ def load_model_or_fail(name: str, device: str, dtype):
         fail(str(e))
 
 
+_ARGV: list[str] | None = None   # set by main() to the arguments it was given
+
+
+def set_argv(argv: list[str] | None) -> None:
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
+
+
 def command_line() -> str:
     """The command as typed, for the record kept beside results."""
     import shlex
 
-    return "yoco " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args = sys.argv[1:] if _ARGV is None else _ARGV
+    return "yoco " + " ".join(shlex.quote(a) for a in args)

@@ -48,6 +48,12 @@ class KVBuffer:
         self.v[:, :, self.length: self.length + n] = v
         self.length += n
 
+    def write_at(self, at: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write one position given as a device tensor ``at`` ``[1]`` (no host sync, graph-safe).
+        The host-side ``length`` is advanced by the caller (``advance``)."""
+        self.k.index_copy_(2, at, k)
+        self.v.index_copy_(2, at, v)
+
     def view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
@@ -63,6 +69,13 @@ class YOCOCache:
     @property
     def length(self) -> int:
         return self.kv.length
+
+    @property
+    def capacity(self) -> int:
+        return self.kv.capacity
+
+    def advance(self, n: int) -> None:
+        self.kv.length += n
 
     def kv_nbytes(self) -> int:
         return self.kv.nbytes()
@@ -87,6 +100,14 @@ class TransformerCache:
     @property
     def length(self) -> int:
         return self.layers[0].length
+
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
+    def advance(self, n: int) -> None:
+        for b in self.layers:
+            b.length += n
 
     def kv_nbytes(self) -> int:
         return sum(b.nbytes() for b in self.layers)

@@ -142,12 +142,12 @@ class CrossAttention(nn.Module):
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, rope, k, v):
+    def forward(self, x, rope, k, v, length=None):
         B, n, _ = x.shape
         q = self.q_proj(x).view(B, n, self.n_heads, self.head_dim)
         if rope is not None:
             q = apply_rope(q, *rope)
-        o = attend(q.transpose(1, 2), k, v)
+        o = attend(q.transpose(1, 2), k, v, length)
         return self.o_proj(o.transpose(1, 2).reshape(B, n, -1))
 
 
@@ -162,17 +162,23 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, rope, buf: KVBuffer | None = None):
+    def forward(self, x, rope, buf: KVBuffer | None = None, at=None):
+        """``at``: a device tensor ``[1]``, the position of the one new token: the graph-safe
+        decode step (write in place, attend the whole buffer up to ``at + 1``)."""
         B, n, _ = x.shape
         cos, sin = rope
         q = apply_rope(self.q_proj(x).view(B, n, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(B, n, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(B, n, self.n_kv_heads, self.head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
-        if buf is not None:
+        length = None
+        if at is not None:
+            buf.write_at(at, k, v)
+            k, v, length = buf.k, buf.v, at + 1
+        elif buf is not None:
             buf.append(k, v)
             k, v = buf.view()
-        o = attend(q.transpose(1, 2), k, v)
+        o = attend(q.transpose(1, 2), k, v, length)
         return self.o_proj(o.transpose(1, 2).reshape(B, n, -1)), buf
 
 
@@ -191,8 +197,8 @@ class Block(nn.Module):
 
 
 class CrossBlock(Block):
-    def forward(self, x, rope, k, v):
-        x = x + self.attn(self.attn_norm(x), rope, k, v)
+    def forward(self, x, rope, k, v, length=None):
+        x = x + self.attn(self.attn_norm(x), rope, k, v, length)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -339,6 +345,22 @@ class YOCO(CausalLM):
             x = layer(x, rc, k, v)
         return self.logits(x)
 
+    def decode_step(self, input_ids, cache: YOCOCache, at):
+        """One token per row at the device position ``at`` ``[1]``, with no host sync and no shape
+        that depends on the context length: what ``CUDAGraphDecoder`` captures. States are
+        updated in place; the caller advances ``cache`` (and ``at``) afterwards."""
+        if self.config.self_decoder != "gret":
+            raise NotImplementedError("the graph-safe decode step needs the gRet self-decoder")
+        rs, rc = self.ropes(at)
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.self_layers):
+            x, state = layer(x, rs, cache.states[i])
+            cache.states[i].copy_(state)
+        cache.kv.write_at(at, *self.global_kv(x, rc))
+        for layer in self.cross_layers:
+            x = layer(x, rc, cache.kv.k, cache.kv.v, at + 1)
+        return self.logits(x)
+
 
 class Transformer(CausalLM):
     def __init__(self, cfg: ModelConfig):
@@ -365,6 +387,14 @@ class Transformer(CausalLM):
         if need is None:
             return None
         return self.logits(x[:, -1:] if need == "last" else x)
+
+    def decode_step(self, input_ids, cache: TransformerCache, at):
+        """One token per row at the device position ``at`` ``[1]`` (see ``YOCO.decode_step``)."""
+        rope = self.rope(at, self.config.head_dim)
+        x = self.embed_tokens(input_ids)
+        for layer, buf in zip(self.layers, cache.layers):
+            x, _ = layer(x, rope, buf, at)
+        return self.logits(x)
 
 
 def model_class(config: ModelConfig) -> type[CausalLM]:

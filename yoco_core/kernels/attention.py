@@ -10,6 +10,11 @@ causal mask is aligned bottom-right. It dispatches to PyTorch's scaled_dot_produ
 * otherwise (a prefill chunk after earlier chunks): a lower-right ``CausalBias``, which the fused
   backends take without materialising an ``n x L`` mask. (Plain ``is_causal`` would align top-left.)
 
+With ``length`` (a device tensor), the query is one new token and ``k``/``v`` are whole preallocated
+buffers of which the first ``length`` positions are valid: the split-KV decode kernel
+(``kernels/decode_attention``) runs, with no shape that depends on the length, so the decode step
+can be captured in a CUDA graph.
+
 ``sliding_window_attend`` does the same for a band of ``window`` keys, block by block so that no
 mask larger than ``block x (block + window)`` exists. ``attention_ref`` is the float64 reference.
 """
@@ -19,8 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from .decode_attention import decode_attention
 
-def attend(q, k, v):
+
+def attend(q, k, v, length=None):
+    if length is not None:
+        return decode_attention(q[:, :, 0], k, v, length)[:, :, None]
     n, L = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if n == 1:

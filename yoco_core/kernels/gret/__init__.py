@@ -1,8 +1,9 @@
 """Gated retention: dispatch between fla-core's kernels (GPU) and our PyTorch forms (CPU).
 
-fla-core's ``chunk_simple_gla`` and ``fused_recurrent_simple_gla`` implement exactly this
-recurrence (scalar per-head decay ``g``, scale on q) in the same ``[B, T, H, K]`` layout, so on a
-CUDA device with fla-core installed they are used; everywhere else the chunkwise PyTorch form runs.
+fla-core's ``chunk_simple_gla`` implements exactly this recurrence (scalar per-head decay ``g``,
+scale on q) in the same ``[B, T, H, K]`` layout, so on a CUDA device with fla-core installed it runs
+the prefill; everywhere else the chunkwise PyTorch form does. A single decoding step is the
+recurrent form in plain PyTorch (``gret_step``) on every device.
 Set ``YOCO_GRET_BACKEND=torch`` to force the PyTorch forms.
 """
 from __future__ import annotations
@@ -22,10 +23,10 @@ __all__ = ["gated_retention", "gret_chunk", "gret_step", "gret_parallel_ref", "g
 @functools.lru_cache(maxsize=None)
 def _fla_ops():
     try:
-        from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+        from fla.ops.simple_gla import chunk_simple_gla
     except Exception:  # not installed, or its import fails (no GPU): the PyTorch path runs
         return None
-    return chunk_simple_gla, fused_recurrent_simple_gla
+    return (chunk_simple_gla,)
 
 
 def fla_available() -> bool:
@@ -41,13 +42,14 @@ def backend_for(x: torch.Tensor) -> str:
 
 def gated_retention(q, k, v, g, scale: float, initial_state=None):
     """Returns ``(o, final_state)``; ``final_state`` is float32 ``[B, H, K, V]``."""
-    if backend_for(q) == "fla":
-        chunk, recurrent = _fla_ops()
-        fn = recurrent if q.shape[1] == 1 else chunk
-        o, state = fn(q=q, k=k, v=v, g=g.float(), scale=scale,
-                      initial_state=None if initial_state is None else initial_state.float(),
-                      output_final_state=True)
-        return o, state.float()
     if q.shape[1] == 1 and initial_state is not None:
+        # one decoding step: a few small einsums on the [B, H, K, V] state; plain PyTorch ops, so
+        # the step can be captured in a CUDA graph
         return gret_step(q, k, v, g, scale, initial_state)
+    if backend_for(q) == "fla":
+        chunk = _fla_ops()[0]
+        o, state = chunk(q=q, k=k, v=v, g=g.float(), scale=scale,
+                         initial_state=None if initial_state is None else initial_state.float(),
+                         output_final_state=True)
+        return o, state.float()
     return gret_chunk(q, k, v, g, scale, initial_state)

@@ -1,0 +1,92 @@
+"""Decoding one token at a time, as a CUDA graph where it can be.
+
+On the GPU an eager decode step of a 26-layer model is a few hundred small kernel launches, and
+their launch cost (not the memory traffic that bounds the step) dominates: ~65 ms per token
+measured on an H100 for a 3B model whatever the context. ``CUDAGraphDecoder`` captures
+``model.decode_step`` once over the preallocated cache and replays it: the new position lives in a
+device tensor, the KV cache is written in place, and attention reads the whole buffer up to that
+position with the split-KV kernel, so nothing in the graph depends on the context length.
+
+``make_decoder(model, cache)`` returns the graph decoder where it applies (CUDA, one token per
+row, a gRet or Transformer model) and an eager one otherwise; both are called as
+``step(token_ids [B, 1]) -> logits [B, 1, V]`` and advance the cache.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class EagerDecoder:
+    def __init__(self, model, cache):
+        self.model, self.cache = model, cache
+
+    def __call__(self, input_ids):
+        return self.model.decode(input_ids, self.cache)[0]
+
+
+class StaticDecoder:
+    """The graph-safe step run eagerly (the CPU path that tests the same logic as the graph)."""
+
+    def __init__(self, model, cache):
+        self.model, self.cache = model, cache
+        self.at = torch.tensor([cache.length], device=model.device)
+
+    def _check(self, n: int) -> None:
+        if n != 1:
+            raise ValueError("the static decoder takes one token per row")
+        if self.cache.length + 1 > self.cache.capacity:
+            raise ValueError(f"the cache is full ({self.cache.capacity} positions): prefill with a larger reserve")
+        self.model._check_length(self.cache.length + 1)
+
+    @torch.inference_mode()
+    def __call__(self, input_ids):
+        self._check(input_ids.shape[1])
+        logits = self.model.decode_step(input_ids, self.cache, self.at)
+        self.cache.advance(1)
+        self.at.add_(1)
+        return logits
+
+
+class CUDAGraphDecoder(StaticDecoder):
+    def __init__(self, model, cache, warmup: int = 2):
+        super().__init__(model, cache)
+        B = cache.kv.k.shape[0] if hasattr(cache, "kv") else cache.layers[0].k.shape[0]
+        self.ids = torch.zeros(B, 1, dtype=torch.long, device=model.device)
+        states = getattr(cache, "states", [])
+        saved = [s.clone() for s in states]
+        with torch.inference_mode():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):      # warm-up: Triton compiles, cuBLAS picks its kernels
+                for _ in range(warmup):
+                    model.decode_step(self.ids, cache, self.at)
+            torch.cuda.current_stream().wait_stream(side)
+            for s, v in zip(states, saved):     # the warm-up must leave no trace in the state
+                s.copy_(v)                      # (its KV writes sit at `at`, overwritten by the real step)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = model.decode_step(self.ids, cache, self.at)
+        del saved
+
+    @torch.inference_mode()
+    def __call__(self, input_ids):
+        self._check(input_ids.shape[1])
+        self.ids.copy_(input_ids)
+        self.graph.replay()
+        self.cache.advance(1)
+        self.at.add_(1)
+        return self.out
+
+
+def graph_capable(model) -> bool:
+    cfg = model.config
+    return cfg.arch == "transformer" or cfg.self_decoder == "gret"
+
+
+def make_decoder(model, cache, use_graph: bool | None = None):
+    """The fastest correct one-token decoder for this model and device."""
+    if use_graph is None:
+        use_graph = model.device.type == "cuda"
+    if use_graph and model.device.type == "cuda" and graph_capable(model):
+        return CUDAGraphDecoder(model, cache)
+    return EagerDecoder(model, cache)
