@@ -1,9 +1,155 @@
-"""`yoco train`: not built yet (see the README's roadmap)."""
+"""`yoco train`: train a preset on synthetic long-context data (needles, kv lookups, copying).
+
+The training itself lives in ``yoco_core.train`` (data in ``yoco_core.synthetic``); this module
+parses and checks the options, draws a rich progress bar (step, smoothed loss, answer accuracy,
+lr, tokens/s) and prints a one-line summary. ``--ship`` copies the finished weights into the
+package (``yoco_core/weights/<preset>/``), where ``load_model("<preset>")`` finds them.
+"""
 from __future__ import annotations
 
-from .options import fail
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .options import (DeviceOpt, DtypeOpt, ModelOpt, SeedOpt, command_line, console, fail, format_size,
+                      parse_size, parse_size_list, resolve_device)
 
 
-def train() -> None:
-    """Not built yet: exits 2."""
-    fail("`yoco train` is not built yet")
+def _amp(dtype: str) -> str:
+    key = dtype.strip().lower()
+    if key == "auto":
+        return "auto"
+    if key in ("bf16", "bfloat16"):
+        return "bf16"
+    if key in ("fp32", "float32"):
+        return "fp32"
+    if key in ("fp16", "float16"):
+        fail("--dtype fp16: training supports bf16 autocast or fp32 (fp16 would need loss scaling)")
+    fail(f"unknown dtype {dtype!r} (use bf16, fp32 or auto)")
+
+
+def train(
+    model: ModelOpt = "yoco-tiny",
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1400,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run folder: checkpoints step_N/, final/, train_log.csv (default runs/train-MODEL).")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW; linear warm-up, cosine decay).")] = 2e-3,
+    min_lr_ratio: Annotated[float, typer.Option("--min-lr-ratio", help="Final learning rate as a share of --lr.")] = 0.1,
+    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up steps (-1: 5% of --steps).")] = -1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (matrices only).")] = 0.1,
+    batch_tokens: Annotated[str, typer.Option(
+        "--batch-tokens", help="Tokens per step (batch = this // sample length), e.g. 64k.")] = "64k",
+    curriculum: Annotated[str, typer.Option(
+        "--curriculum", help="Sample lengths in tokens (ascending), the steps split evenly over them.")] = "512,1k,2k,4k,8k,16k,32k",
+    mix: Annotated[str, typer.Option(
+        "--mix", help="Task weights: needle (the evaluated format), kv (lookups), copy.")] = "needle=0.5,kv=0.25,copy=0.25",
+    lm_weight: Annotated[float, typer.Option(
+        "--lm-weight", help="Weight of the loss on non-answer tokens (the answer tokens weigh 1).")] = 0.1,
+    set_: Annotated[Optional[List[str]], typer.Option(
+        "--set", help="Override a model setting, KEY=VALUE (repeatable), e.g. --set cross_rope=false --set dim=128.")] = None,
+    log_every: Annotated[int, typer.Option("--log-every", help="Steps between log rows (and GPU syncs).")] = 10,
+    save_every: Annotated[int, typer.Option("--save-every", help="Steps between checkpoints (0: only at the end).")] = 250,
+    keep: Annotated[int, typer.Option("--keep", help="Newest step_N checkpoints kept.")] = 2,
+    stop_at: Annotated[Optional[int], typer.Option(
+        "--stop-at", help="End this session after that step with a checkpoint (continue later with --resume).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --out.")] = False,
+    ship: Annotated[bool, typer.Option(
+        "--ship", help="When done, copy final/ (as bf16) into the package: yoco_core/weights/<preset>/.")] = False,
+) -> None:
+    """Train a preset on synthetic long-context data (needles, kv lookups, copying), resumably."""
+    from yoco_core import train as tr
+
+    # -- check everything before any work ----------------------------------------------------
+    if steps < 1:
+        fail(f"--steps {steps}: must be at least 1")
+    if stop_at is not None and stop_at < 1:
+        fail(f"--stop-at {stop_at}: must be at least 1")
+    lengths = parse_size_list(curriculum)
+    if min(lengths) < 8:
+        fail(f"--curriculum {curriculum}: lengths must be at least 8 tokens")
+    tokens = parse_size(batch_tokens)
+    try:
+        from yoco_core.synthetic import parse_mix
+
+        mixture = parse_mix(mix)
+        overrides = tr.parse_overrides(set_ or [])
+    except (ValueError, tr.TrainError) as e:
+        fail(str(e))
+    dev = resolve_device(device)
+    amp = _amp(dtype)
+    out = out or Path(f"runs/train-{Path(model).name.lower()}")
+    try:
+        cfg = tr.TrainConfig(
+            model=model, overrides=overrides, steps=steps, out=str(out), device=dev, amp=amp, seed=seed, lr=lr,
+            min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=tokens,
+            curriculum=lengths, mix=mixture, lm_weight=lm_weight, log_every=log_every, save_every=save_every,
+            keep=keep, command=command_line())
+    except tr.TrainError as e:
+        fail(str(e))
+
+    # -- train ---------------------------------------------------------------------------------
+    progress = Progress(
+        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    task_id = None
+    smooth: dict = {}
+
+    def on_start(info: dict) -> None:
+        nonlocal task_id
+        where = f"resuming at step {info['start']}" if info["start"] else "from scratch"
+        console.print(f"{info['model']} ({info['arch']}, {info['params'] / 1e6:.2f}M params) on {info['device']}, "
+                      f"{info['amp']}, {where}; {info['backend']}; "
+                      f"curriculum {','.join(format_size(x) for x in cfg.curriculum)} x "
+                      f"{format_size(cfg.batch_tokens)} tokens/step -> {info['out']}", highlight=False)
+        progress.start()
+        task_id = progress.add_task("train", total=cfg.steps, completed=info["start"], stats="")
+
+    def on_step(step: int) -> None:
+        progress.update(task_id, completed=step)
+
+    # without a terminal (a log file, a remote job) the bar cannot redraw: print ~20 plain lines
+    plain_every = max(1, cfg.steps // cfg.log_every // 20)
+    n_logged = 0
+
+    def on_log(row: dict) -> None:
+        nonlocal n_logged
+        for key in ("loss", "answer_acc", "needle_acc"):   # exponential smoothing over log rows
+            if row[key] != "":
+                smooth[key] = row[key] if key not in smooth else 0.7 * smooth[key] + 0.3 * row[key]
+        needle_acc = f" needle {smooth['needle_acc']:.3f}" if "needle_acc" in smooth else ""
+        stats = (f"len {format_size(row['length'])} loss {smooth['loss']:.3f} acc {smooth['answer_acc']:.3f}"
+                 f"{needle_acc} lr {float(row['lr']):.2e} {row['tokens_per_s'] / 1e3:,.0f}k tok/s")
+        progress.update(task_id, stats=stats)
+        n_logged += 1
+        if not console.is_terminal and (n_logged % plain_every == 0 or row["step"] == cfg.steps):
+            console.print(f"step {row['step']}/{cfg.steps} {stats} ({row['seconds']:.0f} s)", highlight=False)
+
+    try:
+        result = tr.train(cfg, resume=resume, stop_at=stop_at, on_start=on_start, on_step=on_step, on_log=on_log)
+    except tr.TrainError as e:
+        fail(str(e))
+    finally:
+        progress.stop()
+
+    last = result.last or {}
+    tok_s = result.tokens / result.seconds if result.seconds else 0.0
+    head = "stopped" if result.step < cfg.steps else "done"
+    console.print(
+        f"{head}: step {result.step}/{cfg.steps}, {result.tokens / 1e6:.1f}M tokens in {result.seconds:.0f} s "
+        f"({tok_s / 1e3:,.0f}k tok/s); last loss {last.get('loss', 'n/a')}, answer loss "
+        f"{last.get('answer_loss', 'n/a')}, answer acc {last.get('answer_acc', 'n/a')}, needle acc "
+        f"{last.get('needle_acc') or 'n/a'} -> {result.final}",
+        highlight=False, soft_wrap=True)
+    if ship:
+        if result.step < cfg.steps:
+            fail(f"--ship: the run stopped at step {result.step} of {cfg.steps}; finish it first (--resume)")
+        try:
+            dest = tr.ship(result.out)
+        except tr.TrainError as e:
+            fail(str(e))
+        console.print(f"shipped: {dest} (load_model({dest.name!r}) now loads these weights)", highlight=False)

@@ -48,6 +48,8 @@ def gated_retention(q, k, v, g, scale: float, initial_state=None):
         return gret_step(q, k, v, g, scale, initial_state)
     if backend_for(q) == "fla":
         chunk = _fla_ops()[0]
+        if q.dtype != v.dtype or k.dtype != v.dtype:   # autocast: q, k leave RoPE in float32, v is bf16
+            q, k = q.to(v.dtype), k.to(v.dtype)
         o, state = chunk(q=q, k=k, v=v, g=g.float(), scale=scale,
                          initial_state=None if initial_state is None else initial_state.float(),
                          output_final_state=True)

@@ -1,0 +1,677 @@
+"""Training a preset on synthetic long-context data (``yoco train``).
+
+* **Data**: :mod:`yoco_core.synthetic`, generated on the fly (the evaluated needle format, kv
+  lookups, copying); the batch of step ``s`` is a pure function of ``(seed, s)``.
+* **Length curriculum**: the steps are split evenly over the ``curriculum`` lengths (e.g. 512, 1K,
+  2K, 4K); each step holds about ``batch_tokens`` tokens, ``batch = max(1, batch_tokens // length)``.
+* **Loss**: next-token cross-entropy, ``answer loss + lm_weight * mean over the other tokens``
+  (padding excluded). The answer loss averages each sample's answer tokens (needle values,
+  looked-up values, copied spans), then the samples, so every task weighs as its share of the mix
+  (a copy sample has hundreds of answer tokens, a needle sample nine). The answer tokens carry
+  the retrieval signal; a plain mean over all tokens would be dominated by thousands of filler
+  tokens per answer, so the model would mostly learn to predict filler. The small ``lm_weight``
+  term keeps a little language modelling of the rest (spelling of keys, structure).
+* **Optimiser**: AdamW (fused on CUDA), weight decay on matrices only, linear warm-up then cosine
+  decay to ``min_lr_ratio * lr``, gradient clipping. bf16 autocast on CUDA (weights stay float32),
+  TF32 matmuls. On CUDA with fla-core, its gRet kernels are first checked against the PyTorch
+  form (forward and backward, under the same autocast); on any failure training uses the PyTorch
+  form (``check_gret_backend``).
+* **Checkpoints**: ``OUT/step_N/`` = ``model.safetensors`` + ``config.json`` (``save_model``),
+  ``optimizer.safetensors`` (AdamW moments and step of every parameter, by name) and
+  ``trainer_state.json`` (step, schedule, RNG states, data generator state, counters), written
+  last so that a directory with it is complete; ``OUT/final/`` at the end. ``resume`` continues
+  from the latest complete checkpoint and reproduces an uninterrupted run exactly (same seed).
+* **Log**: ``OUT/train_log.csv`` every ``log_every`` steps, averaged over those steps: ``loss``
+  (the optimised total), ``answer_loss`` (per-sample mean over answer tokens), ``lm_loss``,
+  ``answer_acc`` (greedy next-token accuracy over all answer tokens), ``needle_acc`` (the same
+  over the answer tokens of needle samples: the evaluated task; ~0.3 is what a model that only
+  knows the format gets, " " and "." right and one digit in ten), ``lr``, ``grad_norm``,
+  ``tokens``, ``seconds`` (training time, checkpoints excluded), ``tokens_per_s``. Values are
+  read back from the GPU only at log steps.
+
+Nothing here prints: ``train`` reports through callbacks (the CLI draws a rich progress bar).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import json
+import math
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .checkpoint import CheckpointError, load_state, read_config, read_state_dict, save_model
+from .config import PRESETS, ModelConfig, get_config
+from .model import CausalLM, build_model
+from .needle import device_name
+from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, Batch, SyntheticData, parse_mix
+
+LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc", "needle_acc", "lr",
+              "grad_norm", "tokens", "seconds", "tokens_per_s")
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.safetensors"
+LOG_FILE = "train_log.csv"
+CONFIG_FILE = "train_config.json"
+SUMMARY_FILE = "train_summary.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class TrainError(Exception):
+    """A training run that cannot start or resume as asked (one-line message)."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "yoco-tiny"                 # preset name, or a checkpoint directory to continue from
+    overrides: dict = field(default_factory=dict)   # ModelConfig fields to change (--set)
+    steps: int = 1400
+    out: str = "runs/train"
+    device: str = "cpu"
+    amp: str = "auto"                        # bf16 (autocast) | fp32 | auto (bf16 on cuda)
+    seed: int = 0
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = -1                         # -1: 5% of the steps (at least 1)
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    batch_tokens: int = 65536
+    curriculum: list = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192, 16384, 32768])
+    mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
+    lm_weight: float = 0.1
+    log_every: int = 10
+    save_every: int = 250                    # 0: only at the end
+    keep: int = 2                            # step_N checkpoints kept (the newest)
+    command: str = ""                        # the command line, for the record
+
+    # what must match for a resume to reproduce the run exactly
+    RESUME_KEYS = ("model", "overrides", "steps", "seed", "lr", "min_lr_ratio", "warmup",
+                   "weight_decay", "betas", "grad_clip", "batch_tokens", "curriculum", "mix",
+                   "lm_weight", "amp")
+
+    def __post_init__(self):
+        try:
+            self.mix = parse_mix(",".join(f"{k}={v}" for k, v in self.mix.items()))
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        self.curriculum = [int(x) for x in self.curriculum]
+        self.betas = tuple(float(b) for b in self.betas)
+        problems = []
+        if self.steps < 1:
+            problems.append("steps must be >= 1")
+        if not self.curriculum or min(self.curriculum) < 8:
+            problems.append("curriculum lengths must be >= 8 tokens")
+        if self.batch_tokens < 1:
+            problems.append("batch_tokens must be >= 1")
+        if not self.lr > 0:
+            problems.append("lr must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append("min_lr_ratio must be between 0 and 1")
+        if self.lm_weight < 0:
+            problems.append("lm_weight must be >= 0")
+        if self.log_every < 1:
+            problems.append("log_every must be >= 1")
+        if self.save_every < 0 or self.keep < 1:
+            problems.append("save_every must be >= 0 and keep >= 1")
+        if self.amp not in ("auto", "bf16", "fp32"):
+            problems.append(f"amp must be auto, bf16 or fp32, not {self.amp!r}")
+        if problems:
+            raise TrainError("; ".join(problems))
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, self.steps // 20) if self.warmup < 0 else self.warmup
+
+    def use_amp(self) -> bool:
+        cuda = torch.device(self.device).type == "cuda"
+        return self.amp == "bf16" or (self.amp == "auto" and cuda)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# -- schedule ------------------------------------------------------------------------------------
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of (0-based) ``step``: linear warm-up, then cosine to ``min_lr_ratio * lr``."""
+    w = cfg.warmup_steps
+    if step < w:
+        return cfg.lr * (step + 1) / w
+    span = max(1, cfg.steps - w)
+    t = min(1.0, (step - w) / span)
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
+
+
+def length_at(cfg: TrainConfig, step: int) -> int:
+    """The curriculum length of ``step`` (the steps split evenly over the lengths)."""
+    n = len(cfg.curriculum)
+    return cfg.curriculum[min(n - 1, step * n // cfg.steps)]
+
+
+def batch_size_at(cfg: TrainConfig, step: int) -> int:
+    return max(1, cfg.batch_tokens // length_at(cfg, step))
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["cross_rope=false", "dim=64"]`` -> typed ModelConfig overrides; TrainError if bad."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    out: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise TrainError(f"bad --set {pair!r}: use KEY=VALUE, e.g. cross_rope=false")
+        if key not in fields or key == "name":
+            raise TrainError(f"unknown model setting {key!r} (known: {', '.join(k for k in fields if k != 'name')})")
+        default = getattr(ModelConfig(), key)
+        try:
+            if isinstance(default, bool):
+                low = text.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = low in ("true", "1", "yes", "on")
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+            elif default is None or isinstance(default, dict):
+                value = None if text.lower() in ("none", "null", "") else json.loads(text)
+            else:
+                value = text
+        except (ValueError, json.JSONDecodeError):
+            raise TrainError(f"bad --set {pair!r}: {key} wants a {type(default).__name__ if default is not None else 'JSON object'}") from None
+        out[key] = value
+    return out
+
+
+# -- model, optimiser ----------------------------------------------------------------------------
+def make_model(cfg: TrainConfig) -> CausalLM:
+    """A float32 model on ``cfg.device``: a preset with seeded random weights, or a checkpoint's weights."""
+    device = torch.device(cfg.device)
+    try:
+        if cfg.model.lower() in PRESETS:
+            mcfg = get_config(cfg.model).replace(**cfg.overrides)
+            return build_model(mcfg, device=device, seed=cfg.seed).train()
+        path = Path(cfg.model).expanduser()
+        if not path.exists():
+            known = ", ".join(sorted(k for k in PRESETS if k.endswith("tiny")))
+            raise TrainError(f"{cfg.model!r} is neither a preset (e.g. {known}) nor an existing path")
+        mcfg = read_config(path).replace(**cfg.overrides)
+        model = build_model(mcfg, device=device, seed=cfg.seed)
+        file = path / "model.safetensors" if path.is_dir() else path
+        load_state(model, {k: v.to(device) for k, v in read_state_dict(file).items()}, str(file))
+        return model.train()
+    except (ValueError, CheckpointError) as e:
+        raise TrainError(str(e).splitlines()[0]) from None
+
+
+def param_groups(model: CausalLM, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and not name.startswith("embed.") else no_decay).append((name, p))
+    return [{"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
+            {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0}]
+
+
+def make_optimizer(model: CausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
+    cuda = torch.device(cfg.device).type == "cuda"
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                             eps=1e-8, fused=True if cuda else None)
+
+
+def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for group in opt.param_groups:
+        for name, p in zip(group["names"], group["params"]):
+            for key, value in opt.state.get(p, {}).items():
+                t = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+                tensors[f"{name}.{key}"] = t.detach().contiguous().cpu()
+    save_file(tensors, str(path))
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    sd = opt.state_dict()
+    by_param: dict[str, dict] = {}
+    for key, value in tensors.items():
+        name, _, field_ = key.rpartition(".")
+        by_param.setdefault(name, {})[field_] = value
+    state = {}
+    for group, sd_group in zip(opt.param_groups, sd["param_groups"]):
+        for name, i in zip(group["names"], sd_group["params"]):
+            if name in by_param:
+                state[i] = by_param.pop(name)
+    if by_param:
+        raise TrainError(f"{path} holds optimizer state of unknown parameters (e.g. {next(iter(by_param))})")
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+# -- RNG states (JSON, base64) --------------------------------------------------------------------
+def _rng_state(device: torch.device) -> dict:
+    out = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if device.type == "cuda":
+        out["cuda"] = base64.b64encode(torch.cuda.get_rng_state(device).numpy().tobytes()).decode()
+    return out
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    def tensor(s):
+        return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+    torch.set_rng_state(tensor(state["torch"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(tensor(state["cuda"]), device)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete ``step_N`` checkpoints in ``out``, oldest first."""
+    found = []
+    if out.is_dir():
+        for p in out.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and (p / STATE_FILE).is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(out: Path, model: CausalLM, opt, cfg: TrainConfig, data: SyntheticData, step: int,
+                    counters: dict) -> Path:
+    final = out / f"step_{step}"
+    tmp = out / f".step_{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tmp)
+    save_optimizer(opt, tmp / OPTIM_FILE)
+    state = {
+        "step": step,
+        "lr": lr_at(cfg, min(step, cfg.steps - 1)),
+        "schedule": {"warmup": cfg.warmup_steps, "steps": cfg.steps, "lr": cfg.lr,
+                     "min_lr_ratio": cfg.min_lr_ratio, "curriculum": cfg.curriculum,
+                     "batch_tokens": cfg.batch_tokens},
+        "rng": _rng_state(torch.device(cfg.device)),
+        "data": data.state(step),
+        "counters": counters,
+        "train_config": cfg.to_dict(),
+    }
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for _, old in checkpoints(out)[:-cfg.keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, where: Path) -> None:
+    now = cfg.to_dict()
+    for key in TrainConfig.RESUME_KEYS:
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            same = a.keys() == b.keys() and all(
+                abs(a[k] - b[k]) < 1e-12 if isinstance(a[k], float) else a[k] == b[k] for k in a)
+        else:
+            same = a == b
+        if not same:
+            raise TrainError(f"cannot resume {where}: it was trained with {key}={a!r}, now {key}={b!r}")
+
+
+# -- the log ---------------------------------------------------------------------------------------
+def _open_log(out: Path, resume_step: int):
+    path = out / LOG_FILE
+    rows = []
+    if resume_step > 0 and path.is_file():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+    f = path.open("w", newline="")
+    w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    f.flush()
+    return f, w
+
+
+# -- batches on a thread ---------------------------------------------------------------------------
+class _Prefetch:
+    """Builds the batches of steps ``start ..`` ahead on a thread (the data is a pure function of
+    the step, so this cannot change what is trained on)."""
+
+    def __init__(self, data: SyntheticData, cfg: TrainConfig, start: int, depth: int = 3):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        pin = torch.device(cfg.device).type == "cuda"
+
+        def work():
+            try:
+                for step in range(start, cfg.steps):
+                    item = (step, *loss_inputs(data.batch(step, batch_size_at(cfg, step), length_at(cfg, step)), pin))
+                    while not self.stop.is_set():
+                        try:
+                            self.q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if self.stop.is_set():
+                        return
+            except BaseException as e:  # surfaced in the training loop
+                self.q.put(e)
+
+        self.thread = threading.Thread(target=work, daemon=True, name="yoco-train-data")
+        self.thread.start()
+
+    def get(self):
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+# -- loss ------------------------------------------------------------------------------------------
+def loss_inputs(batch: Batch, pin: bool = False) -> tuple:
+    """Host-side weights of a batch: (ids, answer weights, context weights, needle-answer mask,
+    answer tokens, needle answer tokens). The weights are over the label positions ``[B, T]``.
+
+    Answer weights average each sample's answer tokens, then the samples (a copy sample with
+    hundreds of answer tokens weighs as much as a needle sample with nine); context weights
+    average all context tokens."""
+    k = batch.kind[:, 1:]
+    ans = k == ANSWER
+    per_row = ans.sum(1, keepdims=True)
+    rows = max(1, int((per_row > 0).sum()))
+    ans_w = (ans / np.maximum(per_row, 1) / rows).astype(np.float32)
+    ctx = k == CONTEXT
+    ctx_w = (ctx / max(1, int(ctx.sum()))).astype(np.float32)
+    needle = ans & np.array([t == "needle" for t in batch.tasks])[:, None]
+    tensors = [torch.from_numpy(batch.ids), torch.from_numpy(ans_w), torch.from_numpy(ctx_w),
+               torch.from_numpy(ans), torch.from_numpy(needle)]
+    if pin:
+        tensors = [t.pin_memory() for t in tensors]
+    return (*tensors, int(ans.sum()), int(needle.sum()))
+
+
+def batch_loss(model: CausalLM, ids, ans_w, ctx_w, ans, needle, lm_weight: float):
+    """(loss, answer loss, lm loss, answer tokens right, needle answer tokens right) of a batch
+    (all on the device; see ``loss_inputs`` and the module docstring)."""
+    logits = model(ids[:, :-1])
+    labels = ids[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    ce = ce.view_as(labels)
+    answer_loss = (ce * ans_w).sum()
+    lm_loss = (ce * ctx_w).sum()
+    loss = answer_loss + lm_weight * lm_loss
+    hit = logits.argmax(-1) == labels
+    return loss, answer_loss.detach(), lm_loss.detach(), (hit & ans).sum(), (hit & needle).sum()
+
+
+# -- the gRet backend on CUDA ------------------------------------------------------------------------
+def check_gret_backend(model: CausalLM, cfg: TrainConfig) -> str:
+    """On CUDA with fla-core, check that its gRet kernels run forward and backward under this
+    autocast and agree with the PyTorch form; if not, force the PyTorch form
+    (``YOCO_GRET_BACKEND=torch``). Returns a line saying which backend trains."""
+    from .kernels.gret import backend_for
+
+    dev = torch.device(cfg.device)
+    if model.config.arch != "yoco" or model.config.self_decoder != "gret":
+        return "no gated retention in this model"
+    probe = torch.zeros(1, device=dev)
+    if backend_for(probe) != "fla":
+        return "gRet backend: PyTorch chunkwise form"
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    ids = torch.randint(0, 256, (2, 256), generator=gen).to(dev)
+    amp = cfg.use_amp()
+    try:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            out_fla = model(ids)
+        out_fla.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+        before = os.environ.get("YOCO_GRET_BACKEND")
+        os.environ["YOCO_GRET_BACKEND"] = "torch"
+        try:
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                out_ref = model(ids)
+        finally:
+            if before is None:
+                del os.environ["YOCO_GRET_BACKEND"]
+            else:
+                os.environ["YOCO_GRET_BACKEND"] = before
+        err = float((out_fla.detach().float() - out_ref.float()).norm() / out_ref.float().norm())
+        if not math.isfinite(err) or err > 0.1:
+            raise RuntimeError(f"fla and PyTorch gRet disagree (relative error {err:.3g})")
+        return f"gRet backend: fla-core (checked against the PyTorch form, rel. err {err:.1e})"
+    except Exception as e:  # any failure of the fast path: train on the PyTorch form instead
+        model.zero_grad(set_to_none=True)
+        os.environ["YOCO_GRET_BACKEND"] = "torch"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"gRet backend: PyTorch chunkwise form (fla-core failed its check: {first[:160]})"
+
+
+# -- the loop --------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out: Path
+    final: Path
+    step: int
+    tokens: int
+    seconds: float
+    last: dict                   # the last log row
+    resumed_from: int = 0
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
+          on_start: Callable[[dict], None] | None = None,
+          on_step: Callable[[int], None] | None = None,
+          on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``cfg.model`` for ``cfg.steps`` steps into ``cfg.out`` (see the module docstring).
+
+    ``on_start(info)`` once (model, parameters, resumed step, backend), ``on_step(step)`` after
+    every step (no GPU sync), ``on_log(row)`` at every log row. ``stop_at``: end this session after
+    that step with a checkpoint (a later ``resume`` continues the same run)."""
+    out = Path(cfg.out)
+    device = torch.device(cfg.device)
+    found = checkpoints(out)
+    if found and not resume:
+        raise TrainError(f"{out} already holds checkpoints (step_{found[-1][0]}): use --resume, or another --out")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")        # TF32 matmuls outside autocast
+        if device.index is not None:
+            torch.cuda.set_device(device)
+
+    model = make_model(cfg)
+    opt = make_optimizer(model, cfg)
+    tok = model.tokenizer
+    if model.config.vocab_size < 259 or not hasattr(tok, "pad_id"):
+        raise TrainError("the synthetic data needs the byte tokenizer and a vocabulary of >= 259")
+    data = SyntheticData(tok, cfg.seed, cfg.mix)
+
+    start, counters = 0, {"tokens": 0, "seconds": 0.0}
+    if resume and found:
+        step0, ckpt = found[-1]
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        _check_resumable(state["train_config"], cfg, ckpt)
+        try:
+            load_state(model, {k: v.to(device) for k, v in read_state_dict(ckpt / "model.safetensors").items()},
+                       str(ckpt))
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
+        load_optimizer(opt, ckpt / OPTIM_FILE)
+        _set_rng_state(state["rng"], device)
+        start, counters = int(state["step"]), dict(state["counters"])
+    else:
+        torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+
+    backend = check_gret_backend(model, cfg) if device.type == "cuda" else "CPU"
+    info = {"model": model.config.name, "arch": model.config.arch, "params": sum(p.numel() for p in model.parameters()),
+            "device": str(device), "amp": "bf16" if cfg.use_amp() else "fp32", "start": start,
+            "steps": cfg.steps, "backend": backend, "out": str(out)}
+    if on_start:
+        on_start(info)
+
+    end = cfg.steps if stop_at is None else max(start, min(cfg.steps, int(stop_at)))
+    log_f, log_w = _open_log(out, start)
+    last_row: dict = {}
+    prefetch = _Prefetch(data, cfg, start) if start < cfg.steps else None
+    amp = cfg.use_amp()
+    sums = torch.zeros(5, device=device)      # loss, answer loss, lm loss, answer / needle tokens right
+    n_ans_acc, n_needle_acc, window_steps, window_tokens = 0, 0, 0, 0
+    t_window = time.perf_counter()
+    step = start
+    interrupted, restore_sigint = _catch_sigint()
+    try:
+        while step < end:
+            s, *tensors, n_answer, n_needle = prefetch.get()
+            assert s == step
+            lr = lr_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            ids, ans_w, ctx_w, ans, needle = (t.to(device, non_blocking=True) for t in tensors)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, a_loss, l_loss, right, right_needle = batch_loss(model, ids, ans_w, ctx_w, ans, needle,
+                                                                       cfg.lm_weight)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            n_tok = ids.shape[0] * (ids.shape[1] - 1)
+            sums += torch.stack([loss.detach(), a_loss, l_loss, right.float(), right_needle.float()])
+            n_ans_acc += n_answer
+            n_needle_acc += n_needle
+            window_steps += 1
+            window_tokens += n_tok
+            if on_step:
+                on_step(step)
+            if step % cfg.log_every == 0 or step == end:
+                vals = sums.tolist()                      # the one host sync per log window
+                now = time.perf_counter()
+                dt = now - t_window
+                counters["tokens"] += window_tokens
+                counters["seconds"] += dt
+                last_row = {
+                    "step": step, "length": ids.shape[1] - 1, "batch": ids.shape[0],
+                    "loss": round(vals[0] / window_steps, 5), "answer_loss": round(vals[1] / window_steps, 5),
+                    "lm_loss": round(vals[2] / window_steps, 5),
+                    "answer_acc": round(vals[3] / max(1, n_ans_acc), 5),
+                    "needle_acc": round(vals[4] / n_needle_acc, 5) if n_needle_acc else "", "lr": f"{lr:.4e}",
+                    "grad_norm": round(float(gnorm), 4), "tokens": counters["tokens"],
+                    "seconds": round(counters["seconds"], 3), "tokens_per_s": round(window_tokens / max(dt, 1e-9)),
+                }
+                log_w.writerow(last_row)
+                log_f.flush()
+                if on_log:
+                    on_log(last_row)
+                sums.zero_()
+                n_ans_acc, n_needle_acc, window_steps, window_tokens = 0, 0, 0, 0
+                t_window = now
+            stop = interrupted.is_set() and step < cfg.steps
+            if (cfg.save_every and step % cfg.save_every == 0) or step == end or stop:
+                t0 = time.perf_counter()
+                if stop:                              # the partial window, so counters stay consistent
+                    counters["tokens"] += window_tokens
+                    counters["seconds"] += t0 - t_window
+                    window_tokens, t_window = 0, t0
+                save_checkpoint(out, model, opt, cfg, data, step, counters)
+                t_window += time.perf_counter() - t0  # saving is not training time
+            if stop:
+                raise KeyboardInterrupt
+    finally:
+        restore_sigint()
+        if prefetch:
+            prefetch.close()
+        log_f.close()
+
+    if step < cfg.steps:                      # stopped early (stop_at): the checkpoint is the result
+        return TrainResult(out, out / f"step_{step}", step, counters["tokens"], counters["seconds"],
+                           last_row or _last_logged(out), start)
+    final = out / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    save_model(model, final)
+    if not last_row:
+        last_row = _last_logged(out)
+    summary = {"model": model.config.name, "steps": cfg.steps, "tokens": counters["tokens"],
+               "train_seconds": round(counters["seconds"], 1), "last": last_row, "device": device_name(device),
+               "amp": "bf16" if amp else "fp32", "backend": backend, "command": cfg.command,
+               "config": model.config.to_dict(), "train_config": cfg.to_dict()}
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return TrainResult(out, final, step, counters["tokens"], counters["seconds"], last_row, start)
+
+
+def _catch_sigint():
+    """Ctrl-C during training sets a flag; the loop saves a checkpoint at the end of the step
+    (never half-way through an optimiser update) and then raises KeyboardInterrupt."""
+    import signal
+
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return flag, lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.is_set():                     # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        flag.set()
+
+    signal.signal(signal.SIGINT, handler)
+    return flag, lambda: signal.signal(signal.SIGINT, previous)
+
+
+def _last_logged(out: Path) -> dict:
+    path = out / LOG_FILE
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows[-1] if rows else {}
+
+
+# -- shipping ------------------------------------------------------------------------------------
+def ship(out, name: str | None = None, weights_dir: Path | None = None) -> Path:
+    """Copy ``OUT/final`` into the package as ``yoco_core/weights/<name>/`` (bf16 safetensors +
+    config.json + train_summary.json), where ``load_model(name)`` finds it."""
+    from safetensors.torch import load_file, save_file
+
+    out = Path(out)
+    final = out / "final"
+    if not (final / "model.safetensors").is_file():
+        raise TrainError(f"no finished run in {out} (no final/model.safetensors)")
+    mcfg = read_config(final)
+    name = (name or mcfg.name).lower()
+    if name not in PRESETS:
+        raise TrainError(f"{name!r} is not a preset name; shipped weights are found by preset name")
+    dest = Path(weights_dir or ckpt.WEIGHTS_DIR) / name
+    dest.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(torch.bfloat16).contiguous() if v.is_floating_point() else v
+             for k, v in load_file(str(final / "model.safetensors")).items()}
+    save_file(state, str(dest / "model.safetensors"), metadata={"format": "yoco", "version": "1", "dtype": "bfloat16"})
+    (dest / "config.json").write_text(mcfg.replace(name=name).to_json() + "\n")
+    if (out / SUMMARY_FILE).is_file():
+        shutil.copyfile(out / SUMMARY_FILE, dest / SUMMARY_FILE)
+    for f in dest.iterdir():
+        f.chmod(0o644)                        # package data: readable by everyone
+    return dest
