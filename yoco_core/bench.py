@@ -549,9 +549,11 @@ def build_runner(arch: str, size: str, device, dtype: torch.dtype, max_tokens: i
 
 # -- one cell --------------------------------------------------------------------------------
 def default_chunk(arch: str) -> int | None:
-    """The prefill chunk of ``--chunk-size auto``: 32K tokens for the YOCOs (ours and fla's, whose
-    prefill memory is then bounded), unchunked for the Transformers (as users run them)."""
-    return DEFAULT_YOCO_CHUNK if arch in ("yoco", "fla") else None
+    """The prefill chunk of ``--chunk-size auto``: 32K tokens for our YOCO (its prefill memory is
+    then bounded); unchunked for the Transformers (as users run them) and for fla's YOCO, whose
+    cache takes only one new token per call after the first (measured: a second prefill chunk
+    fails with "only support q_len == 1 for decoding" in flash-linear-attention 0.6.0)."""
+    return DEFAULT_YOCO_CHUNK if arch == "yoco" else None
 
 
 def effective_chunk(chunk_size: int | None, ctx: int) -> int:
@@ -589,8 +591,12 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
     ids = torch.randint(0, runner.config.vocab_size, (batch, ctx), device=dev, generator=gen)
 
     with torch.inference_mode():
-        # warm-up: a short prefill (one chunk's worth) and a few decode steps at this batch
-        wl = min(ctx, chunk or WARMUP_TOKENS)
+        # warm-up: a short prefill and a few decode steps at this batch
+        # chunked: two chunks, so the kernels that continue from a state are compiled and
+        # autotuned too; fla: the full length (its Triton kernels are compiled per length: a
+        # shorter warm-up left 4-7 s of compilation inside the timed prefill at 8K-16K);
+        # otherwise a prefix (the full length would double the cost of the long cells)
+        wl = ctx if runner.arch == "fla" else min(ctx, 2 * chunk if chunk else WARMUP_TOKENS)
         logits, cache = runner.prefill(ids[:, :wl], chunk, WARMUP_STEPS + 1)
         for _ in range(WARMUP_STEPS):
             logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
