@@ -384,12 +384,15 @@ def _load_fla_yoco(folder: Path, hf: dict, device, dtype) -> CausalLM:
     m = _Mapper(state, source)
     half, sdh, hd = cfg.n_layers // 2, cfg.self_head_dim, cfg.head_dim
     m.put("embed.weight", "model.embeddings.weight")
-    for i in range(half):
-        p, q = f"model.self_layers.{i}.", f"self_layers.{i}."
+    def norms_and_mlp(p: str, q: str) -> None:   # the same names in FLA and here, both decoders
         for n in ("attn_norm", "mlp_norm"):
             m.put(q + f"{n}.weight", p + f"{n}.weight")
         for n in ("gate", "up", "down"):
             m.put(q + f"mlp.{n}_proj.weight", p + f"mlp.{n}_proj.weight")
+
+    for i in range(half):
+        p, q = f"model.self_layers.{i}.", f"self_layers.{i}."
+        norms_and_mlp(p, q)
         if cfg.self_decoder == "gret":       # interleaved RoPE in FLA's YOCOGatedRetention
             m.put(q + "attn.q_proj.weight", p + "attn.q_proj.weight", sdh)
             m.put(q + "attn.k_proj.weight", p + "attn.k_proj.weight", sdh)
@@ -404,10 +407,7 @@ def _load_fla_yoco(folder: Path, hf: dict, device, dtype) -> CausalLM:
     m.put("v_proj.weight", "model.shared_kv_builder.v_proj.weight")
     for i in range(half):
         p, q = f"model.cross_layers.{i}.", f"cross_layers.{i}."
-        for n in ("attn_norm", "mlp_norm"):
-            m.put(q + f"{n}.weight", p + f"{n}.weight")
-        for n in ("gate", "up", "down"):
-            m.put(q + f"mlp.{n}_proj.weight", p + f"mlp.{n}_proj.weight")
+        norms_and_mlp(p, q)
         m.put(q + "attn.q_proj.weight", p + "attn.q_proj.weight", hd)
         m.put(q + "attn.o_proj.weight", p + "attn.o_proj.weight")
     m.put("norm.weight", "model.norm.weight")
