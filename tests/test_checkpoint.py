@@ -59,3 +59,21 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
 def test_presets_load_by_name():
     model = load_model("yoco-tiny")
     assert model.config.name == "yoco-tiny" and model.dtype == torch.float32
+
+
+def test_a_config_with_impossible_values_is_one_checkpoint_error(tmp_path):
+    model = small_model("yoco-gret")
+    save_model(model, tmp_path)
+    cfg = (tmp_path / "config.json").read_text().replace('"n_kv_heads": 2', '"n_kv_heads": 0')
+    (tmp_path / "config.json").write_text(cfg)
+    with pytest.raises(CheckpointError, match="bad config.*n_kv_heads"):
+        load_model(str(tmp_path))
+
+
+def test_loading_in_bf16_equals_loading_then_casting(tmp_path):
+    model = small_model("transformer")
+    save_model(model, tmp_path)
+    direct = load_model(str(tmp_path), dtype=torch.bfloat16)
+    assert direct.dtype == torch.bfloat16
+    for (k, a), (_, b) in zip(direct.state_dict().items(), model.to(torch.bfloat16).state_dict().items()):
+        assert torch.equal(a, b), k

@@ -150,3 +150,43 @@ def test_graph_safe_decode_step_equals_full_forward(kind):
     with pytest.raises(ValueError, match="cache is full"):
         for _ in range(10):
             step(ids[:, :1])
+
+
+def test_static_decoder_refuses_a_cache_advanced_behind_its_back():
+    from yoco_core.graphs import StaticDecoder
+
+    model = small_model("yoco-gret")
+    ids = _ids(1, 30)
+    _, cache = model.prefill(ids[:, :20], reserve=8)
+    step = StaticDecoder(model, cache)
+    step(ids[:, 20:21])
+    model.decode(ids[:, 21:22], cache)          # the eager path moves the cache, not the decoder
+    with pytest.raises(RuntimeError, match="outside this decoder"):
+        step(ids[:, 22:23])
+
+
+def test_graph_decoding_only_for_head_sizes_the_kernel_takes():
+    from yoco_core.graphs import graph_capable
+
+    assert graph_capable(small_model("yoco-gret"))                      # head dim 16
+    assert graph_capable(small_model("transformer"))
+    assert not graph_capable(small_model("yoco-swa"))                   # SWA decodes eagerly
+    assert not graph_capable(small_model("transformer", dim=96, n_heads=4, n_kv_heads=2))  # 24
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(n_heads=0), "positive integer"),
+    (dict(n_kv_heads=0), "positive integer"),
+    (dict(window=1, self_decoder="swa"), "window"),
+    (dict(dim=96, n_heads=4, n_self_heads=32), "even"),
+    (dict(rope_scaling={"rope_type": "llama3"}), "rope_scaling"),
+    (dict(tokenizer="foo"), "tokenizer"),
+])
+def test_bad_configs_are_refused_when_made(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        get_config("yoco-tiny").replace(**overrides)
+
+
+def test_negative_chunk_size_is_refused():
+    with pytest.raises(ValueError, match="chunk_size"):
+        small_model("yoco-gret").prefill(_ids(1, 10), chunk_size=-4)

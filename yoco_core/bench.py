@@ -380,14 +380,21 @@ class Runner:
     def cache_nbytes(self, cache) -> int:
         return tensor_nbytes(cache)
 
+    def prepare_decode(self, cache) -> None:
+        """Anything to set up for decoding ``cache`` before the timed steps (ours: the CUDA graph)."""
+
+    def end_cell(self) -> None:
+        """Drop what the cell's decoding still holds (ours: its cache and the graph's memory)."""
+
     def close(self) -> None:
+        self.end_cell()
         self.model = None
         release(self.device)
 
 
 class NativeRunner(Runner):
-    """Our models; decoding goes through ``make_decoder`` (a CUDA graph on the GPU), built once per
-    cache at its first decode step, as a user's generation loop does."""
+    """Our models; decoding goes through ``make_decoder`` (a CUDA graph on the GPU), built (and
+    captured) for each cache before its timed decode steps."""
 
     _decoder = None
 
@@ -395,14 +402,18 @@ class NativeRunner(Runner):
         self._decoder = None
         return self.model.prefill(ids, chunk_size=chunk_size, reserve=reserve)
 
+    def prepare_decode(self, cache) -> None:
+        """Build (and on CUDA capture) the decoder for ``cache`` outside the timed steps."""
+        self._decoder = make_decoder(self.model, cache)
+
     def decode(self, ids, cache):
         if self._decoder is None or self._decoder.cache is not cache:
-            self._decoder = make_decoder(self.model, cache)
+            self.prepare_decode(cache)
         return self._decoder(ids)[:, -1], cache
 
-    def close(self) -> None:
+    def end_cell(self) -> None:
         self._decoder = None
-        super().close()
+
 
     def cache_nbytes(self, cache) -> int:
         return cache.nbytes()
@@ -615,6 +626,7 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
             prefill_times.append(clock.seconds(a, b))
         _inject_oom(runner.arch, ctx, batch)
         nbytes = runner.cache_nbytes(cache)
+        runner.prepare_decode(cache)
 
         marks = []
         tok = logits.argmax(-1, keepdim=True)

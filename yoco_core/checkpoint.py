@@ -62,7 +62,7 @@ def read_config(path) -> ModelConfig:
         raise CheckpointError(f"no config.json at {cfg_file}")
     try:
         return ModelConfig.from_dict(json.loads(cfg_file.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+    except (json.JSONDecodeError, TypeError, ValueError, OSError) as e:
         raise CheckpointError(f"bad config {cfg_file}: {e}") from None
 
 
@@ -140,9 +140,10 @@ def _load_dir(path: Path, device, dtype) -> CausalLM:
     cfg = read_config(path)
     file = _weights_file(path)
     state = read_state_dict(file)
-    model = build_model(cfg, device="meta")
-    model = model.to_empty(device=device)
-    load_state(model, {k: v.to(device) for k, v in state.items()}, str(file))
+    # allocated once, in the target dtype on the target device: load_state_dict copies across
+    # device and dtype, so the peak is the model plus the file, not a float32 copy besides
+    model = build_model(cfg, device="meta", dtype=dtype).to_empty(device=device)
+    load_state(model, state, str(file))
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    return model.to(dtype).eval()
+    return model.eval()

@@ -44,7 +44,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_self_heads == 0:
             self.n_self_heads = self.n_heads
+        for k in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "n_self_heads", "ffn_dim", "max_seq_len"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{k} must be a positive integer, not {v!r}")
         problems = []
+        if self.self_decoder == "swa" and self.window < 2:
+            problems.append(f"window must be at least 2 (keys a query sees, itself included), not {self.window}")
+        if not (self.tokenizer == "bytes" or str(self.tokenizer).startswith("hf:")):
+            problems.append(f"tokenizer must be 'bytes' or 'hf:PATH', not {self.tokenizer!r}")
         if self.arch not in ("yoco", "transformer"):
             problems.append(f"arch must be 'yoco' or 'transformer', not {self.arch!r}")
         if self.self_decoder not in ("gret", "swa"):
@@ -55,8 +63,15 @@ class ModelConfig:
             problems.append("n_heads must be a multiple of n_kv_heads")
         if self.arch == "yoco" and self.n_layers % 2:
             problems.append("a YOCO model needs an even n_layers (half self-, half cross-decoder)")
-        if (self.dim // self.n_heads) % 2:
-            problems.append("head dim must be even for RoPE")
+        if (self.dim // self.n_heads) % 2 or (self.dim // self.n_self_heads) % 2:
+            problems.append("head dims must be even for RoPE")
+        if self.rope_scaling:
+            from .rope import inv_freq
+
+            try:
+                inv_freq(2, self.rope_theta, self.rope_scaling)
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(f"bad rope_scaling {self.rope_scaling}: {e!r}")
         if problems:
             raise ValueError("; ".join(problems))
 

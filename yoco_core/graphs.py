@@ -30,10 +30,20 @@ class StaticDecoder:
     def __init__(self, model, cache):
         self.model, self.cache = model, cache
         self.at = torch.tensor([cache.length], device=model.device)
+        self._pos = cache.length
+        self._buffers = self._buffer_ids()
+
+    def _buffer_ids(self):
+        c = self.cache
+        bufs = [c.kv] if hasattr(c, "kv") else c.layers
+        return [b.k.data_ptr() for b in bufs], [s.data_ptr() for s in getattr(c, "states", [])]
 
     def _check(self, n: int) -> None:
         if n != 1:
             raise ValueError("the static decoder takes one token per row")
+        if self.cache.length != self._pos or self._buffer_ids() != self._buffers:
+            raise RuntimeError("the cache was advanced or reallocated outside this decoder: "
+                               "make a new one (make_decoder) for it")
         if self.cache.length + 1 > self.cache.capacity:
             raise ValueError(f"the cache is full ({self.cache.capacity} positions): prefill with a larger reserve")
         self.model._check_length(self.cache.length + 1)
@@ -42,12 +52,19 @@ class StaticDecoder:
     def __call__(self, input_ids):
         self._check(input_ids.shape[1])
         logits = self.model.decode_step(input_ids, self.cache, self.at)
+        self._advance()
+        return logits
+
+    def _advance(self) -> None:
         self.cache.advance(1)
         self.at.add_(1)
-        return logits
+        self._pos += 1
 
 
 class CUDAGraphDecoder(StaticDecoder):
+    """The static step captured once and replayed. The logits it returns live in one buffer that
+    the next step overwrites: copy them to keep them."""
+
     def __init__(self, model, cache, warmup: int = 2):
         super().__init__(model, cache)
         B = cache.kv.k.shape[0] if hasattr(cache, "kv") else cache.layers[0].k.shape[0]
@@ -73,14 +90,17 @@ class CUDAGraphDecoder(StaticDecoder):
         self._check(input_ids.shape[1])
         self.ids.copy_(input_ids)
         self.graph.replay()
-        self.cache.advance(1)
-        self.at.add_(1)
+        self._advance()
         return self.out
 
 
 def graph_capable(model) -> bool:
+    """gRet YOCO or Transformer, with a head size the split-KV kernel takes (a power of two, 16-256;
+    e.g. not OpenLLaMA-3B's 100): the others decode eagerly."""
     cfg = model.config
-    return cfg.arch == "transformer" or cfg.self_decoder == "gret"
+    d = cfg.head_dim
+    kernel_ok = 16 <= d <= 256 and d & (d - 1) == 0
+    return kernel_ok and (cfg.arch == "transformer" or cfg.self_decoder == "gret")
 
 
 def make_decoder(model, cache, use_graph: bool | None = None):

@@ -57,13 +57,10 @@ Conversions that keep the logits exact:
   mixer, rotate interleaved pairs (2i, 2i+1); ours rotates (i, i + d/2). Permuting the output rows of
   each head's q and k projections to ``[0, 2, 4, ..., 1, 3, 5, ...]`` turns one into the other
   (q.k is unchanged because q and k get the same permutation; v is untouched).
-* **Embedding scale.** Both multiply the token embeddings by ``sqrt(hidden)``. With an untied head
-  the scale is folded into ``embed.weight`` (exact: a power-of-two-free float32 multiply, then the
-  same rounding the reference does). A tied head needs ``ModelConfig.embed_scale`` (see the
-  project's diff); without it a tied checkpoint is refused.
+* **Embedding scale.** Both multiply the token embeddings by ``sqrt(hidden)``: kept as
+  ``ModelConfig.embed_scale`` (tied or untied head alike).
 * **RoPE angles.** unilm (and FLA with ``rope_inv_freq: yoco``) use ``1 / theta ** linspace(0, 1,
-  d/2)`` instead of LLaMA's ``1 / theta ** (2i / d)``. That needs ``rope_scaling={"rope_type":
-  "yoco"}`` support in ``rope.inv_freq``; without it such a checkpoint is refused.
+  d/2)`` instead of LLaMA's ``1 / theta ** (2i / d)``: ``rope_scaling={"rope_type": "yoco"}``.
 
 What is refused (one-line ``CheckpointError``): Llama biases, a ``head_dim`` other than
 hidden / heads, a non-SiLU activation, rope scalings other than llama3; FLA YOCO with a
@@ -73,7 +70,6 @@ different RoPE settings for the self- and cross-decoder.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -84,7 +80,6 @@ import torch
 from .checkpoint import CheckpointError, load_state, read_state_dict, register_loader
 from .config import ModelConfig
 from .model import CausalLM, build_model
-from .rope import inv_freq
 
 __all__ = ["load_hf", "load_unilm", "HFTokenizer", "interleaved_to_half", "BYTE_TOKENIZER_DIR",
            "llama_config", "fla_yoco_config", "unilm_config"]
@@ -185,34 +180,17 @@ def _tokenizer_for(folder: Path):
     return HFTokenizer(folder) if (folder / "tokenizer.json").is_file() else None
 
 
-def _has_config_field(name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(ModelConfig)}
-
-
-def _yoco_angles_supported() -> bool:
-    try:
-        inv_freq(4, 10000.0, {"rope_type": "yoco"})
-        return True
-    except (ValueError, KeyError):
-        return False
-
-
 def _finish(cfg: ModelConfig, state: dict, source: str, device, dtype, tokenizer=None,
             embed_scale: float = 1.0) -> CausalLM:
     """Build ``cfg`` on ``device`` and load ``state`` (our names) into it."""
     if embed_scale != 1.0:
-        if _has_config_field("embed_scale"):
-            cfg = cfg.replace(embed_scale=embed_scale)
-        elif not cfg.tie_embeddings:
-            state["embed.weight"] = state["embed.weight"].float() * embed_scale
-        else:
-            raise CheckpointError(f"{source}: a tied embedding scaled by {embed_scale:g} needs "
-                                  "ModelConfig.embed_scale, which this version lacks")
-    model = build_model(cfg, device="meta").to_empty(device=device)
-    load_state(model, {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}, source)
+        cfg = cfg.replace(embed_scale=embed_scale)
+    # allocated once in the target dtype (see checkpoint._load_dir); the row permutations are exact
+    model = build_model(cfg, device="meta", dtype=dtype).to_empty(device=device)
+    load_state(model, state, source)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    model = model.to(dtype).eval()
+    model = model.eval()
     if tokenizer is not None:
         model.tokenizer = tokenizer
         model.config.tokenizer = tokenizer.name
@@ -355,8 +333,6 @@ def fla_yoco_config(hf: dict, source: str, name: str = "fla-yoco") -> tuple[Mode
                               f"angles {sd_freq}/{cd_freq}); our YOCO uses one RoPE")
     scaling = None
     if cd_freq == "yoco":
-        if not _yoco_angles_supported():
-            raise CheckpointError(f"{source}: rope_inv_freq 'yoco' needs rope_type 'yoco' in rope.inv_freq")
         scaling = {"rope_type": "yoco"}
     try:
         cfg = ModelConfig(
@@ -442,9 +418,6 @@ _UNILM_PREFIXES = ("decoder.model.", "model.", "decoder.")
 
 
 def unilm_config(params: dict, vocab: int, tied: bool, source: str, name: str = "unilm-yoco") -> ModelConfig:
-    if not _yoco_angles_supported():
-        raise CheckpointError(f"{source}: official YOCO RoPE angles (1/theta^linspace(0,1,d/2)) need "
-                              "rope_type 'yoco' in rope.inv_freq, which this version lacks")
     try:
         dim, layers = int(params["dim"]), int(params["n_layers"])
         heads = int(params["n_attn_heads"])

@@ -48,10 +48,12 @@ def sliding_window_attend(q, k, v, window: int, block: int = 1024):
     for s in range(0, n, block):
         e = min(n, s + block)
         ks, ke = max(0, off + s - window + 1), off + e
-        qpos = torch.arange(off + s, off + e, device=q.device)[:, None]
-        kpos = torch.arange(ks, ke, device=q.device)[None, :]
-        allowed = (kpos <= qpos) & (kpos > qpos - window)
-        mask = None if bool(allowed.all()) else allowed
+        if e - s == 1:      # one query sees every key of [ks, ke): no mask (and no host sync)
+            mask = None
+        else:               # several queries: the first never sees the last key, so a mask
+            qpos = torch.arange(off + s, off + e, device=q.device)[:, None]
+            kpos = torch.arange(ks, ke, device=q.device)[None, :]
+            mask = (kpos <= qpos) & (kpos > qpos - window)
         outs.append(F.scaled_dot_product_attention(
             q[:, :, s:e], k[:, :, ks:ke], v[:, :, ks:ke], attn_mask=mask, enable_gqa=gqa))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
