@@ -217,7 +217,7 @@ def test_run_cell_with_a_real_model_and_chunked_prefill(name):
     row = nd.run_cell(build_model(cfg), 700, 0.5, chunk_size=128, model_name=name)
     assert row["ctx_tokens"] == 700 and row["arch"] == cfg.arch and row["model"] == name
     assert 0.0 <= row["score"] <= 1.0 and row["prefill_seconds"] > 0
-    assert row["device"] == "cpu" and row["dtype"] == "float32"
+    assert row["device"].startswith("cpu") and row["dtype"] == "float32" and row["haystack"] == "noise"
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -296,3 +296,21 @@ def test_bad_input_exits_2_with_one_line_before_any_work(ckpt, tmp_path, counted
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert counted == [] and not (out / "needle.csv").exists()
+
+
+def test_resume_tells_haystacks_apart(tmp_path, monkeypatch):
+    """A --resume with another haystack measures its own cells instead of reusing the others'."""
+    calls = []
+
+    def fake(model, ids, max_new_tokens, **kw):
+        calls.append(1)
+        return Generation([[]], [""], ids.shape[1], 0.0, 0.0)
+
+    monkeypatch.setattr(nd, "generate", fake)
+    base = ["needle", "--model", "yoco-tiny", "--device", "cpu", "--ctx", "1k", "--depths", "0.5",
+            "--out", str(tmp_path)]
+    assert main(base) == 0 and len(calls) == 1
+    assert main(base + ["--haystack", "text", "--resume"]) == 0 and len(calls) == 2
+    assert main(base + ["--haystack", "text", "--resume"]) == 0 and len(calls) == 2
+    df = schemas.NEEDLE.read(tmp_path / "needle.csv")
+    assert sorted(df["haystack"]) == ["noise", "text"]

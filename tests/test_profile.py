@@ -186,6 +186,12 @@ def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys
     text = capsys.readouterr().out
     assert "yoco profile" in text and "oom" in text and "skipped" in text
 
+    # without --resume an existing profile.csv is refused (two runs never mix), one line, exit 2
+    capsys.readouterr()
+    assert main([*ARGS, "--arch", "yoco", "--ctx", "64", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and len(err.strip().splitlines()) == 1
+
     # --resume: nothing measured twice
     calls = []
     real = bench.measure_cell
@@ -227,7 +233,8 @@ def test_missing_peer_package_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
 
 
 def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path):
-    p = subprocess.run(["yoco", "profile", "--ctx", "4k,x", "--device", "cpu", "--out", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "yoco_cli.main", "profile", "--ctx", "4k,x", "--device", "cpu",
+                        "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "bad size 'x'" in p.stderr

@@ -164,10 +164,13 @@ def _damage(kind):
         "empty": lambda text: "",
         "extra-field": lambda text: text.rstrip("\n") + ",surplus\n",
         "binary": lambda text: "\x00\xff\xfe garbage",
+        "infinite": lambda text: text.replace(",1024,", ",inf,", 1),
+        "fractional-int": lambda text: text.replace(",1024,", ",1024.5,", 1),
     }[kind]
 
 
-@pytest.mark.parametrize("kind", ["truncated", "foreign", "non-numeric", "empty", "extra-field", "binary"])
+@pytest.mark.parametrize("kind", ["truncated", "foreign", "non-numeric", "empty", "extra-field", "binary",
+                                  "infinite", "fractional-int"])
 def test_damaged_csv_refused(tmp_path, capsys, kind):
     good = write_profile(tmp_path / "ok" / "run", ctxs=(1024,))
     bad = write_profile(tmp_path / "ok" / "broken", ctxs=(1024, 2048))

@@ -146,6 +146,14 @@ def test_cli_trains_resumes_and_ships(tmp_path, monkeypatch, capsys):
     assert main(args) == 2                                      # checkpoints there, no --resume
     err = capsys.readouterr().err
     assert "already holds checkpoints" in err and len(err.strip().splitlines()) == 1
+    assert "yoco train" in (run / "commands.txt").read_text()
+    state_file = next(run.glob("step_*")) / tr.STATE_FILE
+    good = state_file.read_text()
+    state_file.write_text(good[: len(good) // 2])              # a damaged checkpoint: one line, exit 2
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged checkpoint" in err and len(err.strip().splitlines()) == 1
+    state_file.write_text(good)
     assert main(args + ["--resume", "--ship"]) == 0
     err = capsys.readouterr().err
     assert "done: step 4/4" in err and "shipped" in err

@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from . import schemas
 from .options import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, command_line, console, fail
@@ -89,15 +90,11 @@ def eval_command(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with console.status("loading lm-eval and indexing tasks"):
+        from .lm_eval_model import YOCOLM, synthetic_tokenizer_for, tasks_dir  # sets the offline env
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
         from lm_eval.utils import handle_non_serializable
-
-        from .lm_eval_model import YOCOLM, synthetic_tokenizer_for, tasks_dir
 
         folder = tasks_dir()
         meta = {"tokenizer": synthetic_tokenizer_for(model)} | extra_meta
@@ -106,7 +103,8 @@ def eval_command(
 
     lm_model = load_model_or_fail(model, dev, torch_dtype)
     lm = YOCOLM(pretrained=model, model=lm_model, batch_size=batch_size, max_length=max_length)
-    console.print(f"[bold]yoco eval[/] {model} on {', '.join(names)} ({dev}, {str(torch_dtype).removeprefix('torch.')})")
+    console.print(f"[bold]yoco eval[/] {escape(model)} on {escape(', '.join(names))} ({dev}, "
+                  f"{str(torch_dtype).removeprefix('torch.')})", highlight=False)
     try:
         results = simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
@@ -116,6 +114,9 @@ def eval_command(
     except (KeyError, ValueError) as e:  # lm-eval's own complaints about task configs or names
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(f"lm-eval: {first}")
+    except ImportError as e:             # a task whose extra is not installed (RULER: lm-eval[ruler])
+        fail(f"lm-eval: a task needs a package that is not installed ({e.name or e}); "
+             f"e.g. RULER tasks need lm-eval[ruler]")
     if results is None:
         fail("lm-eval returned no results")
 
@@ -146,5 +147,5 @@ def eval_command(
         table.add_column(col, justify="right" if col in ("value", "stderr") else "left")
     for task, metric, value, err in rows:
         table.add_row(task, metric, f"{value:.4f}", "" if err is None else f"{err:.4f}")
-    console.print(table)
-    console.print(f"wrote {out / 'results.json'} and {schemas.EVAL.path(out)}")
+    Console().print(table)               # results to stdout, as needle and profile do
+    console.print(f"wrote {out / 'results.json'} and {schemas.EVAL.path(out)}", highlight=False, markup=False)

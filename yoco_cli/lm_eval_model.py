@@ -34,15 +34,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import lm_eval.models  # noqa: F401  (fill lm-eval's registry before adding to it)
-from lm_eval import utils as lm_utils
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import model_registry, register_model
+# No hub is reachable: transformers / datasets / huggingface_hub read these when first imported
+# (lm-eval imports them), so they are set before lm-eval is.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import yoco_core.hf  # noqa: F401  (registers the hf: and unilm: loaders)
-from yoco_core import generate, load_model
-from yoco_core.checkpoint import default_dtype
-from yoco_core.hf import BYTE_TOKENIZER_DIR
+import lm_eval.models  # noqa: E402,F401  (fill lm-eval's registry before adding to it)
+from lm_eval import utils as lm_utils  # noqa: E402
+from lm_eval.api.model import TemplateLM  # noqa: E402
+from lm_eval.api.registry import model_registry, register_model  # noqa: E402
+
+from yoco_core import generate, load_model  # noqa: E402  (importing yoco_core registers hf:, unilm:)
+from yoco_core.checkpoint import default_dtype  # noqa: E402
+from yoco_core.hf import BYTE_TOKENIZER_DIR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +253,13 @@ def cli(argv: list[str] | None = None) -> None:
         if folder is not None and "--include_path" not in args:
             args += ["--include_path", str(folder)]
         if "--metadata" not in args:
-            args += ["--metadata", json.dumps({"tokenizer": str(BYTE_TOKENIZER_DIR)})]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+            pretrained = "yoco-tiny"
+            if "--model_args" in args and args.index("--model_args") + 1 < len(args):
+                for part in args[args.index("--model_args") + 1].split(","):
+                    key, _, value = part.partition("=")
+                    if key.strip() == "pretrained":
+                        pretrained = value.strip()
+            args += ["--metadata", json.dumps({"tokenizer": synthetic_tokenizer_for(pretrained)})]
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm_eval"] + args

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from . import eval as eval_cmd
 from . import needle, profile, report, train
@@ -28,20 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: rows measured so far are on disk; run again with --resume")
+        console.print("[yellow]interrupted[/]: what was measured is on disk "
+                      "(needle, profile, train: run again with --resume)")
         return 130
     except typer.Exit as e:
         return e.exit_code
-    except Exception as e:  # click usage errors in standalone_mode=False
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # click's usage errors (typer vendors its own click, so match the interface, not a class):
+        # the message and usage, exit 2; bare `yoco` has already printed the help
+        if type(e).__name__ == "NoArgsIsHelpError":
+            return 0
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             return 1
         raise
     return 0

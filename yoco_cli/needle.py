@@ -16,7 +16,7 @@ from rich.table import Table
 
 from . import schemas
 from .options import (DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console, fail,
-                      format_size, load_model_or_fail, parse_float_list, parse_size, parse_size_list,
+                      format_size, load_model_or_fail, parse_chunk, parse_float_list, parse_size_list,
                       resolve_device, resolve_dtype)
 
 DEFAULT_CHUNK = 32768
@@ -30,15 +30,6 @@ def _depths(depths: str | None, n_depths: int) -> list[float]:
             fail(f"--n-depths {n_depths}: need at least 2 (for one depth use --depths, e.g. --depths 0.5)")
         values = [i / (n_depths - 1) for i in range(n_depths)]
     return sorted({round(d, 4) for d in values})
-
-
-def _chunk(text: str) -> int | None:
-    key = text.strip().lower()
-    if key == "auto":
-        return DEFAULT_CHUNK
-    if key in ("none", "off", "0"):
-        return None
-    return parse_size(text)
 
 
 def needle(
@@ -75,14 +66,12 @@ def needle(
         fail(str(e))
     if trials < 1:
         fail(f"--trials {trials}: must be at least 1")
-    chunk = _chunk(chunk_size)
+    chunk = parse_chunk(chunk_size, auto=DEFAULT_CHUNK)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     csv_path = schemas.NEEDLE.path(out)
-    if csv_path.exists() and csv_path.stat().st_size > 0 and not resume:
-        fail(f"{csv_path} already exists: add --resume to continue it, or choose another --out")
     try:
-        done = schemas.NEEDLE.done_keys(out) if resume else set()
+        done = schemas.NEEDLE.open_sweep(out, resume)
     except schemas.SchemaError as e:
         fail(str(e))
 
@@ -104,9 +93,11 @@ def needle(
 
     cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
 
+    dtype_name = str(lm.dtype).removeprefix("torch.")
+
     def key(c, d, t):
-        return schemas.NEEDLE.key_of(dict(model=model, task=task, ctx_requested=c, depth=d,
-                                          n_needles=n, trial=t, seed=seed))
+        return schemas.NEEDLE.key_of(dict(model=model, task=task, haystack=hay.name, ctx_requested=c, depth=d,
+                                          n_needles=n, trial=t, seed=seed, dtype=dtype_name))
 
     todo = [cell for cell in cells if key(*cell) not in done]
     schemas.write_command(out, command_line())
@@ -114,7 +105,7 @@ def needle(
            f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)")
     if resume:
         msg += f"; {len(cells) - len(todo)} of {len(cells)} prompts already in {csv_path}"
-    console.print(msg, highlight=False, soft_wrap=True)
+    console.print(msg, highlight=False, markup=False, soft_wrap=True)
 
     # -- measure ------------------------------------------------------------------------------
     import torch
@@ -135,7 +126,7 @@ def needle(
 
     # -- summarise ------------------------------------------------------------------------------
     df = schemas.NEEDLE.read(csv_path)
-    df = df[(df["task"] == task) & (df["n_needles"] == n)]
+    df = df[(df["task"] == task) & (df["n_needles"] == n) & (df["haystack"] == hay.name)]
     from .plots import needle_heatmap
 
     pngs = needle_heatmap(df, Path(out) / "needle_heatmap.png")
@@ -159,6 +150,6 @@ def _summary(df, model: str, task: str, n: int, csv_path: Path, pngs) -> None:
                       f"{df['prefill_seconds'].mean():.3f}", style="bold")
     out = Console()
     out.print(table)
-    out.print(f"results: {csv_path}", highlight=False, soft_wrap=True)
+    out.print(f"results: {csv_path}", highlight=False, markup=False, soft_wrap=True)
     for p in pngs:
-        out.print(f"heatmap: {p}", highlight=False, soft_wrap=True)
+        out.print(f"heatmap: {p}", highlight=False, markup=False, soft_wrap=True)

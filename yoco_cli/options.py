@@ -58,6 +58,17 @@ def parse_size_list(text: str, doubling_from: int | None = None) -> list[int]:
     return sorted(set(sizes))
 
 
+def parse_chunk(text: str, auto: int | None) -> int | None:
+    """``--chunk-size``: ``auto`` gives ``auto`` (the command's default); ``0``, ``none`` or
+    ``off`` give None (the whole prompt in one piece); a size gives that many tokens."""
+    key = str(text).strip().lower()
+    if key == "auto":
+        return auto
+    if key in ("0", "none", "off"):
+        return None
+    return parse_size(key)
+
+
 def format_size(n: int) -> str:
     for unit, mult in (("m", 1024 ** 2), ("k", 1024)):
         if n >= mult and n % mult == 0:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from . import schemas
 from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console, fail,
-                      format_size, parse_size, parse_size_list, resolve_device, resolve_dtype)
+                      format_size, parse_chunk, parse_size_list, resolve_device, resolve_dtype)
 
 CTX_DOUBLING_FROM = 4096
 DEFAULT_CTX = {"cuda": "4k,16k,64k,256k,1m", "cpu": "1k,4k,16k"}
@@ -62,16 +63,6 @@ def _parse_sizes(text: str) -> list[str]:
     return list(dict.fromkeys(sizes))
 
 
-def _parse_chunk(text: str) -> int | None:
-    """None = auto (per arch), 0 = unchunked, N = chunks of N tokens."""
-    t = text.strip().lower()
-    if t == "auto":
-        return None
-    if t in ("0", "none", "off"):
-        return 0
-    return parse_size(t)
-
-
 def _fmt(x, digits: int = 3) -> str:
     if x is None or x == "" or x != x:
         return "-"
@@ -112,7 +103,7 @@ def profile(
         fail(f"bad --gen-tokens {gen_tokens}: must be at least 1")
     if repeats < 1:
         fail(f"bad --repeats {repeats}: must be at least 1")
-    chunk_opt = _parse_chunk(chunk_size)
+    chunk_opt = parse_chunk(chunk_size, auto=-1)      # -1: each arch's default
     if self_decoder not in ("gret", "swa"):
         fail(f"unknown --self-decoder {self_decoder!r} (use gret or swa)")
     torch_dtype = resolve_dtype(dtype, dev)
@@ -130,17 +121,15 @@ def profile(
         fail(f"--out {out} exists and is not a folder")
     dname = bench.dtype_name(torch_dtype)
     path = schemas.PROFILE.path(out)
-    done: set = set()
     ooms: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    if path.exists() and path.stat().st_size:
-        try:                      # rows are appended to it: it must be a profile.csv, resumed or not
+    try:
+        done = schemas.PROFILE.open_sweep(out, resume)
+        if done:
             df = schemas.PROFILE.read(path)
-        except schemas.SchemaError as e:
-            fail(str(e))
-        if resume:
-            done = schemas.PROFILE.done_keys(out)
             for r in df[(df["status"] == "oom") & (df["dtype"] == dname)].to_dict("records"):
                 ooms.setdefault((r["arch"], r["size"]), []).append((int(r["ctx"]), int(r["batch"])))
+    except schemas.SchemaError as e:
+        fail(str(e))
 
     elem = bench.dtype_bytes(torch_dtype)
     reserve = gen_tokens + bench.WARMUP_STEPS + 1
@@ -160,7 +149,7 @@ def profile(
     total_mem = bench.device_memory(dev)
     vers = bench.versions()
     console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in {schemas.PROFILE.path(out)}), "
-                  f"device {dev_name}, {dname}", highlight=False)
+                  f"device {dev_name}, {dname}", highlight=False, markup=False)
 
     ceil = None
     if todo:
@@ -186,7 +175,7 @@ def profile(
 
     written = list(profile_figures(df, out)) + list(ratio_figures(df, out))
     console.print(f"wrote {path}" + (f" and {len(written)} figures: " + ", ".join(p.name for p in written)
-                                     if written else ""), highlight=False)
+                                     if written else ""), highlight=False, markup=False)
 
 
 def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chunk_opt, self_decoder,
@@ -207,7 +196,7 @@ def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chu
             task = progress.add_task("profile", total=len(todo))
             for a, s, b, c in todo:
                 cfg = bench.size_config(a, s, self_decoder)
-                chunk = bench.effective_chunk(bench.default_chunk(a) if chunk_opt is None else chunk_opt, c)
+                chunk = bench.effective_chunk(bench.default_chunk(a) if chunk_opt == -1 else chunk_opt, c)
                 analytic = bench.cell_analytics(cfg, c, b, elem, chunk, reserve)
                 progress.update(task, description=f"{a} {s} ctx {format_size(c)} batch {b}")
                 row = {
@@ -263,7 +252,7 @@ def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chu
                 if row["status"] != "ok":
                     colour = "red" if row["status"] == "error" else "yellow"
                     progress.console.print(f"[{colour}]{row['status']}[/] {a} {s} ctx {format_size(c)} "
-                                           f"batch {b}: {row['note']}", highlight=False)
+                                           f"batch {b}: {escape(row['note'])}", highlight=False)
                 progress.advance(task)
     finally:
         if runner is not None:

@@ -20,6 +20,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from . import plots, schemas
 from .options import OutOpt, command_line, console, fail, format_size
@@ -455,6 +456,6 @@ def report(
         fail(f"--out {out}: exists and is not a folder")
     res = build(list(dirs), out, command_line())
     schemas.write_command(out, command_line())
-    console.print(f"[green]report[/]: {res['html']} and {res['md']} "
+    console.print(f"[green]report[/]: {escape(str(res['html']))} and {escape(str(res['md']))} "
                   f"({len(res['figures'])} figures, {len(res['runs'])} results folder(s))", highlight=False)
     print(res["html"])

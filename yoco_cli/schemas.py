@@ -60,10 +60,13 @@ class Schema:
         for col, kind, _ in self.columns:
             if kind in ("int", "float"):
                 vals = pd.to_numeric(df[col].replace("", None), errors="coerce")
-                bad = df[col].ne("") & vals.isna()
+                bad = df[col].ne("") & (vals.isna() | vals.isin([float("inf"), float("-inf")]))
+                if kind == "int":
+                    bad |= vals.notna() & (vals != vals.round())
                 if bad.any():
                     i = int(bad.idxmax())
-                    raise SchemaError(f"{path}: row {i + 2}, column {col}: {df[col][i]!r} is not a number")
+                    what = "a whole number" if kind == "int" else "a finite number"
+                    raise SchemaError(f"{path}: row {i + 2}, column {col}: {df[col][i]!r} is not {what}")
                 df[col] = vals
         return df
 
@@ -83,6 +86,14 @@ class Schema:
             raise SchemaError(f"{path}: not a text CSV (undecodable bytes)") from None
         except csv.Error as e:
             raise SchemaError(f"{path}: not a readable CSV ({e})") from None
+
+    def open_sweep(self, folder, resume: bool) -> set[tuple[str, ...]]:
+        """Where a sweep starts: a results file already there is continued with ``resume`` (the
+        keys it holds are returned, to skip) and refused without it, so two runs never mix."""
+        path = self.path(folder)
+        if path.exists() and path.stat().st_size and not resume:
+            raise SchemaError(f"{path} already exists: add --resume to continue it, or choose another --out")
+        return self.done_keys(folder) if resume else set()
 
     def done_keys(self, folder) -> set[tuple[str, ...]]:
         path = self.path(folder)
@@ -112,6 +123,7 @@ NEEDLE = Schema(
         ("model", "str", "model name or path as given"),
         ("arch", "str", "yoco or transformer"),
         ("task", "str", "single, multi-needle, multi-key or multi-value"),
+        ("haystack", "str", "noise, text, or the haystack file's path"),
         ("ctx_requested", "int", "requested prompt length in tokens"),
         ("ctx_tokens", "int", "actual prompt length in tokens"),
         ("depth", "float", "needle depth, 0 = start of the haystack, 1 = end"),
@@ -126,7 +138,7 @@ NEEDLE = Schema(
         ("dtype", "str", "model dtype"),
         ("date", "str", "UTC time the row was measured"),
     ),
-    key=("model", "task", "ctx_requested", "depth", "n_needles", "trial", "seed"),
+    key=("model", "task", "haystack", "ctx_requested", "depth", "n_needles", "trial", "seed", "dtype"),
 )
 
 PROFILE = Schema(

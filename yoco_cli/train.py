@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .options import (DeviceOpt, DtypeOpt, ModelOpt, SeedOpt, command_line, console, fail, format_size,
                       parse_size, parse_size_list, resolve_device)
+from .schemas import write_command
 
 
 def _amp(dtype: str) -> str:
@@ -91,6 +92,9 @@ def train(
             keep=keep, command=command_line())
     except tr.TrainError as e:
         fail(str(e))
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
+    write_command(out, command_line())
 
     # -- train ---------------------------------------------------------------------------------
     progress = Progress(
@@ -105,7 +109,7 @@ def train(
         console.print(f"{info['model']} ({info['arch']}, {info['params'] / 1e6:.2f}M params) on {info['device']}, "
                       f"{info['amp']}, {where}; {info['backend']}; "
                       f"curriculum {','.join(format_size(x) for x in cfg.curriculum)} x "
-                      f"{format_size(cfg.batch_tokens)} tokens/step -> {info['out']}", highlight=False)
+                      f"{format_size(cfg.batch_tokens)} tokens/step -> {info['out']}", highlight=False, markup=False)
         progress.start()
         task_id = progress.add_task("train", total=cfg.steps, completed=info["start"], stats="")
 
@@ -144,7 +148,7 @@ def train(
         f"({tok_s / 1e3:,.0f}k tok/s); last loss {last.get('loss', 'n/a')}, answer loss "
         f"{last.get('answer_loss', 'n/a')}, answer acc {last.get('answer_acc', 'n/a')}, needle acc "
         f"{last.get('needle_acc') or 'n/a'} -> {result.final}",
-        highlight=False, soft_wrap=True)
+        highlight=False, markup=False, soft_wrap=True)
     if ship:
         if result.step < cfg.steps:
             fail(f"--ship: the run stopped at step {result.step} of {cfg.steps}; finish it first (--resume)")
@@ -152,4 +156,4 @@ def train(
             dest = tr.ship(result.out)
         except tr.TrainError as e:
             fail(str(e))
-        console.print(f"shipped: {dest} (load_model({dest.name!r}) now loads these weights)", highlight=False)
+        console.print(f"shipped: {dest} (load_model({dest.name!r}) now loads these weights)", highlight=False, markup=False)

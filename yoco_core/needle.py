@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .bench import device_name  # one spelling of a device, shared with profile
 from .generate import generate
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -445,15 +446,6 @@ def cell_rng(seed: int, task: str, ctx: int, depth: float, n_needles: int, trial
     return random.Random(f"yoco-needle:{seed}:{task}:{int(ctx)}:{round(float(depth), 6)!r}:{n_needles}:{trial}")
 
 
-def device_name(device) -> str:
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
 def run_cell(model, ctx: int, depth: float, task: str = "single", n_needles: int | None = None,
              trial: int = 0, seed: int = 0, haystack: Haystack | str = "noise",
              chunk_size: int | None = 32768, model_name: str | None = None) -> dict:
@@ -470,6 +462,7 @@ def run_cell(model, ctx: int, depth: float, task: str = "single", n_needles: int
         "model": model_name or model.config.name,
         "arch": model.config.arch,
         "task": task,
+        "haystack": getattr(haystack, "name", str(haystack)),
         "ctx_requested": int(ctx),
         "ctx_tokens": len(sample.prompt_ids),
         "depth": float(depth),

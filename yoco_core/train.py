@@ -341,8 +341,11 @@ def _open_log(out: Path, resume_step: int):
     path = out / LOG_FILE
     rows = []
     if resume_step > 0 and path.is_file():
-        with path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        try:
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        except (KeyError, ValueError, TypeError, csv.Error) as e:
+            raise TrainError(f"{path}: damaged training log ({type(e).__name__}); move it away to resume") from None
     f = path.open("w", newline="")
     w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
     w.writeheader()
@@ -510,16 +513,19 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     start, counters = 0, {"tokens": 0, "seconds": 0.0}
     if resume and found:
         step0, ckpt = found[-1]
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        _check_resumable(state["train_config"], cfg, ckpt)
         try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            _check_resumable(state["train_config"], cfg, ckpt)
             load_state(model, {k: v.to(device) for k, v in read_state_dict(ckpt / "model.safetensors").items()},
                        str(ckpt))
+            load_optimizer(opt, ckpt / OPTIM_FILE)
+            _set_rng_state(state["rng"], device)
+            start, counters = int(state["step"]), dict(state["counters"])
         except CheckpointError as e:
             raise TrainError(str(e)) from None
-        load_optimizer(opt, ckpt / OPTIM_FILE)
-        _set_rng_state(state["rng"], device)
-        start, counters = int(state["step"]), dict(state["counters"])
+        except (OSError, ValueError, KeyError, TypeError) as e:   # JSON, safetensors, missing fields
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise TrainError(f"{ckpt}: damaged checkpoint ({type(e).__name__}: {first})") from None
     else:
         torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
