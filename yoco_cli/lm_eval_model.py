@@ -46,13 +46,10 @@ from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.api.registry import model_registry, register_model  # noqa: E402
 
 from yoco_core import generate, load_model  # noqa: E402  (importing yoco_core registers hf:, unilm:)
-from yoco_core.checkpoint import default_dtype  # noqa: E402
+from yoco_core.checkpoint import dtype_from_name  # noqa: E402
 from yoco_core.hf import BYTE_TOKENIZER_DIR  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 def tasks_dir() -> Path | None:
@@ -89,10 +86,7 @@ class YOCOLM(TemplateLM):
                 if dev.startswith("cuda"):   # lm-eval's CLI defaults to cuda
                     log.warning("yoco model: CUDA is not available; running on cpu")
                 dev = "cuda" if torch.cuda.is_available() else "cpu"
-            key = str(dtype).lower()
-            if key not in _DTYPES:
-                raise ValueError(f"unknown dtype {dtype!r} (auto, fp32, bf16, fp16)")
-            self.model = load_model(str(pretrained), device=dev, dtype=_DTYPES[key] or default_dtype(dev))
+            self.model = load_model(str(pretrained), device=dev, dtype=dtype_from_name(dtype, dev))
             self.model_name = str(pretrained)
         self.model.eval()
         self.tok = self.model.tokenizer

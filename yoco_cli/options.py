@@ -111,19 +111,13 @@ def resolve_device(name: str) -> str:
     fail(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)")
 
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16"}
-
-
 def resolve_dtype(name: str, device: str):
-    import torch
+    from yoco_core.checkpoint import dtype_from_name
 
-    key = name.strip().lower()
-    if key == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if key not in _DTYPES:
-        fail(f"unknown dtype {name!r} (use fp32, bf16, fp16 or auto)")
-    return getattr(torch, _DTYPES[key])
+    try:
+        return dtype_from_name(name, device)
+    except ValueError as e:
+        fail(str(e))
 
 
 def load_model_or_fail(name: str, device: str, dtype):

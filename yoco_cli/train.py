@@ -14,21 +14,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .options import (DeviceOpt, DtypeOpt, ModelOpt, SeedOpt, command_line, console, fail, format_size,
-                      parse_size, parse_size_list, resolve_device)
+                      parse_size, parse_size_list, resolve_device, resolve_dtype)
 from .schemas import write_command
 
 
 def _amp(dtype: str) -> str:
-    key = dtype.strip().lower()
-    if key == "auto":
+    """The trainer's precision: ``auto``, ``bf16`` (autocast) or ``fp32``."""
+    import torch
+
+    if dtype.strip().lower() == "auto":
         return "auto"
-    if key in ("bf16", "bfloat16"):
-        return "bf16"
-    if key in ("fp32", "float32"):
-        return "fp32"
-    if key in ("fp16", "float16"):
+    dt = resolve_dtype(dtype, "cpu")
+    if dt == torch.float16:
         fail("--dtype fp16: training supports bf16 autocast or fp32 (fp16 would need loss scaling)")
-    fail(f"unknown dtype {dtype!r} (use bf16, fp32 or auto)")
+    return "bf16" if dt == torch.bfloat16 else "fp32"
 
 
 def train(

@@ -42,6 +42,21 @@ def default_dtype(device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
+DTYPE_ALIASES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def dtype_from_name(name: str, device) -> torch.dtype:
+    """``fp32``/``float32``, ``bf16``/``bfloat16``, ``fp16``/``float16``, or ``auto`` (bf16 on CUDA,
+    fp32 elsewhere); anything else is a ``ValueError``."""
+    key = str(name).strip().lower()
+    if key == "auto":
+        return default_dtype(device)
+    if key not in DTYPE_ALIASES:
+        raise ValueError(f"unknown dtype {name!r} (use fp32, bf16, fp16 or auto)")
+    return DTYPE_ALIASES[key]
+
+
 def save_model(model: CausalLM, path) -> Path:
     from safetensors.torch import save_file
 

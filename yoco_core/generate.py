@@ -41,7 +41,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, chunk_size: in
     logits, cache = model.prefill(input_ids, chunk_size=chunk_size, reserve=max_new_tokens)
     _sync(model.device)
     t1 = time.perf_counter()
-    step = make_decoder(model, cache) if max_new_tokens > 1 else None
+    step = None                      # built at the first decode step: not at all when every row stops at once
     rows: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     steps = 0
@@ -59,6 +59,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, chunk_size: in
                 done[b] = True
         if all(done) or i == max_new_tokens - 1:
             break
+        if step is None:
+            step = make_decoder(model, cache)
         logits = step(nxt[:, None])
         steps += 1
         nxt = logits[:, -1].argmax(-1)

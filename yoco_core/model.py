@@ -269,11 +269,11 @@ class CausalLM(nn.Module):
         if T == 0:
             raise ValueError("prefill needs at least one token")
         self._check_length(T)
-        if chunk_size is not None and int(chunk_size) < 0:
-            raise ValueError(f"chunk_size must be positive (or None), not {chunk_size}")
         chunk_size = None if chunk_size is None else int(chunk_size)
+        if chunk_size is not None and chunk_size < 0:
+            raise ValueError(f"chunk_size must be positive (or None), not {chunk_size}")
         cache = self.new_cache(B, T + reserve)
-        step = T if not chunk_size or chunk_size >= T else int(chunk_size)
+        step = T if not chunk_size or chunk_size >= T else chunk_size
         out = None
         for s in range(0, T, step):
             final = s + step >= T
