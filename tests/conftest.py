@@ -10,6 +10,8 @@ ARCHS = {
     "yoco-gret": get_config("yoco-tiny").replace(**SMALL),
     "yoco-swa": get_config("yoco-swa-tiny").replace(window=16, **SMALL),
     "transformer": get_config("transformer-tiny").replace(**SMALL),
+    # NoPE cross-decoder with log-length query scaling (active from 8 keys on, so at test lengths)
+    "yoco-nope": get_config("yoco-tiny").replace(cross_rope=False, cross_logn=8, **SMALL),
 }
 
 

@@ -121,12 +121,12 @@ def train(
 
     def on_log(row: dict) -> None:
         nonlocal n_logged
-        for key in ("loss", "answer_acc", "needle_acc"):   # exponential smoothing over log rows
-            if row[key] != "":
+        for key in ("loss", "answer_acc", "needle_acc", "kv_acc", "copy_acc"):   # smoothed over log rows
+            if row.get(key, "") != "":
                 smooth[key] = row[key] if key not in smooth else 0.7 * smooth[key] + 0.3 * row[key]
-        needle_acc = f" needle {smooth['needle_acc']:.3f}" if "needle_acc" in smooth else ""
+        tasks = "".join(f" {t} {smooth[t + '_acc']:.2f}" for t in ("needle", "kv", "copy") if t + "_acc" in smooth)
         stats = (f"len {format_size(row['length'])} loss {smooth['loss']:.3f} acc {smooth['answer_acc']:.3f}"
-                 f"{needle_acc} lr {float(row['lr']):.2e} {row['tokens_per_s'] / 1e3:,.0f}k tok/s")
+                 f"{tasks} lr {float(row['lr']):.2e} {row['tokens_per_s'] / 1e3:,.0f}k tok/s")
         progress.update(task_id, stats=stats)
         n_logged += 1
         if not console.is_terminal and (n_logged % plain_every == 0 or row["step"] == cfg.steps):

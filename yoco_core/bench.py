@@ -20,7 +20,8 @@ Analytic model (pure functions of a ``ModelConfig``; ``b`` = bytes per element o
   - ``mixer``: gated retention in its chunkwise form (chunks of ``C = 64``, the size fla-core's
     kernel and our PyTorch form use), per self-decoder layer ``4 B T' C d + 4 B T' d h``
     (intra-chunk scores and their product with V, then the state read and update; ``h`` = head
-    dim, ``T'`` = T rounded up to a multiple of C).
+    dim, ``T'`` = T rounded up to a multiple of C), plus ``2 B P d h`` for the state carry between
+    chunks done as a matmul (``P`` = pairs of chunks within blocks of 256 chunks; negligible).
 
 * **Decode bytes per step** (``decode_bytes``): what one step must read from memory: every weight
   once (all parameters but the embedding table, of which only ``B`` rows are read) plus the cache:
@@ -64,6 +65,7 @@ from .graphs import make_decoder
 from .model import build_model
 
 GRET_CHUNK = 64                      # chunk length of the chunkwise gated-retention form
+GRET_CARRY_BLOCK = 256               # chunks per block of its state carry (kernels/gret/chunk.py)
 DEFAULT_YOCO_CHUNK = 32768           # prefill chunk of ``--chunk-size auto`` for yoco and fla
 WARMUP_TOKENS = 4096                 # warm-up prefill length for unchunked prefill
 WARMUP_STEPS = 3                     # warm-up decode steps
@@ -132,7 +134,10 @@ def prefill_flops(cfg: ModelConfig, ctx: int, batch: int = 1) -> dict[str, float
         else:
             C = min(GRET_CHUNK, T)
             Tp = -(-T // C) * C
-            out["mixer"] = half * (4.0 * B * Tp * C * d + 4.0 * B * Tp * d * cfg.self_head_dim)
+            N, blk = Tp // C, GRET_CARRY_BLOCK
+            carry = sum(min(blk, N - s) ** 2 for s in range(0, N, blk))    # chunk pairs of the state carry
+            out["mixer"] = half * (4.0 * B * Tp * C * d + 4.0 * B * Tp * d * cfg.self_head_dim
+                                   + 2.0 * B * carry * d * cfg.self_head_dim)
     out["total"] = sum(out.values())
     return out
 

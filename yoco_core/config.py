@@ -34,6 +34,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None   # None, or LLaMA-3 style {"rope_type": "llama3", ...}
     cross_rope: bool = True    # RoPE on the global keys and cross-decoder queries
+    cross_logn: int = 0        # > 0: cross-decoder queries at position p scaled by max(1, ln(p+1) / ln(this))
     norm_eps: float = 1e-5
     gate_logit_normalizer: float = 16.0
     max_seq_len: int = 1 << 21
@@ -65,6 +66,9 @@ class ModelConfig:
             problems.append("a YOCO model needs an even n_layers (half self-, half cross-decoder)")
         if (self.dim // self.n_heads) % 2 or (self.dim // self.n_self_heads) % 2:
             problems.append("head dims must be even for RoPE")
+        if not isinstance(self.cross_logn, int) or isinstance(self.cross_logn, bool) or self.cross_logn < 0 \
+                or self.cross_logn == 1:
+            problems.append(f"cross_logn must be 0 (off) or a length >= 2, not {self.cross_logn!r}")
         if self.rope_scaling:
             from .rope import inv_freq
 

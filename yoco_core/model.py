@@ -23,6 +23,8 @@ position, whose logits are the ones needed. That is what makes its prefill linea
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -142,11 +144,15 @@ class CrossAttention(nn.Module):
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, rope, k, v, length=None):
+    def forward(self, x, cross, k, v, length=None):
+        """``cross``: (rope or None, query scale ``[n]`` or None) of the new positions."""
         B, n, _ = x.shape
+        rope, qscale = cross
         q = self.q_proj(x).view(B, n, self.n_heads, self.head_dim)
         if rope is not None:
             q = apply_rope(q, *rope)
+        if qscale is not None:
+            q = q * qscale[None, :, None, None]
         o = attend(q.transpose(1, 2), k, v, length)
         return self.o_proj(o.transpose(1, 2).reshape(B, n, -1))
 
@@ -197,8 +203,8 @@ class Block(nn.Module):
 
 
 class CrossBlock(Block):
-    def forward(self, x, rope, k, v, length=None):
-        x = x + self.attn(self.attn_norm(x), rope, k, v, length)
+    def forward(self, x, cross, k, v, length=None):
+        x = x + self.attn(self.attn_norm(x), cross, k, v, length)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -310,21 +316,30 @@ class YOCO(CausalLM):
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def ropes(self, positions):
-        """(self-decoder rope, cross-decoder rope or None) for ``positions``."""
+        """(self-decoder rope, cross-decoder (rope or None, query scale or None)) for ``positions``.
+
+        The query scale (``cross_logn = N``): ``max(1, ln(p + 1) / ln N)`` at position ``p``, so
+        attention over more keys stays as sharp as it was at N keys (log-length scaling, as in
+        Qwen's logn attention and scalable softmax); with NoPE keys (``cross_rope=False``) this is
+        what lets retrieval hold far past the training length."""
         cfg = self.config
         rs = self.rope(positions, cfg.self_head_dim)
-        if not cfg.cross_rope:
-            return rs, None
-        return rs, rs if cfg.self_head_dim == cfg.head_dim else self.rope(positions, cfg.head_dim)
+        rc = None
+        if cfg.cross_rope:
+            rc = rs if cfg.self_head_dim == cfg.head_dim else self.rope(positions, cfg.head_dim)
+        scale = None
+        if cfg.cross_logn:
+            scale = ((positions.float() + 1).log() / math.log(cfg.cross_logn)).clamp(min=1.0).to(self.dtype)
+        return rs, (rc, scale)
 
     def forward(self, input_ids):
-        rs, rc = self.ropes(self.positions(0, input_ids.shape[1]))
+        rs, cross = self.ropes(self.positions(0, input_ids.shape[1]))
         x = self.embed_tokens(input_ids)
         for layer in self.self_layers:
             x, _ = layer(x, rs)
-        k, v = self.global_kv(x, rc)
+        k, v = self.global_kv(x, cross[0])
         for layer in self.cross_layers:
-            x = layer(x, rc, k, v)
+            x = layer(x, cross, k, v)
         return self.logits(x)
 
     def new_cache(self, batch: int, capacity: int) -> YOCOCache:
@@ -333,19 +348,20 @@ class YOCO(CausalLM):
         return YOCOCache(kv=kv, states=[None] * len(self.self_layers))
 
     def _run(self, input_ids, cache: YOCOCache, need):
-        rs, rc = self.ropes(self.positions(cache.length, input_ids.shape[1]))
+        rs, cross = self.ropes(self.positions(cache.length, input_ids.shape[1]))
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
             x, cache.states[i] = layer(x, rs, cache.states[i])
-        cache.kv.append(*self.global_kv(x, rc))
+        cache.kv.append(*self.global_kv(x, cross[0]))
         if need is None:                      # early exit: the cross-decoder is not needed here
             return None
         if need == "last":
             x = x[:, -1:]
-            rc = None if rc is None else (rc[0][-1:], rc[1][-1:])
+            rc, scale = cross
+            cross = (None if rc is None else (rc[0][-1:], rc[1][-1:]), None if scale is None else scale[-1:])
         k, v = cache.kv.view()
         for layer in self.cross_layers:
-            x = layer(x, rc, k, v)
+            x = layer(x, cross, k, v)
         return self.logits(x)
 
     def decode_step(self, input_ids, cache: YOCOCache, at):
@@ -354,14 +370,14 @@ class YOCO(CausalLM):
         updated in place; the caller advances ``cache`` (and ``at``) afterwards."""
         if self.config.self_decoder != "gret":
             raise NotImplementedError("the graph-safe decode step needs the gRet self-decoder")
-        rs, rc = self.ropes(at)
+        rs, cross = self.ropes(at)
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
             x, state = layer(x, rs, cache.states[i])
             cache.states[i].copy_(state)
-        cache.kv.write_at(at, *self.global_kv(x, rc))
+        cache.kv.write_at(at, *self.global_kv(x, cross[0]))
         for layer in self.cross_layers:
-            x = layer(x, rc, cache.kv.k, cache.kv.v, at + 1)
+            x = layer(x, cross, cache.kv.k, cache.kv.v, at + 1)
         return self.logits(x)
 
 

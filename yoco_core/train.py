@@ -23,9 +23,10 @@
   from the latest complete checkpoint and reproduces an uninterrupted run exactly (same seed).
 * **Log**: ``OUT/train_log.csv`` every ``log_every`` steps, averaged over those steps: ``loss``
   (the optimised total), ``answer_loss`` (per-sample mean over answer tokens), ``lm_loss``,
-  ``answer_acc`` (greedy next-token accuracy over all answer tokens), ``needle_acc`` (the same
-  over the answer tokens of needle samples: the evaluated task; ~0.3 is what a model that only
-  knows the format gets, " " and "." right and one digit in ten), ``lr``, ``grad_norm``,
+  ``answer_acc`` (greedy next-token accuracy over all answer tokens), ``needle_acc``,
+  ``kv_acc``, ``copy_acc`` (the same over the answer tokens of each task's samples; for needles,
+  the evaluated task, ~0.3 is what a model that only knows the format gets: " " and "." right
+  and one digit in ten), ``lr``, ``grad_norm``,
   ``tokens``, ``seconds`` (training time, checkpoints excluded), ``tokens_per_s``. Values are
   read back from the GPU only at log steps.
 
@@ -57,10 +58,10 @@ from .checkpoint import CheckpointError, load_state, read_config, read_state_dic
 from .config import PRESETS, ModelConfig, get_config
 from .model import CausalLM, build_model
 from .needle import device_name
-from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, Batch, SyntheticData, parse_mix
+from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, TASKS, Batch, SyntheticData, parse_mix
 
-LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc", "needle_acc", "lr",
-              "grad_norm", "tokens", "seconds", "tokens_per_s")
+LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc",
+              *(f"{t}_acc" for t in TASKS), "lr", "grad_norm", "tokens", "seconds", "tokens_per_s")
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
 LOG_FILE = "train_log.csv"
@@ -395,8 +396,9 @@ class _Prefetch:
 
 # -- loss ------------------------------------------------------------------------------------------
 def loss_inputs(batch: Batch, pin: bool = False) -> tuple:
-    """Host-side weights of a batch: (ids, answer weights, context weights, needle-answer mask,
-    answer tokens, needle answer tokens). The weights are over the label positions ``[B, T]``.
+    """Host-side inputs of a batch: (ids, answer weights, context weights, answer mask, task of each
+    row one-hot ``[B, len(TASKS)]``, answer tokens per task). The weights are over the label
+    positions ``[B, T]``.
 
     Answer weights average each sample's answer tokens, then the samples (a copy sample with
     hundreds of answer tokens weighs as much as a needle sample with nine); context weights
@@ -408,17 +410,18 @@ def loss_inputs(batch: Batch, pin: bool = False) -> tuple:
     ans_w = (ans / np.maximum(per_row, 1) / rows).astype(np.float32)
     ctx = k == CONTEXT
     ctx_w = (ctx / max(1, int(ctx.sum()))).astype(np.float32)
-    needle = ans & np.array([t == "needle" for t in batch.tasks])[:, None]
+    onehot = np.array([[t == name for name in TASKS] for t in batch.tasks], dtype=np.float32)
+    per_task = [int(per_row[onehot[:, i] > 0].sum()) for i in range(len(TASKS))]
     tensors = [torch.from_numpy(batch.ids), torch.from_numpy(ans_w), torch.from_numpy(ctx_w),
-               torch.from_numpy(ans), torch.from_numpy(needle)]
+               torch.from_numpy(ans), torch.from_numpy(onehot)]
     if pin:
         tensors = [t.pin_memory() for t in tensors]
-    return (*tensors, int(ans.sum()), int(needle.sum()))
+    return (*tensors, per_task)
 
 
-def batch_loss(model: CausalLM, ids, ans_w, ctx_w, ans, needle, lm_weight: float):
-    """(loss, answer loss, lm loss, answer tokens right, needle answer tokens right) of a batch
-    (all on the device; see ``loss_inputs`` and the module docstring)."""
+def batch_loss(model: CausalLM, ids, ans_w, ctx_w, ans, onehot, lm_weight: float):
+    """(loss, answer loss, lm loss, answer tokens right per task ``[len(TASKS)]``) of a batch (all on
+    the device; see ``loss_inputs`` and the module docstring)."""
     logits = model(ids[:, :-1])
     labels = ids[:, 1:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
@@ -426,8 +429,8 @@ def batch_loss(model: CausalLM, ids, ans_w, ctx_w, ans, needle, lm_weight: float
     answer_loss = (ce * ans_w).sum()
     lm_loss = (ce * ctx_w).sum()
     loss = answer_loss + lm_weight * lm_loss
-    hit = logits.argmax(-1) == labels
-    return loss, answer_loss.detach(), lm_loss.detach(), (hit & ans).sum(), (hit & needle).sum()
+    right_rows = ((logits.argmax(-1) == labels) & ans).sum(1).float()
+    return loss, answer_loss.detach(), lm_loss.detach(), right_rows @ onehot
 
 
 # -- the gRet backend on CUDA ------------------------------------------------------------------------
@@ -543,31 +546,30 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     last_row: dict = {}
     prefetch = _Prefetch(data, cfg, start) if start < cfg.steps else None
     amp = cfg.use_amp()
-    sums = torch.zeros(5, device=device)      # loss, answer loss, lm loss, answer / needle tokens right
-    n_ans_acc, n_needle_acc, window_steps, window_tokens = 0, 0, 0, 0
+    sums = torch.zeros(3 + len(TASKS), device=device)   # loss, answer loss, lm loss, right per task
+    n_task = [0] * len(TASKS)                 # answer tokens per task in the log window
+    window_steps, window_tokens = 0, 0
     t_window = time.perf_counter()
     step = start
     interrupted, restore_sigint = _catch_sigint()
     try:
         while step < end:
-            s, *tensors, n_answer, n_needle = prefetch.get()
+            s, *tensors, per_task = prefetch.get()
             assert s == step
             lr = lr_at(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            ids, ans_w, ctx_w, ans, needle = (t.to(device, non_blocking=True) for t in tensors)
+            ids, ans_w, ctx_w, ans, onehot = (t.to(device, non_blocking=True) for t in tensors)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, a_loss, l_loss, right, right_needle = batch_loss(model, ids, ans_w, ctx_w, ans, needle,
-                                                                       cfg.lm_weight)
+                loss, a_loss, l_loss, right = batch_loss(model, ids, ans_w, ctx_w, ans, onehot, cfg.lm_weight)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             n_tok = ids.shape[0] * (ids.shape[1] - 1)
-            sums += torch.stack([loss.detach(), a_loss, l_loss, right.float(), right_needle.float()])
-            n_ans_acc += n_answer
-            n_needle_acc += n_needle
+            sums += torch.cat([torch.stack([loss.detach(), a_loss, l_loss]), right])
+            n_task = [a + b for a, b in zip(n_task, per_task)]
             window_steps += 1
             window_tokens += n_tok
             if on_step:
@@ -582,8 +584,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
                     "step": step, "length": ids.shape[1] - 1, "batch": ids.shape[0],
                     "loss": round(vals[0] / window_steps, 5), "answer_loss": round(vals[1] / window_steps, 5),
                     "lm_loss": round(vals[2] / window_steps, 5),
-                    "answer_acc": round(vals[3] / max(1, n_ans_acc), 5),
-                    "needle_acc": round(vals[4] / n_needle_acc, 5) if n_needle_acc else "", "lr": f"{lr:.4e}",
+                    "answer_acc": round(sum(vals[3:]) / max(1, sum(n_task)), 5),
+                    **{f"{t}_acc": round(vals[3 + i] / n_task[i], 5) if n_task[i] else ""
+                       for i, t in enumerate(TASKS)},
+                    "lr": f"{lr:.4e}",
                     "grad_norm": round(float(gnorm), 4), "tokens": counters["tokens"],
                     "seconds": round(counters["seconds"], 3), "tokens_per_s": round(window_tokens / max(dt, 1e-9)),
                 }
@@ -592,7 +596,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
                 if on_log:
                     on_log(last_row)
                 sums.zero_()
-                n_ans_acc, n_needle_acc, window_steps, window_tokens = 0, 0, 0, 0
+                n_task = [0] * len(TASKS)
+                window_steps, window_tokens = 0, 0
                 t_window = now
             stop = interrupted.is_set() and step < cfg.steps
             if (cfg.save_every and step % cfg.save_every == 0) or step == end or stop:

@@ -36,15 +36,31 @@ def gret_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 6
     last = G[:, :, -1]                                         # [B, N, H]
     U = torch.einsum("bnjhk,bnjhv->bnhkv", kf * (last[:, :, None] - G).exp()[..., None], vf)
     S = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
-    prev = []
-    decay = last.exp()
-    for n in range(N):
-        prev.append(S)
-        S = S * decay[:, n, :, None, None] + U[:, n]
-    Sprev = torch.stack(prev, 1)                               # [B, N, H, K, V]
+    Sprev, S = _carry(S, U, last)
     o = o + torch.einsum("bnihk,bnhkv->bnihv", qf * G.exp()[..., None], Sprev)
     o = o.reshape(B, N * C, H, V)[:, :T]
     return o.to(q.dtype), S
+
+
+def _carry(S, U, last, block: int = 256):
+    """The state entering each chunk, ``[B, N, H, K, V]``, and the final state.
+
+    ``S_n = exp(last_{n-1}) S_{n-1} + U_{n-1}`` unrolled as one masked, decay-weighted sum over
+    the chunks before n (a matmul, not N small sequential steps), ``block`` chunks at a time so the
+    ``[block, block]`` weights stay small at any length; the state is carried between blocks."""
+    B, N, H = last.shape
+    out = []
+    for s in range(0, N, block):
+        e = min(N, s + block)
+        L = last[:, s:e].cumsum(1)                             # log decay from block start through chunk n
+        Lx = L - last[:, s:e]                                  # ... up to, not through, chunk n
+        # weight of U_m in S_n (m < n): exp(sum of the decays of chunks m+1 .. n-1) = exp(Lx_n - L_m)
+        w = Lx[:, :, None] - L[:, None, :]                     # [B, n, m, H]
+        n_idx = torch.arange(e - s, device=last.device)
+        w = w.masked_fill(~(n_idx[None, :] < n_idx[:, None])[None, :, :, None], float("-inf")).exp()
+        out.append(torch.einsum("bnmh,bmhkv->bnhkv", w, U[:, s:e]) + Lx.exp()[..., None, None] * S[:, None])
+        S = out[-1][:, -1] * last[:, e - 1].exp()[..., None, None] + U[:, e - 1]
+    return torch.cat(out, 1) if len(out) > 1 else out[0], S
 
 
 def gret_step(q, k, v, g, scale: float, state):
