@@ -9,7 +9,7 @@ set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl >/dev/null 2>&1
 export PYTHONPATH=.:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/gpu}; mkdir -p "$OUT"
-R=/tmp/runs; mkdir -p $R
+R=/tmp/runs; rm -rf $R; mkdir -p $R        # a warm machine keeps /tmp between calls
 Y="python3 -m yoco_cli.main"
 VARIANTS=${VARIANTS:-"yoco-tiny yoco-tiny
 transformer-tiny transformer-tiny"}

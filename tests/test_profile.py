@@ -121,6 +121,33 @@ def test_run_cell_records_injected_oom_and_the_runner_still_works(monkeypatch):
     assert res.status == "error" and res.note == "ValueError: kernel exploded"
 
 
+@pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "transformer"])
+def test_random_cache_is_laid_out_as_a_prefill_leaves_it(kind):
+    """Decode-only cells start from ``random_cache``: same buffers, capacity, fill length and bytes
+    as after a real prefill, so each decode step does the same work; decoding from it runs."""
+    model = small_model(kind)
+    T, reserve = 40, 5
+    _, real = model.prefill(torch.randint(0, 256, (2, T)), reserve=reserve)
+    fake = bench.random_cache(model, 2, T, reserve, seed=3)
+    assert (fake.length, fake.capacity, fake.nbytes()) == (real.length, real.capacity, real.nbytes())
+    bufs = fake.layers if kind == "transformer" else [fake.kv]
+    assert all(b.k[:, :, :T].std() > 0.5 for b in bufs)      # random, not zeros
+    logits, fake = model.decode(torch.zeros(2, 1, dtype=torch.long), fake)
+    assert fake.length == T + 1 and torch.isfinite(logits).all()
+
+
+def test_decode_only_sweep_has_no_prefill_and_refuses_peers(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["profile", "--arch", "yoco,transformer", "--size", "tiny", "--ctx", "64,128", "--batch", "1,3",
+                 "--decode-only", "--gen-tokens", "2", "--device", "cpu", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    assert all(r["prefill_s"] == "" and float(r["decode_ms"]) > 0 and "decode only" in r["note"] for r in rows)
+    capsys.readouterr()
+    assert main(["profile", "--arch", "yoco,hf", "--decode-only", "--device", "cpu", "--out", str(tmp_path / "e")]) == 2
+    assert "--decode-only works with" in capsys.readouterr().err
+
+
 def test_cells_over_memory_by_estimate_are_skipped_unbuilt(tmp_path, monkeypatch):
     est = bench.estimate_memory(get_config("yoco-tiny"), 96, 1, 4, reserve=2 + bench.WARMUP_STEPS + 1)["total"]
     monkeypatch.setattr(bench, "device_memory", lambda device: est - 1)

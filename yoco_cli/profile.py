@@ -33,10 +33,13 @@ CtxOpt = Annotated[str, typer.Option(
 BatchOpt = Annotated[str, typer.Option("--batch", help="Comma list of batch sizes.")]
 GenOpt = Annotated[int, typer.Option("--gen-tokens", help="Decode steps timed per cell (median reported).")]
 ChunkOpt = Annotated[str, typer.Option(
-    "--chunk-size", help="Prefill chunk in tokens; auto: 32k for yoco and fla, unchunked for transformer "
-                         "and hf; 0: unchunked for all.")]
+    "--chunk-size", help="Prefill chunk in tokens; auto: 16k for yoco, unchunked for transformer, hf and "
+                         "fla (whose cache takes one token per call after the first); 0: unchunked for all.")]
 SelfDecOpt = Annotated[str, typer.Option("--self-decoder", help="Self-decoder of arch yoco: gret or swa.")]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Prefills timed per cell (median reported).")]
+DecodeOnlyOpt = Annotated[bool, typer.Option(
+    "--decode-only", help="Skip the prefill: decode from a cache of random values at each context "
+                          "(same cost per step), for throughput sweeps over large batches. yoco and transformer only.")]
 
 
 def _parse_archs(text: str) -> list[str]:
@@ -83,6 +86,7 @@ def profile(
     chunk_size: ChunkOpt = "auto",
     self_decoder: SelfDecOpt = "gret",
     repeats: RepeatsOpt = 1,
+    decode_only: DecodeOnlyOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     out: OutOpt = "runs/profile",
@@ -108,6 +112,9 @@ def profile(
         fail(f"unknown --self-decoder {self_decoder!r} (use gret or swa)")
     torch_dtype = resolve_dtype(dtype, dev)
     out = Path(out)
+    if decode_only and set(archs) - {"yoco", "transformer"}:
+        fail("--decode-only works with --arch yoco and transformer (our models' caches), not "
+             + ", ".join(sorted(set(archs) - {"yoco", "transformer"})))
 
     from yoco_core import bench
 
@@ -161,7 +168,7 @@ def profile(
     _sweep(todo, out=out, dev=dev, torch_dtype=torch_dtype, dname=dname, elem=elem, reserve=reserve,
            max_tokens=max_tokens, chunk_opt=chunk_opt, self_decoder=self_decoder, gen_tokens=gen_tokens,
            repeats=repeats, seed=seed, ceil=ceil, dev_name=dev_name, total_mem=total_mem, vers=vers,
-           ooms=ooms)
+           ooms=ooms, decode_only=decode_only)
 
     if not path.exists():
         return
@@ -179,7 +186,7 @@ def profile(
 
 
 def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chunk_opt, self_decoder,
-           gen_tokens, repeats, seed, ceil, dev_name, total_mem, vers, ooms) -> None:
+           gen_tokens, repeats, seed, ceil, dev_name, total_mem, vers, ooms, decode_only=False) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from yoco_core import bench
@@ -197,7 +204,9 @@ def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chu
             for a, s, b, c in todo:
                 cfg = bench.size_config(a, s, self_decoder)
                 chunk = bench.effective_chunk(bench.default_chunk(a) if chunk_opt == -1 else chunk_opt, c)
-                analytic = bench.cell_analytics(cfg, c, b, elem, chunk, reserve)
+                if decode_only:
+                    chunk = 0
+                analytic = bench.cell_analytics(cfg, c, b, elem, 1 if decode_only else chunk, reserve)
                 progress.update(task, description=f"{a} {s} ctx {format_size(c)} batch {b}")
                 row = {
                     "arch": a, "model": bench.model_name(a, s, self_decoder),
@@ -234,7 +243,7 @@ def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chu
                         row.update(status=build_failed[0], note=build_failed[1])
                     else:
                         row["model"], row["params"] = runner.model_name, runner.params
-                        res = bench.run_cell(runner, c, b, gen_tokens, chunk or None, repeats, seed)
+                        res = bench.run_cell(runner, c, b, gen_tokens, chunk or None, repeats, seed, decode_only)
                         row.update(status=res.status, note=res.note)
                         if res.status == "oom":
                             ooms.setdefault((a, s), []).append((c, b))

@@ -66,7 +66,7 @@ from .model import build_model
 
 GRET_CHUNK = 64                      # chunk length of the chunkwise gated-retention form
 GRET_CARRY_BLOCK = 256               # chunks per block of its state carry (kernels/gret/chunk.py)
-DEFAULT_YOCO_CHUNK = 32768           # prefill chunk of ``--chunk-size auto`` for yoco and fla
+DEFAULT_YOCO_CHUNK = 16384           # prefill chunk of ``--chunk-size auto`` for our yoco
 WARMUP_TOKENS = 4096                 # warm-up prefill length for unchunked prefill
 WARMUP_STEPS = 3                     # warm-up decode steps
 INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
@@ -388,6 +388,11 @@ class Runner:
     def prepare_decode(self, cache) -> None:
         """Anything to set up for decoding ``cache`` before the timed steps (ours: the CUDA graph)."""
 
+    def random_cache(self, batch: int, ctx: int, reserve: int, seed: int = 0):
+        """A cache of ``ctx`` positions filled with random values, without a prefill (for
+        ``decode_only`` cells); only our models have one."""
+        raise NotImplementedError(f"{self.arch}: decode-only cells need one of our models (yoco, transformer)")
+
     def end_cell(self) -> None:
         """Drop what the cell's decoding still holds (ours: its cache and the graph's memory)."""
 
@@ -410,6 +415,10 @@ class NativeRunner(Runner):
     def prepare_decode(self, cache) -> None:
         """Build (and on CUDA capture) the decoder for ``cache`` outside the timed steps."""
         self._decoder = make_decoder(self.model, cache)
+
+    def random_cache(self, batch, ctx, reserve, seed=0):
+        self._decoder = None
+        return random_cache(self.model, batch, ctx, reserve, seed)
 
     def decode(self, ids, cache):
         if self._decoder is None or self._decoder.cache is not cache:
@@ -444,6 +453,32 @@ class HFRunner(Runner):
     @torch.inference_mode()
     def decode(self, ids, cache):
         return self._call(ids, cache)
+
+
+def random_cache(model, batch: int, ctx: int, reserve: int, seed: int = 0):
+    """The cache a prefill of ``ctx`` tokens would leave (same buffers, same capacity ``ctx +
+    reserve``, same fill length), holding standard-normal keys, values and states instead. A decode
+    step reads and computes the same whatever the values, so decode latency and throughput can be
+    measured at large batches without paying for their prefills."""
+    cache = model.new_cache(batch, ctx + reserve)
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    cfg = model.config
+    buffers = cache.layers if cfg.arch == "transformer" else [cache.kv]
+    for buf in buffers:
+        for t in (buf.k, buf.v):
+            t[:, :, :ctx].normal_(generator=gen)
+        buf.length = ctx
+    if cfg.arch == "yoco":
+        H, h = cfg.n_self_heads, cfg.self_head_dim
+        for i in range(len(cache.states)):
+            if cfg.self_decoder == "gret":
+                cache.states[i] = torch.randn(batch, H, h, h, device=model.device, dtype=torch.float32,
+                                              generator=gen)
+            else:
+                keep = min(ctx, cfg.window - 1)
+                cache.states[i] = tuple(torch.randn(batch, H, keep, h, device=model.device, dtype=model.dtype,
+                                                    generator=gen) for _ in range(2))
+    return cache
 
 
 def size_config(arch: str, size: str, self_decoder: str = "gret") -> ModelConfig:
@@ -565,7 +600,7 @@ def build_runner(arch: str, size: str, device, dtype: torch.dtype, max_tokens: i
 
 # -- one cell --------------------------------------------------------------------------------
 def default_chunk(arch: str) -> int | None:
-    """The prefill chunk of ``--chunk-size auto``: 32K tokens for our YOCO (its prefill memory is
+    """The prefill chunk of ``--chunk-size auto``: 16K tokens for our YOCO (its prefill memory is
     then bounded); unchunked for the Transformers (as users run them) and for fla's YOCO, whose
     cache takes only one new token per call after the first (measured: a second prefill chunk
     fails with "only support q_len == 1 for decoding" in flash-linear-attention 0.6.0)."""
@@ -596,8 +631,11 @@ class CellResult:
 
 
 def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
-                 repeats: int = 1, seed: int = 0) -> CellResult:
-    """Time one cell (raises on out-of-memory; ``run_cell`` catches). See the module docstring."""
+                 repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
+    """Time one cell (raises on out-of-memory; ``run_cell`` catches). See the module docstring.
+    ``decode_only``: no prefill; decoding starts from ``runner.random_cache`` (prefill_s is None)."""
+    if decode_only:
+        return _measure_decode_only(runner, ctx, batch, gen_tokens, seed)
     dev = runner.device
     clock = Clock(dev)
     cuda = clock.cuda
@@ -651,6 +689,43 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
     return res
 
 
+def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, seed: int) -> CellResult:
+    dev = runner.device
+    clock = Clock(dev)
+    reserve = gen_tokens + WARMUP_STEPS + 1
+    gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ctx * 131 + batch)
+    tok = torch.randint(0, runner.config.vocab_size, (batch, 1), device=dev, generator=gen)
+    with torch.inference_mode():
+        cache = runner.random_cache(batch, min(ctx, WARMUP_TOKENS), WARMUP_STEPS + 1, seed)   # warm-up
+        for _ in range(WARMUP_STEPS):
+            logits, cache = runner.decode(tok, cache)
+        clock.sync()
+        logits = cache = None
+        runner.end_cell()
+        release(dev)
+        if clock.cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        cache = runner.random_cache(batch, ctx, reserve, seed)
+        _inject_oom(runner.arch, ctx, batch)
+        nbytes = runner.cache_nbytes(cache)
+        runner.prepare_decode(cache)
+        marks = []
+        for _ in range(gen_tokens):
+            a = clock.mark()
+            logits, cache = runner.decode(tok, cache)
+            tok = logits.argmax(-1, keepdim=True)
+            b = clock.mark()
+            marks.append((a, b))
+        clock.sync()
+        steps = [clock.seconds(a, b) for a, b in marks]
+    res = CellResult(status="ok", decode_ms=statistics.median(steps) * 1e3, cache_bytes=nbytes,
+                     note="decode only: cache of random values, no prefill")
+    if clock.cuda:
+        res.peak_alloc = torch.cuda.max_memory_allocated(dev)
+        res.peak_reserved = torch.cuda.max_memory_reserved(dev)
+    return res
+
+
 def is_oom(e: BaseException) -> bool:
     if isinstance(e, OOM_ERRORS):
         return True
@@ -664,11 +739,11 @@ def first_line(e: BaseException) -> str:
 
 
 def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
-             repeats: int = 1, seed: int = 0) -> CellResult:
+             repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
     """``measure_cell`` with out-of-memory as a result: on OOM (or any other error) the cell's
     tensors are dropped with the exception, the allocator is emptied, and the status says so."""
     try:
-        res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed)
+        res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only)
     except Exception as e:  # noqa: BLE001 - every failure of a cell is recorded, the sweep goes on
         res = CellResult(status="oom" if is_oom(e) else "error", note=first_line(e))
     release(runner.device)
