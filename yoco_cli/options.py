@@ -44,12 +44,14 @@ def parse_size(text: str) -> int:
 
 
 def parse_size_list(text: str, doubling_from: int | None = None) -> list[int]:
-    """A comma list of sizes; with ``doubling_from``, a single size means a doubling sweep up to it."""
+    """A comma list of sizes; with ``doubling_from``, a single size means a doubling sweep up to it
+    (``1m``), and a single size with a trailing comma means just that size (``256k,``)."""
     parts = [p for p in str(text).split(",") if p.strip()]
     if not parts:
         fail("empty size list")
     sizes = [parse_size(p) for p in parts]
-    if len(sizes) == 1 and doubling_from is not None and sizes[0] > doubling_from:
+    literal = str(text).strip().endswith(",")
+    if len(sizes) == 1 and doubling_from is not None and sizes[0] > doubling_from and not literal:
         top, s, sizes = sizes[0], doubling_from, []
         while s < top:
             sizes.append(s)

@@ -29,7 +29,7 @@ SizeOpt = Annotated[str, typer.Option(
     "--size", help="Comma list of sizes (160m 400m 830m 1.4b 2.7b 3b 6.8b 13b tiny); auto: 3b on cuda, tiny on cpu.")]
 CtxOpt = Annotated[str, typer.Option(
     "--ctx", help="Comma list of context lengths (512, 4k, 128K, 1m); one size alone means a doubling "
-                  "sweep from 4k up to it. auto: 4k,16k,64k,256k,1m on cuda, 1k,4k,16k on cpu.")]
+                  "sweep from 4k up to it (with a trailing comma, 256k, just that one). auto: 4k,16k,64k,256k,1m on cuda, 1k,4k,16k on cpu.")]
 BatchOpt = Annotated[str, typer.Option("--batch", help="Comma list of batch sizes.")]
 GenOpt = Annotated[int, typer.Option("--gen-tokens", help="Decode steps timed per cell (median reported).")]
 ChunkOpt = Annotated[str, typer.Option(

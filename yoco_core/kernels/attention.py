@@ -10,10 +10,6 @@ causal mask is aligned bottom-right. It dispatches to PyTorch's scaled_dot_produ
 * otherwise (a prefill chunk after earlier chunks): a lower-right ``CausalBias``, which the fused
   backends take without materialising an ``n x L`` mask. (Plain ``is_causal`` would align top-left.)
 
-On CUDA, calls with several queries try cuDNN's fused attention first (then flash, memory-efficient,
-math: the first that takes the inputs runs). On the H100 cuDNN's causal prefill attention is faster
-than PyTorch's flash kernel (``scripts/gpu_profile_session.sh`` measures both and checks they agree).
-
 With ``length`` (a device tensor), the query is one new token and ``k``/``v`` are whole preallocated
 buffers of which the first ``length`` positions are valid: the split-KV decode kernel
 (``kernels/decode_attention``) runs, with no shape that depends on the length, so the decode step
@@ -26,7 +22,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from .decode_attention import decode_attention
@@ -39,17 +34,6 @@ def attend(q, k, v, length=None):
     gqa = q.shape[1] != k.shape[1]
     if n == 1:
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    if not q.is_cuda:
-        return _causal(q, k, v, n, L, gqa)
-    with sdpa_kernel(PREFILL_BACKENDS, set_priority=True):
-        return _causal(q, k, v, n, L, gqa)
-
-
-PREFILL_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                    SDPBackend.MATH]
-
-
-def _causal(q, k, v, n, L, gqa):
     if n == L:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa)
