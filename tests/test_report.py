@@ -223,3 +223,21 @@ def test_report_of_profile_only_and_rerun_replaces_figures(tmp_path, capsys):
     assert "## Profile" not in md and "| yoco-3b | 100% | 100.0% | 6 |" in md
     assert len((out / "commands.txt").read_text().splitlines()) == 2
     assert pd.read_csv(schemas.NEEDLE.path(run)).shape[0] == 6
+
+
+def test_batch_table_finds_each_archs_best_batch_and_yocos_gain():
+    from yoco_cli.report import batch_table
+
+    def row(arch, batch, tok_s, status="ok"):
+        return {"arch": arch, "size": "3b", "ctx": 262144, "batch": batch, "device": H100, "dtype": "bf16",
+                "status": status, "decode_tok_s": tok_s, "decode_share": tok_s / 1000}
+
+    df = pd.DataFrame([row("yoco", 1, 100.0), row("yoco", 8, 500.0), row("yoco", 16, 450.0),
+                       row("transformer", 1, 50.0), row("transformer", 2, 80.0),
+                       row("transformer", 4, float("nan"), status="oom")])
+    t = batch_table(df).set_index("arch")
+    assert t.loc["yoco", "best tok/s"] == "500" and t.loc["yoco", "at batch"] == "8"
+    assert t.loc["yoco", "largest batch run"] == "16"
+    assert t.loc["transformer", "at batch"] == "2" and t.loc["transformer", "largest batch run"] == "2"
+    assert t.loc["transformer", "YOCO's best over this"] == "6.25x"
+    assert batch_table(df[df["batch"] == 1]).empty          # one batch per context: no table

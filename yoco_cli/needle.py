@@ -35,7 +35,7 @@ def _depths(depths: str | None, n_depths: int) -> list[float]:
 def needle(
     model: ModelOpt = "yoco-tiny",
     ctx: Annotated[str, typer.Option(
-        "--ctx", help="Prompt lengths in tokens, e.g. 1k,4k,32k; one size alone (e.g. 1m) sweeps 1k, 2k, 4k, ... up to it.")] = "1k,2k,4k,8k",
+        "--ctx", help="Prompt lengths in tokens, e.g. 1k,4k,32k; one size alone (e.g. 1m) sweeps 1k, 2k, 4k, ... up to it.")] = "1k,2k,4k,8k,16k,32k,64k",
     depths: Annotated[Optional[str], typer.Option(
         "--depths", help="Needle depths between 0 (start) and 1 (end), e.g. 0,0.25,0.5,0.75,1 (overrides --n-depths).")] = None,
     n_depths: Annotated[int, typer.Option("--n-depths", help="Evenly spaced depths from 0 to 1.")] = 5,

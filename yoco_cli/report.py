@@ -172,6 +172,33 @@ def ratio_table(profile: pd.DataFrame) -> pd.DataFrame:
     return _drop_constant(df, ("dtype",))
 
 
+def batch_table(profile: pd.DataFrame) -> pd.DataFrame:
+    """Per (arch, size, context, device, dtype) measured at several batch sizes: the highest decode
+    throughput, the batch that gave it, its share of the copy bandwidth, and the largest batch
+    that fitted; plus YOCO's best over each baseline's best at the same context."""
+    ok = profile[profile["status"] == "ok"]
+    keys = ["arch", "size", "ctx", "device", "dtype"]
+    if ok.empty or not (ok.groupby(keys)["batch"].nunique() > 1).any():
+        return pd.DataFrame()
+    multi = ok.groupby(keys).filter(lambda g: g["batch"].nunique() > 1)
+    best = multi.loc[multi.groupby(keys)["decode_tok_s"].idxmax()]
+    largest = multi.groupby(keys)["batch"].max()
+    out = []
+    for r in best.sort_values(["size", "ctx", "arch"], kind="stable").to_dict("records"):
+        k = tuple(r[c] for c in keys)
+        gain = ""
+        if r["arch"] != "yoco":
+            y = best[(best["arch"] == "yoco") & (best["size"] == r["size"]) & (best["ctx"] == r["ctx"])
+                     & (best["device"] == r["device"]) & (best["dtype"] == r["dtype"])]
+            if not y.empty:
+                gain = _x(float(y["decode_tok_s"].iloc[0]) / float(r["decode_tok_s"]))
+        out.append({"arch": r["arch"], "size": r["size"], "context": format_size(int(r["ctx"])),
+                    "device": r["device"], "dtype": r["dtype"], "best tok/s": _g(r["decode_tok_s"]),
+                    "at batch": _g(r["batch"]), "share of copy bandwidth": _g(r["decode_share"], 2),
+                    "largest batch run": _g(largest[k]), "YOCO's best over this": gain})
+    return _drop_constant(pd.DataFrame(out), ("dtype", "device"))
+
+
 def _drop_constant(df: pd.DataFrame, cols) -> pd.DataFrame:
     drop = [c for c in cols if c in df.columns and df[c].astype(str).nunique() <= 1]
     return df.drop(columns=drop)
@@ -373,7 +400,7 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
     # headline
     ratios = ratio_table(profile) if not profile.empty else pd.DataFrame()
     needle_acc = needle_table(needle)
-    if not ratios.empty or not needle_acc.empty:
+    if not ratios.empty or not needle_acc.empty or not profile.empty:
         blocks.append(Block("h2", "Headline"))
     if not ratios.empty:
         tables["ratios"] = ratios
@@ -385,6 +412,11 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
                             + (f" In {int(lone.sum())} cell(s) YOCO ran where the baseline did not "
                                "(marked with the baseline's OOM / skipped status)." if lone.any() else "")))
         blocks.append(Block("table", ratios, "Headline ratios"))
+    best = batch_table(profile) if not profile.empty else pd.DataFrame()
+    if not best.empty:
+        tables["batch"] = best
+        blocks.append(Block("table", best, "Decode throughput at the best batch size, per context "
+                            "(contexts measured at several batch sizes)"))
     if not needle_acc.empty:
         tables["needle"] = needle_acc
         blocks.append(Block("table", needle_acc, "Needle-in-a-haystack accuracy (mean score) per context length"))
