@@ -667,62 +667,51 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
             logits, cache = runner.prefill(ids, chunk, reserve)
             b = clock.mark()
             prefill_times.append(clock.seconds(a, b))
-        _inject_oom(runner.arch, ctx, batch)
-        nbytes = runner.cache_nbytes(cache)
-        runner.prepare_decode(cache)
+        res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, gen_tokens)
+    res.prefill_s = statistics.median(prefill_times)
+    return res
 
-        marks = []
+
+def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int, gen_tokens: int) -> CellResult:
+    """The part every cell shares once its cache is filled: the injected OOM (tests), the cache
+    bytes, the decoder set-up, ``gen_tokens`` individually timed greedy steps, the memory peaks."""
+    _inject_oom(runner.arch, ctx, batch)
+    nbytes = runner.cache_nbytes(cache)
+    runner.prepare_decode(cache)
+    marks = []
+    for _ in range(gen_tokens):
+        a = clock.mark()
+        logits, cache = runner.decode(tok, cache)
         tok = logits.argmax(-1, keepdim=True)
-        for _ in range(gen_tokens):
-            a = clock.mark()
-            logits, cache = runner.decode(tok, cache)
-            tok = logits.argmax(-1, keepdim=True)
-            b = clock.mark()
-            marks.append((a, b))
-        clock.sync()
-        steps = [clock.seconds(a, b) for a, b in marks]
-    res = CellResult(status="ok", prefill_s=statistics.median(prefill_times),
-                     decode_ms=statistics.median(steps) * 1e3 if steps else None, cache_bytes=nbytes)
-    if cuda:
-        res.peak_alloc = torch.cuda.max_memory_allocated(dev)
-        res.peak_reserved = torch.cuda.max_memory_reserved(dev)
+        b = clock.mark()
+        marks.append((a, b))
+    clock.sync()
+    steps = [clock.seconds(a, b) for a, b in marks]
+    res = CellResult(status="ok", decode_ms=statistics.median(steps) * 1e3 if steps else None, cache_bytes=nbytes)
+    if clock.cuda:
+        res.peak_alloc = torch.cuda.max_memory_allocated(runner.device)
+        res.peak_reserved = torch.cuda.max_memory_reserved(runner.device)
     return res
 
 
 def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, seed: int) -> CellResult:
     dev = runner.device
     clock = Clock(dev)
-    reserve = gen_tokens + WARMUP_STEPS + 1
     gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ctx * 131 + batch)
     tok = torch.randint(0, runner.config.vocab_size, (batch, 1), device=dev, generator=gen)
     with torch.inference_mode():
         cache = runner.random_cache(batch, min(ctx, WARMUP_TOKENS), WARMUP_STEPS + 1, seed)   # warm-up
         for _ in range(WARMUP_STEPS):
-            logits, cache = runner.decode(tok, cache)
+            _, cache = runner.decode(tok, cache)
         clock.sync()
-        logits = cache = None
+        cache = None
         runner.end_cell()
         release(dev)
         if clock.cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        cache = runner.random_cache(batch, ctx, reserve, seed)
-        _inject_oom(runner.arch, ctx, batch)
-        nbytes = runner.cache_nbytes(cache)
-        runner.prepare_decode(cache)
-        marks = []
-        for _ in range(gen_tokens):
-            a = clock.mark()
-            logits, cache = runner.decode(tok, cache)
-            tok = logits.argmax(-1, keepdim=True)
-            b = clock.mark()
-            marks.append((a, b))
-        clock.sync()
-        steps = [clock.seconds(a, b) for a, b in marks]
-    res = CellResult(status="ok", decode_ms=statistics.median(steps) * 1e3, cache_bytes=nbytes,
-                     note="decode only: cache of random values, no prefill")
-    if clock.cuda:
-        res.peak_alloc = torch.cuda.max_memory_allocated(dev)
-        res.peak_reserved = torch.cuda.max_memory_reserved(dev)
+        cache = runner.random_cache(batch, ctx, gen_tokens + WARMUP_STEPS + 1, seed)
+        res = _timed_decode(runner, clock, tok, cache, ctx, batch, gen_tokens)
+    res.note = "decode only: cache of random values, no prefill"
     return res
 
 
