@@ -129,6 +129,8 @@ def eval_command(
             with (out / f"samples_{task}.jsonl").open("w") as f:
                 for r in rows:
                     f.write(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    from yoco_core.bench import device_name
+
     schemas.write_command(out, command_line())
     date = schemas.utc_now()
     n_shot = results.get("n-shot", {})
@@ -137,7 +139,7 @@ def eval_command(
         schemas.EVAL.append_row(out, {
             "task": task, "metric": metric, "value": value, "stderr": "" if err is None else err,
             "model": model, "num_fewshot": n_shot.get(task, num_fewshot if num_fewshot is not None else ""),
-            "limit": "" if limit is None else limit, "device": dev, "date": date,
+            "limit": "" if limit is None else limit, "device": device_name(dev), "date": date,
         })
 
     from rich.table import Table
