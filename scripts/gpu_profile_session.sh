@@ -4,14 +4,15 @@
 #   2. FLA-YOCO logits parity (scripts/check_fla_yoco.py)
 #   3. yoco profile --arch yoco,transformer,hf,fla --size 3b --ctx 1m          -> $OUT/p/
 #   4. yoco profile --arch yoco,transformer --size 3b --ctx 256k --batch 1..64 --decode-only  -> $OUT/b/
-# Short tables are printed last.
+# Short tables are printed last; the two checks' lines are also kept in $OUT (*_check.txt), since
+# only the end of a long log comes back.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl >/dev/null 2>&1
 export PYTHONPATH=.:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/gpu}; mkdir -p "$OUT/p" "$OUT/b"
 Y="python3 -m yoco_cli.main"
 rm -rf /tmp/p /tmp/b
-echo "== attention backends"; timeout 60 python3 - <<'PY' 2>&1 | grep -v -i warn
+echo "== attention backends"; timeout 60 python3 - <<'PY' 2>&1 | grep -v -i warn | tee "$OUT/attention_check.txt"
 import torch, torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from yoco_core.kernels.attention import attend
@@ -43,7 +44,7 @@ for name, fn in (("flash", lambda: run(SDPBackend.FLASH_ATTENTION, q, k, v)),
     except Exception as ex:
         print(f"64K {name}: {type(ex).__name__}: {str(ex).splitlines()[0][:150]}")
 PY
-echo "== fla yoco check"; timeout ${FLA_S:-75} python3 scripts/check_fla_yoco.py 2>&1 | grep -v -i warn | tail -6
+echo "== fla yoco check"; timeout ${FLA_S:-75} python3 scripts/check_fla_yoco.py 2>&1 | grep -v -i warn | tail -6 | tee "$OUT/fla_check.txt"
 timeout ${PROFILE_S:-330} $Y profile --arch yoco,transformer,hf,fla --size 3b --ctx 1m --gen-tokens ${GEN:-32} \
     --device cuda --dtype bf16 --out /tmp/p > "$OUT/p/log.txt" 2>&1
 echo "profile rc=$?"
