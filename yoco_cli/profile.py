@@ -203,9 +203,8 @@ def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chu
             task = progress.add_task("profile", total=len(todo))
             for a, s, b, c in todo:
                 cfg = bench.size_config(a, s, self_decoder)
-                chunk = bench.effective_chunk(bench.default_chunk(a) if chunk_opt == -1 else chunk_opt, c)
-                if decode_only:
-                    chunk = 0
+                chunk = 0 if decode_only else bench.effective_chunk(
+                    bench.default_chunk(a) if chunk_opt == -1 else chunk_opt, c)
                 analytic = bench.cell_analytics(cfg, c, b, elem, 1 if decode_only else chunk, reserve)
                 progress.update(task, description=f"{a} {s} ctx {format_size(c)} batch {b}")
                 row = {

@@ -400,7 +400,8 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
     # headline
     ratios = ratio_table(profile) if not profile.empty else pd.DataFrame()
     needle_acc = needle_table(needle)
-    if not ratios.empty or not needle_acc.empty or not profile.empty:
+    best = batch_table(profile) if not profile.empty else pd.DataFrame()
+    if not ratios.empty or not needle_acc.empty or not best.empty:
         blocks.append(Block("h2", "Headline"))
     if not ratios.empty:
         tables["ratios"] = ratios
@@ -412,7 +413,6 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
                             + (f" In {int(lone.sum())} cell(s) YOCO ran where the baseline did not "
                                "(marked with the baseline's OOM / skipped status)." if lone.any() else "")))
         blocks.append(Block("table", ratios, "Headline ratios"))
-    best = batch_table(profile) if not profile.empty else pd.DataFrame()
     if not best.empty:
         tables["batch"] = best
         blocks.append(Block("table", best, "Decode throughput at the best batch size, per context "

@@ -74,7 +74,7 @@ def train(
         fail(f"--curriculum {curriculum}: lengths must be at least 8 tokens")
     tokens = parse_size(batch_tokens)
     try:
-        from yoco_core.synthetic import parse_mix
+        from yoco_core.synthetic import TASKS, parse_mix
 
         mixture = parse_mix(mix)
         overrides = tr.parse_overrides(set_ or [])
@@ -121,10 +121,10 @@ def train(
 
     def on_log(row: dict) -> None:
         nonlocal n_logged
-        for key in ("loss", "answer_acc", "needle_acc", "kv_acc", "copy_acc"):   # smoothed over log rows
+        for key in ("loss", "answer_acc", *(f"{t}_acc" for t in TASKS)):   # smoothed over log rows
             if row.get(key, "") != "":
                 smooth[key] = row[key] if key not in smooth else 0.7 * smooth[key] + 0.3 * row[key]
-        tasks = "".join(f" {t} {smooth[t + '_acc']:.2f}" for t in ("needle", "kv", "copy") if t + "_acc" in smooth)
+        tasks = "".join(f" {t} {smooth[t + '_acc']:.2f}" for t in TASKS if t + "_acc" in smooth)
         stats = (f"len {format_size(row['length'])} loss {smooth['loss']:.3f} acc {smooth['answer_acc']:.3f}"
                  f"{tasks} lr {float(row['lr']):.2e} {row['tokens_per_s'] / 1e3:,.0f}k tok/s")
         progress.update(task_id, stats=stats)

@@ -62,10 +62,9 @@ import torch
 
 from .config import ModelConfig, get_config
 from .graphs import make_decoder
+from .kernels.gret.chunk import CARRY_BLOCK, CHUNK
 from .model import build_model
 
-GRET_CHUNK = 64                      # chunk length of the chunkwise gated-retention form
-GRET_CARRY_BLOCK = 256               # chunks per block of its state carry (kernels/gret/chunk.py)
 DEFAULT_YOCO_CHUNK = 16384           # prefill chunk of ``--chunk-size auto`` for our yoco
 WARMUP_TOKENS = 4096                 # warm-up prefill length for unchunked prefill
 WARMUP_STEPS = 3                     # warm-up decode steps
@@ -132,9 +131,9 @@ def prefill_flops(cfg: ModelConfig, ctx: int, batch: int = 1) -> dict[str, float
         if cfg.self_decoder == "swa":
             out["attention"] += 4.0 * d * B * half * _window_pairs(T, cfg.window)
         else:
-            C = min(GRET_CHUNK, T)
+            C = min(CHUNK, T)
             Tp = -(-T // C) * C
-            N, blk = Tp // C, GRET_CARRY_BLOCK
+            N, blk = Tp // C, CARRY_BLOCK
             carry = sum(min(blk, N - s) ** 2 for s in range(0, N, blk))    # chunk pairs of the state carry
             out["mixer"] = half * (4.0 * B * Tp * C * d + 4.0 * B * Tp * d * cfg.self_head_dim
                                    + 2.0 * B * carry * d * cfg.self_head_dim)
@@ -183,8 +182,8 @@ def activation_bytes(cfg: ModelConfig, chunk: int, batch: int, elem: int) -> int
     B, c = batch, chunk
     act = B * c * (3 * cfg.ffn_dim + 3 * cfg.dim) * elem + 2 * B * cfg.vocab_size * 4
     if cfg.arch == "yoco" and cfg.self_decoder == "gret":
-        n_chunks = -(-c // GRET_CHUNK)
-        act += 2 * B * n_chunks * cfg.n_self_heads * (GRET_CHUNK ** 2 + cfg.self_head_dim ** 2) * 4
+        n_chunks = -(-c // CHUNK)
+        act += 2 * B * n_chunks * cfg.n_self_heads * (CHUNK ** 2 + cfg.self_head_dim ** 2) * 4
     return act
 
 

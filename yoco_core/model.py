@@ -348,7 +348,8 @@ class YOCO(CausalLM):
         return YOCOCache(kv=kv, states=[None] * len(self.self_layers))
 
     def _run(self, input_ids, cache: YOCOCache, need):
-        rs, cross = self.ropes(self.positions(cache.length, input_ids.shape[1]))
+        positions = self.positions(cache.length, input_ids.shape[1])
+        rs, cross = self.ropes(positions)
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
             x, cache.states[i] = layer(x, rs, cache.states[i])
@@ -357,8 +358,7 @@ class YOCO(CausalLM):
             return None
         if need == "last":
             x = x[:, -1:]
-            rc, scale = cross
-            cross = (None if rc is None else (rc[0][-1:], rc[1][-1:]), None if scale is None else scale[-1:])
+            cross = self.ropes(positions[-1:])[1]
         k, v = cache.kv.view()
         for layer in self.cross_layers:
             x = layer(x, cross, k, v)

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 
-def gret_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 64):
+CHUNK = 64            # tokens per chunk (fla-core's chunk_simple_gla uses the same)
+CARRY_BLOCK = 256     # chunks per block of the state carry (``_carry``)
+
+
+def gret_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = CHUNK):
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = min(chunk_size, T)
@@ -42,7 +46,7 @@ def gret_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 6
     return o.to(q.dtype), S
 
 
-def _carry(S, U, last, block: int = 256):
+def _carry(S, U, last, block: int = CARRY_BLOCK):
     """The state entering each chunk, ``[B, N, H, K, V]``, and the final state.
 
     ``S_n = exp(last_{n-1}) S_{n-1} + U_{n-1}`` unrolled as one masked, decay-weighted sum over
