@@ -69,6 +69,44 @@ def correctness(rows):
             rows.append((f"{name} {str(dtype)[6:]} prefill+decode vs forward", f"{rel(got, full[:, 299:499]):.2e}"))
 
 
+def ulps(a, ref):
+    """Largest difference in units of the last place of ``ref``'s dtype at ``ref``'s magnitude."""
+    eps = torch.finfo(ref.dtype).eps
+    scale = ref.float().abs().clamp_min(torch.finfo(ref.dtype).tiny) * eps
+    return float(((a.float() - ref.float()).abs() / scale).max())
+
+
+def fused_kernels(rows):
+    """The fused Triton kernels against their references on CUDA, bf16, at the 3B shapes."""
+    from yoco_core.kernels.fused import naive, triton_kernels as tk
+    torch.manual_seed(0)
+    dt, dev = torch.bfloat16, "cuda"
+    x = torch.randn(3, 700, 3072, device=dev, dtype=dt) * 3
+    r = torch.randn(3, 700, 3072, device=dev, dtype=dt)
+    w = (torch.randn(3072, device=dev) * 0.2 + 1).to(dt)
+    y, s = tk.rms_norm(x, w, 1e-5, r)
+    ry, rs = naive.rms_norm_ref(x, w, 1e-5, r)
+    rows.append(("fused rms_norm+residual bf16: ulps (norm, sum)", f"{ulps(y, ry):.1f}, {ulps(s, rs):.1f}"))
+    p = torch.randn(2, 700, 4 * 3072 + 24, device=dev, dtype=dt)
+    pos = torch.arange(5000, 5700, device=dev)
+    freqs = torch.outer(pos.float(), 1.0 / 10000 ** (torch.arange(0, 128, 2, device=dev).float() / 128))
+    cos, sin = torch.cat((freqs, freqs), -1).cos().to(dt), torch.cat((freqs, freqs), -1).sin().to(dt)
+    q, k = tk.rope(p[..., :6144].view(2, 700, 48, 128), cos, sin, 24)
+    rq, rk = naive.rope_ref(p[..., :6144].view(2, 700, 48, 128), cos, sin, 24)
+    rows.append(("fused rope bf16: max |diff| (q, k)", f"{(q.float() - rq.float()).abs().max().item():.2e}, "
+                                                        f"{(k.float() - rk.float()).abs().max().item():.2e}"))
+    gu = torch.randn(700, 2 * 8192, device=dev, dtype=dt) * 2
+    rows.append(("fused silu_mul bf16: ulps", f"{ulps(tk.silu_mul(gu), naive.silu_mul_ref(gu)):.1f}"))
+    o = torch.randn(2, 700, 24, 128, device=dev, dtype=dt)
+    rows.append(("fused head_norm_gate bf16: ulps", f"{ulps(tk.head_norm_gate(o, p[..., 9216:12288], 1e-5), naive.head_norm_gate_ref(o, p[..., 9216:12288], 1e-5)):.1f}"))
+    p1 = p[:, :1].contiguous()
+    st = torch.randn(2, 24, 128, 128, device=dev)
+    o1, s1 = tk.gret_decode(p1, cos[:1], sin[:1], st, 24, 128 ** -0.5, 16.0, 1e-5)
+    r1, rs1 = naive.gret_decode_ref(p1, cos[:1], sin[:1], st, 24, 128 ** -0.5, 16.0, 1e-5)
+    rows.append(("fused gret_decode bf16: max |diff| (out, state)", f"{(o1.float() - r1.float()).abs().max().item():.2e}, "
+                                                                   f"{rel(s1, rs1):.2e} rel"))
+
+
 def ceilings(rows):
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -122,11 +160,15 @@ def main():
     p.add_argument("--yoco-ctx", default="65536,262144,1048576")
     p.add_argument("--tf-ctx", default="32768,131072")
     p.add_argument("--chunk", type=int, default=32768)
+    p.add_argument("--kernels-only", action="store_true", help="only the fused-kernel checks")
     args = p.parse_args()
     rows = Rows()
     for r in [("device", torch.cuda.get_device_name()), ("torch", torch.__version__),
               ("fla available", str(fla_available())), ("gret backend", os.environ.get("YOCO_GRET_BACKEND", "auto"))]:
         rows.append(r)
+    fused_kernels(rows)
+    if args.kernels_only:
+        return
     correctness(rows)
     ceilings(rows)
     if args.big:

@@ -77,3 +77,26 @@ def test_loading_in_bf16_equals_loading_then_casting(tmp_path):
     assert direct.dtype == torch.bfloat16
     for (k, a), (_, b) in zip(direct.state_dict().items(), model.to(torch.bfloat16).state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_checkpoints_with_separately_named_projections_load(tmp_path, arch):
+    """The model holds q | k | v (| gate | decay), gate | up and YOCO's k | v as one matrix each;
+    a checkpoint naming them one by one (the shipped weights, every converted format) loads into
+    the same model, and a half-complete group is a one-line error, not a silent mix."""
+    from safetensors.torch import save_file
+
+    from yoco_core.model import fuse_state_dict, split_state_dict
+
+    model = small_model(arch)
+    split = split_state_dict(model, model.state_dict())
+    assert not any(k.endswith(("gate_up.weight", "qkv.weight", "attn.proj.weight")) for k in split)
+    assert any(k.endswith("mlp.gate_proj.weight") for k in split)
+    assert fuse_state_dict(model, split).keys() == model.state_dict().keys()
+    save_model(model, tmp_path)
+    save_file({k: v.contiguous() for k, v in split.items()}, str(tmp_path / "model.safetensors"))
+    ids = torch.randint(0, 256, (2, 30))
+    assert torch.equal(load_model(str(tmp_path))(ids), model(ids))
+    broken = {k: v for k, v in split.items() if not k.endswith("layers.0.mlp.up_proj.weight")}
+    save_file({k: v.contiguous() for k, v in broken.items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="does not match its config"):
+        load_model(str(tmp_path))

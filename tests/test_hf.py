@@ -10,7 +10,8 @@ import torch
 
 import yoco_core.hf as hf
 from yoco_core import ByteTokenizer, CheckpointError, load_model
-from yoco_core.model import apply_rope, rope_cos_sin
+from yoco_core.kernels.fused import rope_ref as apply_rope
+from yoco_core.model import rope_cos_sin, split_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -119,7 +120,7 @@ def test_interleaved_rows_permutation_gives_same_scores():
 
 def _inverse_unilm(model):
     """Our YOCO state dict renamed to unilm's names (interleaved rows, embedding / sqrt(dim))."""
-    cfg, st = model.config, {k: v.clone() for k, v in model.state_dict().items()}
+    cfg, st = model.config, {k: v.clone() for k, v in split_state_dict(model, model.state_dict()).items()}
     inv = lambda w, d: w.reshape(-1, d, w.shape[-1])[:, torch.argsort(torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2))))].reshape(w.shape)  # noqa: E731
     out = {"embed_tokens.weight": st["embed.weight"] / math.sqrt(cfg.dim), "layer_norm.weight": st["norm.weight"],
            "output_projection.weight": st["lm_head.weight"], "cross_decoder.kv_layer_norm.weight": st["kv_norm.weight"],

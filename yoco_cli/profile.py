@@ -36,7 +36,7 @@ ChunkOpt = Annotated[str, typer.Option(
     "--chunk-size", help="Prefill chunk in tokens; auto: 16k for yoco, unchunked for transformer, hf and "
                          "fla (whose cache takes one token per call after the first); 0: unchunked for all.")]
 SelfDecOpt = Annotated[str, typer.Option("--self-decoder", help="Self-decoder of arch yoco: gret or swa.")]
-RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Prefills timed per cell (median reported).")]
+RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Least prefills timed per cell; short ones are repeated up to 5 times within 1 s (median reported).")]
 DecodeOnlyOpt = Annotated[bool, typer.Option(
     "--decode-only", help="Skip the prefill: decode from a cache of random values at each context "
                           "(same cost per step), for throughput sweeps over large batches. yoco and transformer only.")]

@@ -38,7 +38,10 @@ Analytic model (pure functions of a ``ModelConfig``; ``b`` = bytes per element o
 
 Timing (``measure_cell``): random token ids; a warm-up (a short prefill at the cell's batch and a
 few decode steps, so Triton autotuning and kernel plan selection fall outside the timing); prefill
-timed with CUDA events (``perf_counter`` on the CPU) around the whole prefill; then ``gen_tokens``
+timed with CUDA events (``perf_counter`` on the CPU) around the whole prefill, the median of at
+least ``repeats`` runs, and of up to ``MAX_PREFILL_REPEATS`` while their total stays under
+``PREFILL_BUDGET_S`` (a single 4K prefill after the warm-up measured 2-3x its steady time, so short
+cells are repeated; a long one is timed once); then ``gen_tokens``
 greedy decode steps, each timed on its own, the median reported. Peak memory
 (``torch.cuda.max_memory_allocated/reserved``) is reset before the prefill, so it covers prefill
 and decode. ``run_cell`` turns an out-of-memory error into a result (status ``oom``), releases the
@@ -68,6 +71,8 @@ from .model import build_model
 DEFAULT_YOCO_CHUNK = 16384           # prefill chunk of ``--chunk-size auto`` for our yoco
 WARMUP_TOKENS = 4096                 # warm-up prefill length for unchunked prefill
 WARMUP_STEPS = 3                     # warm-up decode steps
+PREFILL_BUDGET_S = 1.0               # short prefills are timed again while their total stays under this
+MAX_PREFILL_REPEATS = 5              # ... up to this many times (the median is reported)
 INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
 
 OOM_ERRORS: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
@@ -655,17 +660,21 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
             logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
         clock.sync()
         logits = cache = None
+        runner.end_cell()             # the warm-up's decoder (graph, cache) must not outlive it
         release(dev)
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
 
         prefill_times = []
-        for _ in range(max(1, repeats)):
+        while True:
             logits = cache = None          # free the previous cache before the next prefill
             a = clock.mark()
             logits, cache = runner.prefill(ids, chunk, reserve)
             b = clock.mark()
             prefill_times.append(clock.seconds(a, b))
+            n = len(prefill_times)
+            if n >= max(1, repeats) and (n >= MAX_PREFILL_REPEATS or sum(prefill_times) >= PREFILL_BUDGET_S):
+                break
         res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, gen_tokens)
     res.prefill_s = statistics.median(prefill_times)
     return res

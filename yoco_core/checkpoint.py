@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from .config import PRESETS, ModelConfig, get_config
-from .model import CausalLM, build_model
+from .model import CausalLM, build_model, fuse_state_dict
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FORMAT_VERSION = 1
@@ -113,6 +113,9 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> CausalLM:
+    """Load ``state`` (our names; projections fused or named one by one) into ``model``, with a
+    one-line ``CheckpointError`` for missing, unexpected or misshapen tensors."""
+    state = fuse_state_dict(model, state)
     expected = model.state_dict()
     if model.config.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}

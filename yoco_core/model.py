@@ -10,6 +10,13 @@ Every block is pre-norm: ``x + mixer(norm(x))`` then ``x + SwiGLU(norm(x))`` (RM
 LLaMA, rotate-half layout). The Transformer baseline is the same block with causal GQA
 self-attention and a KV cache per layer.
 
+Projections that read the same input are one matrix each (gRet's q | k | v | gate | decay logits,
+attention's q | k | v, SwiGLU's gate | up, YOCO's global k | v): one matmul instead of several.
+Checkpoints may name them one by one (``q_proj``, ``k_proj``, ...: every converted format does);
+``fuse_state_dict`` concatenates those. The elementwise work (norms, RoPE, SwiGLU, gRet's output
+gate, a whole gRet decoding step) runs as fused kernels (``kernels/fused``: Triton on the GPU, the
+plain-PyTorch references on the CPU and wherever gradients are needed).
+
 Both models share one API:
 
 * ``model(input_ids)`` -> logits ``[B, T, V]`` for every position (the full forward, used for
@@ -31,6 +38,7 @@ import torch.nn.functional as F
 
 from .cache import KVBuffer, TransformerCache, YOCOCache
 from .config import ModelConfig
+from .kernels import fused
 from .kernels.attention import attend, sliding_window_attend
 from .kernels.gret import gated_retention
 from .rope import inv_freq
@@ -43,10 +51,41 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
-    def forward(self, x):
-        xf = x.float()
-        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return y if self.weight is None else self.weight * y
+    def forward(self, x, residual=None):
+        """The norm of ``x``; with ``residual``: ``(norm(x + residual), x + residual)`` in one pass."""
+        return fused.rms_norm(x, self.weight, self.eps, residual)
+
+
+def fused_linear(owner: nn.Module, name: str, dim: int, parts: tuple[tuple[str, int], ...]) -> None:
+    """``owner.<name>``: one ``nn.Linear(dim, sum of rows)`` whose rows are the projections
+    ``parts`` ((checkpoint name, rows), in order), recorded for ``fuse_state_dict``."""
+    owner.fused_parts = {**getattr(owner, "fused_parts", {}), name: parts}
+    setattr(owner, name, nn.Linear(dim, sum(rows for _, rows in parts), bias=False))
+
+
+def fuse_state_dict(model: nn.Module, state: dict) -> dict:
+    """``state`` with every complete group of separately named projections (``...q_proj.weight``,
+    ``...k_proj.weight``, ...) concatenated into the fused matrix the model holds."""
+    state = dict(state)
+    for prefix, module in model.named_modules():
+        p = prefix + "." if prefix else ""
+        for name, parts in getattr(module, "fused_parts", {}).items():
+            keys = [f"{p}{part}.weight" for part, _ in parts]
+            if f"{p}{name}.weight" not in state and all(k in state for k in keys):
+                state[f"{p}{name}.weight"] = torch.cat([state.pop(k) for k in keys])
+    return state
+
+
+def split_state_dict(model: nn.Module, state: dict) -> dict:
+    """The inverse of ``fuse_state_dict``: each fused matrix as its separately named projections."""
+    state = dict(state)
+    for prefix, module in model.named_modules():
+        p = prefix + "." if prefix else ""
+        for name, parts in getattr(module, "fused_parts", {}).items():
+            if f"{p}{name}.weight" in state:
+                pieces = state.pop(f"{p}{name}.weight").split([rows for _, rows in parts])
+                state.update({f"{p}{part}.weight": w for (part, _), w in zip(parts, pieces)})
+    return state
 
 
 def rope_cos_sin(positions, head_dim: int, theta: float, dtype, scaling: dict | None = None):
@@ -58,54 +97,49 @@ def rope_cos_sin(positions, head_dim: int, theta: float, dtype, scaling: dict | 
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope(x, cos, sin):
-    """x ``[B, n, H, D]``; cos/sin ``[n, D]``."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rot = torch.cat((-x2, x1), dim=-1)
-    return x * cos[:, None, :] + rot * sin[:, None, :]
+
 
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        fused_linear(self, "gate_up", dim, (("gate_proj", hidden), ("up_proj", hidden)))
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(fused.silu_mul(self.gate_up(x)))
 
 
 class GatedRetention(nn.Module):
     """gRet: per-head data-dependent decay, swish output gate, per-head RMSNorm (no affine).
 
-    ``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t / sqrt(d)``, ``g_t = logsigmoid(W_g x_t) / 16``.
-    State: ``[B, H, d, d]`` float32, whatever the context length.
+    ``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t / sqrt(d)``, ``g_t = logsigmoid(W_gt x_t) / 16``,
+    output ``W_o (swish(W_g x_t) * RMSNorm(o_t))``. State: ``[B, H, d, d]`` float32, whatever the
+    context length. One matrix ``proj`` makes q | k | v | g | gt.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, self.n_heads, self.head_dim = cfg.dim, cfg.n_self_heads, cfg.self_head_dim
-        self.normalizer = cfg.gate_logit_normalizer
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
-        self.g_proj = nn.Linear(d, d, bias=False)
-        self.gt_proj = nn.Linear(d, self.n_heads, bias=False)
+        self.normalizer, self.eps = cfg.gate_logit_normalizer, cfg.norm_eps
+        fused_linear(self, "proj", d, (("q_proj", d), ("k_proj", d), ("v_proj", d), ("g_proj", d),
+                                       ("gt_proj", self.n_heads)))
         self.o_proj = nn.Linear(d, d, bias=False)
-        self.subln = RMSNorm(self.head_dim, cfg.norm_eps, affine=False)
 
-    def forward(self, x, rope, state=None):
+    def forward(self, x, rope, state=None, state_out=None):
+        """``state_out`` (a one-token step only): write the new state there (in place if it is
+        ``state``), as the graph-captured decoding step does."""
         B, n, d = x.shape
-        shape = (B, n, self.n_heads, self.head_dim)
-        cos, sin = rope
-        q = apply_rope(self.q_proj(x).view(shape), cos, sin)
-        k = apply_rope(self.k_proj(x).view(shape), cos, sin)
-        v = self.v_proj(x).view(shape)
-        g = F.logsigmoid(self.gt_proj(x).float()) / self.normalizer
-        o, state = gated_retention(q, k, v, g, self.head_dim ** -0.5, state)
-        o = self.subln(o).reshape(B, n, d)
-        return self.o_proj(F.silu(self.g_proj(x)) * o), state
+        H, D = self.n_heads, self.head_dim
+        p = self.proj(x)
+        if n == 1 and state is not None:      # a decoding step: one fused kernel after the matmul
+            o, state = fused.gret_decode(p, *rope, state, H, D ** -0.5, self.normalizer, self.eps, state_out)
+            return self.o_proj(o), state
+        q, k = fused.rope(p[..., : 2 * d].view(B, n, 2 * H, D), *rope, n_first=H)
+        v = p[..., 2 * d: 3 * d].view(B, n, H, D)
+        g = F.logsigmoid(p[..., 4 * d:].float()) / self.normalizer
+        o, state = gated_retention(q, k, v, g, D ** -0.5, state)
+        return self.o_proj(fused.head_norm_gate(o, p[..., 3 * d: 4 * d], self.eps)), state
 
 
 class SlidingWindowAttention(nn.Module):
@@ -115,18 +149,16 @@ class SlidingWindowAttention(nn.Module):
         super().__init__()
         d, self.n_heads, self.head_dim = cfg.dim, cfg.n_self_heads, cfg.self_head_dim
         self.window = cfg.window
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
+        fused_linear(self, "qkv", d, (("q_proj", d), ("k_proj", d), ("v_proj", d)))
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def forward(self, x, rope, state=None):
         B, n, d = x.shape
-        shape = (B, n, self.n_heads, self.head_dim)
-        cos, sin = rope
-        q = apply_rope(self.q_proj(x).view(shape), cos, sin).transpose(1, 2)
-        k = apply_rope(self.k_proj(x).view(shape), cos, sin).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
+        H, D = self.n_heads, self.head_dim
+        p = self.qkv(x)
+        q, k = fused.rope(p[..., : 2 * d].view(B, n, 2 * H, D), *rope, n_first=H)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = p[..., 2 * d:].view(B, n, H, D).transpose(1, 2)
         if state is not None:
             k, v = torch.cat((state[0], k), dim=2), torch.cat((state[1], v), dim=2)
         o = sliding_window_attend(q, k, v, self.window)
@@ -150,7 +182,7 @@ class CrossAttention(nn.Module):
         rope, qscale = cross
         q = self.q_proj(x).view(B, n, self.n_heads, self.head_dim)
         if rope is not None:
-            q = apply_rope(q, *rope)
+            q = fused.rope(q, *rope)
         if qscale is not None:
             q = q * qscale[None, :, None, None]
         o = attend(q.transpose(1, 2), k, v, length)
@@ -163,19 +195,18 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        fused_linear(self, "qkv", cfg.dim, (("q_proj", q), ("k_proj", kv), ("v_proj", kv)))
+        self.o_proj = nn.Linear(q, cfg.dim, bias=False)
 
     def forward(self, x, rope, buf: KVBuffer | None = None, at=None):
         """``at``: a device tensor ``[1]``, the position of the one new token: the graph-safe
         decode step (write in place, attend the whole buffer up to ``at + 1``)."""
         B, n, _ = x.shape
-        cos, sin = rope
-        q = apply_rope(self.q_proj(x).view(B, n, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(B, n, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(B, n, self.n_kv_heads, self.head_dim)
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        p = self.qkv(x)
+        q, k = fused.rope(p[..., : (H + Hkv) * D].view(B, n, H + Hkv, D), *rope, n_first=H)
+        v = p[..., (H + Hkv) * D:].view(B, n, Hkv, D)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         length = None
         if at is not None:
@@ -198,14 +229,14 @@ class Block(nn.Module):
 
     def forward(self, x, *args):
         h, extra = self.attn(self.attn_norm(x), *args)
-        x = x + h
-        return x + self.mlp(self.mlp_norm(x)), extra
+        h, x = self.mlp_norm(h, residual=x)          # x + h, and its norm, in one pass
+        return x + self.mlp(h), extra
 
 
 class CrossBlock(Block):
     def forward(self, x, cross, k, v, length=None):
-        x = x + self.attn(self.attn_norm(x), cross, k, v, length)
-        return x + self.mlp(self.mlp_norm(x))
+        h, x = self.mlp_norm(self.attn(self.attn_norm(x), cross, k, v, length), residual=x)
+        return x + self.mlp(h)
 
 
 class CausalLM(nn.Module):
@@ -300,19 +331,18 @@ class YOCO(CausalLM):
         mixer = GatedRetention if cfg.self_decoder == "gret" else SlidingWindowAttention
         self.self_layers = nn.ModuleList(Block(cfg, mixer(cfg)) for _ in range(half))
         self.kv_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        kv = cfg.n_kv_heads * cfg.head_dim
+        fused_linear(self, "kv_proj", cfg.dim, (("k_proj", kv), ("v_proj", kv)))
         self.cross_layers = nn.ModuleList(CrossBlock(cfg, CrossAttention(cfg)) for _ in range(half))
 
     def global_kv(self, x, rope):
         """The single KV cache of the cross-decoder, ``[B, H_kv, n, d]`` each."""
         B, n, _ = x.shape
         cfg = self.config
-        h = self.kv_norm(x)
-        k = self.k_proj(h).view(B, n, cfg.n_kv_heads, cfg.head_dim)
-        v = self.v_proj(h).view(B, n, cfg.n_kv_heads, cfg.head_dim)
+        kv = self.kv_proj(self.kv_norm(x)).view(B, n, 2 * cfg.n_kv_heads, cfg.head_dim)
+        k, v = kv[:, :, : cfg.n_kv_heads], kv[:, :, cfg.n_kv_heads:]
         if rope is not None:
-            k = apply_rope(k, *rope)
+            k = fused.rope(k, *rope)
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def ropes(self, positions):
@@ -373,8 +403,7 @@ class YOCO(CausalLM):
         rs, cross = self.ropes(at)
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
-            x, state = layer(x, rs, cache.states[i])
-            cache.states[i].copy_(state)
+            x, _ = layer(x, rs, cache.states[i], cache.states[i])     # the state updated in place
         cache.kv.write_at(at, *self.global_kv(x, cross[0]))
         for layer in self.cross_layers:
             x = layer(x, cross, cache.kv.k, cache.kv.v, at + 1)

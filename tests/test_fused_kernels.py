@@ -1,0 +1,170 @@
+"""The fused Triton kernels (``kernels/fused``) against their PyTorch references, run by Triton's
+interpreter on the CPU, and a whole model through them against the reference path.
+
+As in ``test_decode_attention.py``: the interpreter needs TRITON_INTERPRET=1 before triton is first
+imported, so ``test_interpreted_suite`` reruns this file in a subprocess with it (and
+``YOCO_FUSED_KERNEL=triton``) set and fails unless every kernel test passed there. Every kernel
+test checks the launch counter moved, so a silent fallback to the reference would fail.
+
+Inputs random (never zeros), at odd sizes (rows not a power of two, strided slices of a wider
+tensor, as the models pass them). Tolerance: max abs error / max(1, max |reference|) below 1e-5 for
+float32 and 4e-2 for bfloat16: a few units in the last place, because Triton's interpreter
+rounds float32 to bfloat16 toward zero (the GPU and PyTorch round to nearest), and a chain such as
+norm -> gate -> product rounds three times. On the GPU the kernels agree with the references to
+one unit in the last place (``scripts/gpu_check_core.py``).
+"""
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from yoco_core.kernels import fused
+from yoco_core.kernels.fused import naive
+
+MOD = "yoco_core.kernels.fused.triton_kernels"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+N_KERNEL_TESTS = 15
+
+
+def test_interpreted_suite():
+    if INTERPRETED:
+        pytest.skip("this process is the interpreted run")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "YOCO_FUSED_KERNEL": "triton"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                        "-k", "not test_interpreted_suite"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    tail = r.stdout[-6000:] + r.stderr[-2000:]
+    assert r.returncode == 0, tail
+    m = re.search(r"(\d+) passed", r.stdout)
+    assert m and int(m.group(1)) >= N_KERNEL_TESTS, tail
+    assert "skipped" not in r.stdout and "failed" not in r.stdout, tail
+
+
+@pytest.fixture(scope="module")
+def tk():
+    if not INTERPRETED:
+        pytest.skip("runs in test_interpreted_suite's TRITON_INTERPRET=1 subprocess")
+    from triton.runtime.interpreter import InterpretedFunction
+    mod = importlib.import_module(MOD)
+    assert isinstance(mod._rms_norm_kernel, InterpretedFunction)
+    return mod
+
+
+def _close(out, ref, dtype):
+    """``dtype``: the inputs' dtype, which sets the tolerance (a float32 state updated from bf16
+    keys carries their rounding)."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert torch.isfinite(out.float()).all()
+    err = float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1.0))
+    assert err < TOL[dtype], err
+
+
+def _rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+
+def _counted(tk, fn, *args, **kw):
+    before = tk.CALLS["triton"]
+    out = fn(*args, **kw)
+    assert tk.CALLS["triton"] > before, "the Triton kernel did not run"
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm(tk, dtype, residual):
+    wide = _rand(2, 7, 160, dtype=dtype, seed=1, scale=3.0)
+    x = wide[..., 20:116]                                  # strided rows of 96 (not a power of two)
+    w = _rand(96, dtype=dtype, seed=2) + 1.0
+    r = _rand(2, 7, 96, dtype=dtype, seed=3) if residual else None
+    out = _counted(tk, fused.rms_norm, x, w, 1e-5, r)
+    ref = naive.rms_norm_ref(x, w, 1e-5, r)
+    if residual:
+        _close(out[0], ref[0], dtype)
+        _close(out[1], ref[1], dtype)
+    else:
+        _close(out, ref, dtype)
+    _close(_counted(tk, fused.rms_norm, x, None, 1e-5), naive.rms_norm_ref(x, None, 1e-5), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_split_from_a_fused_projection(tk, dtype):
+    B, n, HQ, HK, D = 2, 5, 3, 2, 16
+    p = _rand(B, n, (HQ + HK) * D + 24, dtype=dtype, seed=4)     # q | k | something else
+    x = p[..., : (HQ + HK) * D].view(B, n, HQ + HK, D)
+    cos, sin = _rand(n, D, dtype=dtype, seed=5), _rand(n, D, dtype=dtype, seed=6)
+    q, k = _counted(tk, fused.rope, x, cos, sin, n_first=HQ)
+    rq, rk = naive.rope_ref(x, cos, sin, n_first=HQ)
+    assert q.is_contiguous() and k.is_contiguous()
+    _close(q, rq, dtype)
+    _close(k, rk, dtype)
+    one = _counted(tk, fused.rope, x[:, :, :HQ], cos, sin)
+    _close(one, naive.rope_ref(x[:, :, :HQ], cos, sin), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul(tk, dtype):
+    gu = _rand(3, 4, 2 * 40, dtype=dtype, seed=7, scale=2.0)
+    _close(_counted(tk, fused.silu_mul, gu), naive.silu_mul_ref(gu), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_norm_gate(tk, dtype):
+    B, n, H, D = 2, 3, 4, 16
+    o = _rand(B, n, H, D, dtype=dtype, seed=8, scale=2.0)
+    p = _rand(B, n, 3 * H * D, dtype=dtype, seed=9)
+    g = p[..., H * D: 2 * H * D]                                   # a strided slice, as in the model
+    _close(_counted(tk, fused.head_norm_gate, o, g, 1e-5), naive.head_norm_gate_ref(o, g, 1e-5), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_gret_decode(tk, dtype, in_place):
+    B, H, D = 2, 3, 16
+    d = H * D
+    p = _rand(B, 1, 4 * d + H, dtype=dtype, seed=10)
+    cos, sin = _rand(1, D, dtype=dtype, seed=11), _rand(1, D, dtype=dtype, seed=12)
+    state = _rand(B, H, D, D, seed=13)
+    ref_o, ref_s = naive.gret_decode_ref(p, cos, sin, state.clone(), H, D ** -0.5, 16.0, 1e-5)
+    s_in = state.clone()
+    o, s = _counted(tk, fused.gret_decode, p, cos, sin, s_in, H, D ** -0.5, 16.0, 1e-5,
+                    state_out=s_in if in_place else None)
+    _close(o, ref_o, dtype)
+    _close(s, ref_s, dtype)
+    if in_place:
+        assert s.data_ptr() == s_in.data_ptr()
+    else:
+        assert torch.equal(s_in, state)                             # the input state untouched
+
+
+@pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "transformer", "yoco-nope"])
+def test_model_through_the_kernels(tk, kind, monkeypatch):
+    """A small model's full forward, chunked prefill and decoding steps with the fused kernels equal
+    the same model on the reference path; and decoding still equals the full forward."""
+    from conftest import small_model
+
+    model = small_model(kind)
+    ids = torch.randint(0, 300, (2, 21), generator=torch.Generator().manual_seed(0))
+    before = tk.CALLS["triton"]
+    with torch.inference_mode():
+        full = model(ids)
+        logits, cache = model.prefill(ids[:, :17], chunk_size=8)
+        steps = [logits]
+        for t in range(17, 21):
+            out, cache = model.decode(ids[:, t: t + 1], cache)
+            steps.append(out[:, -1])
+    assert tk.CALLS["triton"] > before
+    monkeypatch.setenv("YOCO_FUSED_KERNEL", "torch")
+    with torch.inference_mode():
+        ref_full = model(ids)
+    _close(full, ref_full, torch.float32)
+    for i, s in enumerate(steps[:-1]):
+        torch.testing.assert_close(s, full[:, 16 + i], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,69 @@
+"""Fused elementwise kernels: Triton on CUDA, the plain-PyTorch references elsewhere.
+
+``rms_norm``, ``rope``, ``silu_mul``, ``head_norm_gate`` and ``gret_decode`` (see
+``triton_kernels.py`` for what each fuses, ``naive.py`` for the math). The Triton kernels run on
+CUDA tensors when no gradient is needed (they have no backward: training runs the references);
+elsewhere the references run, except that ``YOCO_FUSED_KERNEL=triton`` together with
+``TRITON_INTERPRET=1`` (set before this package is imported) runs the Triton kernels in the
+interpreter on the CPU, for tests. ``YOCO_FUSED_KERNEL=torch`` forces the references everywhere.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .naive import gret_decode_ref, head_norm_gate_ref, rms_norm_ref, rope_ref, silu_mul_ref
+
+__all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "backend_for",
+           "rms_norm_ref", "rope_ref", "silu_mul_ref", "head_norm_gate_ref", "gret_decode_ref"]
+
+
+def backend_for(*tensors) -> str:
+    want = os.environ.get("YOCO_FUSED_KERNEL", "auto")
+    if want == "torch":
+        return "torch"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return "torch"
+    x = tensors[0]
+    if x.is_cuda:
+        return "triton"
+    if want == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "triton"
+    return "torch"
+
+
+def _tk():
+    from . import triton_kernels   # imported on first use: importing this package compiles nothing
+    return triton_kernels
+
+
+def rms_norm(x, weight, eps: float, residual=None):
+    if backend_for(x, weight, residual) == "triton":
+        return _tk().rms_norm(x, weight, eps, residual)
+    return rms_norm_ref(x, weight, eps, residual)
+
+
+def rope(x, cos, sin, n_first: int | None = None):
+    if backend_for(x) == "triton":
+        return _tk().rope(x, cos, sin, n_first)
+    return rope_ref(x, cos, sin, n_first)
+
+
+def silu_mul(gu):
+    if backend_for(gu) == "triton":
+        return _tk().silu_mul(gu)
+    return silu_mul_ref(gu)
+
+
+def head_norm_gate(o, g, eps: float):
+    if backend_for(o, g) == "triton":
+        return _tk().head_norm_gate(o, g, eps)
+    return head_norm_gate_ref(o, g, eps)
+
+
+def gret_decode(p, cos, sin, state, n_heads: int, scale: float, normalizer: float, eps: float,
+                state_out=None):
+    if backend_for(p) == "triton":
+        return _tk().gret_decode(p, cos, sin, state, n_heads, scale, normalizer, eps, state_out)
+    return gret_decode_ref(p, cos, sin, state, n_heads, scale, normalizer, eps, state_out)

@@ -1,0 +1,71 @@
+"""Plain-PyTorch references of the fused kernels: what the models run on the CPU (and in training,
+where autograd is needed), and what the Triton kernels are tested against.
+
+Each rounds to the model dtype where the unfused model did (bf16 products, the RMSNorm output
+before its weight), so the fused kernels, which compute in float32 and round at the same points,
+agree with these to within a unit in the last place of the dtype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm_ref(x, weight, eps: float, residual=None):
+    """RMSNorm (over the last dim, times ``weight`` unless it is None). With ``residual``: the norm
+    of ``x + residual``, returned together with that sum: ``(normed, x + residual)``."""
+    if residual is not None:
+        x = x + residual
+    xf = x.float()
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    if weight is not None:
+        y = weight * y
+    return y if residual is None else (y, x)
+
+
+def rope_ref(x, cos, sin, n_first: int | None = None):
+    """Rotary embedding (rotate-half layout) of ``x`` ``[B, n, H, D]`` with ``cos`` / ``sin``
+    ``[n, D]``. With ``n_first``: the heads are two groups (queries then keys, as a fused
+    projection lays them out), returned as two contiguous tensors ``[B, n, n_first, D]`` and
+    ``[B, n, H - n_first, D]``."""
+    x1, x2 = x.chunk(2, dim=-1)
+    out = x * cos[:, None, :] + torch.cat((-x2, x1), dim=-1) * sin[:, None, :]
+    if n_first is None:
+        return out
+    return out[:, :, :n_first].contiguous(), out[:, :, n_first:].contiguous()
+
+
+def silu_mul_ref(gu):
+    """SwiGLU's activation: ``silu(gate) * up`` for ``gu = [gate | up]`` along the last dim."""
+    gate, up = gu.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def head_norm_gate_ref(o, g, eps: float):
+    """Gated retention's output: each head of ``o`` ``[B, n, H, D]`` RMS-normed (no weight), times
+    ``silu(g)`` (``g`` ``[B, n, H * D]``): ``[B, n, H * D]``."""
+    B, n, H, D = o.shape
+    return F.silu(g) * rms_norm_ref(o, None, eps).reshape(B, n, H * D)
+
+
+def gret_decode_ref(p, cos, sin, state, n_heads: int, scale: float, normalizer: float, eps: float,
+                    state_out=None):
+    """One gated-retention decoding step from the fused projection ``p`` ``[B, 1, 4 d + H]``
+    (q | k | v | output gate | decay logits): RoPE on q and k, the decay
+    ``logsigmoid(gt) / normalizer``, the recurrent update of ``state`` ``[B, H, D, D]`` (float32),
+    the per-head norm and the output gate. Returns ``(out [B, 1, d], new_state)``; the new state is
+    written into ``state_out`` when given (it may be ``state`` itself: an in-place step)."""
+    from ..gret.chunk import gret_step
+
+    B, _, W = p.shape
+    H = n_heads
+    d = (W - H) // 4
+    D = d // H
+    q, k = rope_ref(p[..., : 2 * d].view(B, 1, 2 * H, D), cos, sin, n_first=H)
+    v = p[..., 2 * d: 3 * d].view(B, 1, H, D)
+    g = F.logsigmoid(p[..., 4 * d:].float()) / normalizer
+    o, new = gret_step(q, k, v, g, scale, state)
+    if state_out is not None:
+        state_out.copy_(new)
+        new = state_out
+    return head_norm_gate_ref(o, p[..., 3 * d: 4 * d], eps), new
