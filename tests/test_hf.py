@@ -187,3 +187,53 @@ def test_fla_yoco_config_mapping_and_refusals():
                 "self_decoder_attn": {"type": "gated_retention", "num_heads": 2}, "cross_decoder_attn": {"num_heads": 4}}
         with pytest.raises(CheckpointError, match=needle):
             hf.fla_yoco_config(base | over, "x")
+
+
+@pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa"])
+def test_fla_yoco_key_mapping(tmp_path, kind):
+    """An FLA YOCO directory (config.json with model_type yoco, FLA's tensor names) made from one
+    of our models loads back to the same logits: names, the interleaved RoPE rows of FLA's gRet
+    and cross-decoder projections, and the sqrt(dim) embedding scale. (Parity with FLA's own
+    forward is ``test_fla_yoco_logits_match_fla``, on a GPU with flash-linear-attention; its SWA
+    case needs flash-attn too.)"""
+    from safetensors.torch import save_file
+
+    from conftest import small_model
+
+    model = small_model(kind, cross_logn=0, cross_rope=True)
+    cfg = model.config
+    st = split_state_dict(model, model.state_dict())
+    inv = lambda w, d: w.reshape(-1, d, w.shape[-1])[:, torch.argsort(torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2))))].reshape(w.shape)  # noqa: E731
+    out = {"model.embeddings.weight": st["embed.weight"] / math.sqrt(cfg.dim), "model.norm.weight": st["norm.weight"],
+           "lm_head.weight": st["lm_head.weight"], "model.shared_kv_builder.kv_norm.weight": st["kv_norm.weight"],
+           "model.shared_kv_builder.k_proj.weight": inv(st["k_proj.weight"], cfg.head_dim),
+           "model.shared_kv_builder.v_proj.weight": st["v_proj.weight"]}
+    for side in ("self_layers", "cross_layers"):
+        for i in range(cfg.n_layers // 2):
+            p, q = f"model.{side}.{i}.", f"{side}.{i}."
+            for n in ("attn_norm.weight", "mlp_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                      "mlp.down_proj.weight", "attn.o_proj.weight"):
+                out[p + n] = st[q + n]
+            if side == "cross_layers":
+                out[p + "attn.q_proj.weight"] = inv(st[q + "attn.q_proj.weight"], cfg.head_dim)
+            elif cfg.self_decoder == "gret":
+                for n in ("q", "k"):
+                    out[p + f"attn.{n}_proj.weight"] = inv(st[q + f"attn.{n}_proj.weight"], cfg.self_head_dim)
+                for n in ("v", "g"):
+                    out[p + f"attn.{n}_proj.weight"] = st[q + f"attn.{n}_proj.weight"]
+                out[p + "attn.gk_proj.weight"] = st[q + "attn.gt_proj.weight"]
+            else:
+                for n in ("q", "k", "v"):
+                    out[p + f"attn.{n}_proj.weight"] = st[q + f"attn.{n}_proj.weight"]
+    self_attn = ({"type": "gated_retention", "num_heads": cfg.n_self_heads} if cfg.self_decoder == "gret"
+                 else {"type": "swa", "num_heads": cfg.n_self_heads, "window_size": cfg.window})
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "yoco", "hidden_size": cfg.dim, "num_hidden_layers": cfg.n_layers,
+        "num_self_decoder_layers": cfg.n_layers // 2, "vocab_size": cfg.vocab_size, "norm_eps": cfg.norm_eps,
+        "intermediate_size": cfg.ffn_dim, "self_decoder_attn": self_attn,
+        "cross_decoder_attn": {"num_heads": cfg.n_heads, "num_kv_heads": cfg.n_kv_heads}}))
+    save_file({k: v.contiguous() for k, v in out.items()}, str(tmp_path / "model.safetensors"))
+    ours = load_model(f"hf:{tmp_path}", dtype=torch.float32)
+    assert (ours.config.self_decoder, ours.config.window) == (cfg.self_decoder, cfg.window)
+    ids = torch.randint(0, 320, (2, 40))
+    torch.testing.assert_close(ours(ids), model(ids), atol=1e-4, rtol=1e-4)
