@@ -13,23 +13,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
+from gpu_check_core import ms          # scripts/ is on the path when run as a script
 from yoco_core import build_model, get_config
 from yoco_core.bench import random_cache
 from yoco_core.graphs import StaticDecoder, make_decoder
 
 DEV = "cuda"
-
-
-def ms(fn, reps=5, warm=2):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
 
 
 def kernels(prof, steps, n=22, title=""):

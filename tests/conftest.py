@@ -1,3 +1,9 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,3 +31,38 @@ def small_model(kind: str, seed: int = 0, **overrides):
 @pytest.fixture(params=list(ARCHS))
 def arch(request):
     return request.param
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def run_interpreted(test_file: str, min_passed: int, **env) -> None:
+    """Rerun ``test_file`` (but its ``test_interpreted_suite``) in a subprocess with
+    ``TRITON_INTERPRET=1`` (and ``env``) set before triton is first imported; fail unless at least
+    ``min_passed`` tests passed there and none was skipped or failed."""
+    if INTERPRETED:
+        pytest.skip("this process is the interpreted run")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(test_file)),
+                        "-k", "not test_interpreted_suite"],
+                       cwd=root, env={**os.environ, "TRITON_INTERPRET": "1", **env},
+                       capture_output=True, text=True, timeout=600)
+    tail = r.stdout[-6000:] + r.stderr[-2000:]
+    assert r.returncode == 0, tail
+    m = re.search(r"(\d+) passed", r.stdout)
+    assert m and int(m.group(1)) >= min_passed, tail
+    assert "skipped" not in r.stdout and "failed" not in r.stdout, tail
+
+
+def interpreted_module(name: str, *kernels: str):
+    """The Triton module ``name``, checked to hold interpreted kernels (skips outside the
+    interpreted run)."""
+    if not INTERPRETED:
+        pytest.skip("runs in test_interpreted_suite's TRITON_INTERPRET=1 subprocess")
+    import importlib
+
+    from triton.runtime.interpreter import InterpretedFunction
+    mod = importlib.import_module(name)
+    for k in kernels:
+        assert isinstance(getattr(mod, k), InterpretedFunction)
+    return mod

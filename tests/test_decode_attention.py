@@ -12,49 +12,25 @@ counter moved, so a silent fallback to the reference would fail.
 Inputs random (never zeros). Tolerance: max abs error / max(1, max |reference|) < 1e-4 for float32,
 < 5e-3 for float16, < 2e-2 for bfloat16 (inputs rounded to the dtype before the reference runs).
 """
-import importlib
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import interpreted_module, run_interpreted
 from yoco_core.kernels import decode_attention as da
 from yoco_core.kernels.decode_attention import decode_attention_ref
 
 MOD = "yoco_core.kernels.decode_attention.split_kv"
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 N_KERNEL_TESTS = 15   # tests using the ``sk`` fixture (parametrised cases counted)
 
 
 def test_interpreted_suite():
-    if INTERPRETED:
-        pytest.skip("this process is the interpreted run")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                        "-k", "not test_interpreted_suite"],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    tail = r.stdout[-6000:] + r.stderr[-2000:]
-    assert r.returncode == 0, tail
-    m = re.search(r"(\d+) passed", r.stdout)
-    assert m and int(m.group(1)) >= N_KERNEL_TESTS + 1, tail
-    assert "skipped" not in r.stdout and "failed" not in r.stdout, tail
+    run_interpreted(__file__, N_KERNEL_TESTS + 1)
 
 
 @pytest.fixture(scope="module")
 def sk():
-    if not INTERPRETED:
-        pytest.skip("runs in test_interpreted_suite's TRITON_INTERPRET=1 subprocess")
-    from triton.runtime.interpreter import InterpretedFunction
-    mod = importlib.import_module(MOD)
-    assert isinstance(mod._split_kernel, InterpretedFunction)
-    assert isinstance(mod._combine_kernel, InterpretedFunction)
-    return mod
+    return interpreted_module(MOD, "_split_kernel", "_combine_kernel")
 
 
 def _inputs(B, H, H_kv, C, D, seed, dtype=torch.float32):

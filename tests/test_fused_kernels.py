@@ -13,48 +13,25 @@ rounds float32 to bfloat16 toward zero (the GPU and PyTorch round to nearest), a
 norm -> gate -> product rounds three times. On the GPU the kernels agree with the references to
 one unit in the last place (``scripts/gpu_check_core.py``).
 """
-import importlib
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import interpreted_module, run_interpreted
 from yoco_core.kernels import fused
 from yoco_core.kernels.fused import naive
 
 MOD = "yoco_core.kernels.fused.triton_kernels"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 N_KERNEL_TESTS = 15
 
 
 def test_interpreted_suite():
-    if INTERPRETED:
-        pytest.skip("this process is the interpreted run")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "YOCO_FUSED_KERNEL": "triton"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                        "-k", "not test_interpreted_suite"],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    tail = r.stdout[-6000:] + r.stderr[-2000:]
-    assert r.returncode == 0, tail
-    m = re.search(r"(\d+) passed", r.stdout)
-    assert m and int(m.group(1)) >= N_KERNEL_TESTS, tail
-    assert "skipped" not in r.stdout and "failed" not in r.stdout, tail
+    run_interpreted(__file__, N_KERNEL_TESTS, YOCO_FUSED_KERNEL="triton")
 
 
 @pytest.fixture(scope="module")
 def tk():
-    if not INTERPRETED:
-        pytest.skip("runs in test_interpreted_suite's TRITON_INTERPRET=1 subprocess")
-    from triton.runtime.interpreter import InterpretedFunction
-    mod = importlib.import_module(MOD)
-    assert isinstance(mod._rms_norm_kernel, InterpretedFunction)
-    return mod
+    return interpreted_module(MOD, "_rms_norm_kernel", "_rope_kernel", "_gret_decode_kernel")
 
 
 def _close(out, ref, dtype):
