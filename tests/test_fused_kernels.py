@@ -22,7 +22,7 @@ from yoco_core.kernels.fused import naive
 
 MOD = "yoco_core.kernels.fused.triton_kernels"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
-N_KERNEL_TESTS = 15
+N_KERNEL_TESTS = 16
 
 
 def test_interpreted_suite():
@@ -145,3 +145,13 @@ def test_model_through_the_kernels(tk, kind, monkeypatch):
     _close(full, ref_full, torch.float32)
     for i, s in enumerate(steps[:-1]):
         torch.testing.assert_close(s, full[:, 16 + i], rtol=1e-4, atol=1e-4)
+
+
+def test_odd_head_sizes_run_the_reference(tk):
+    """A head size the kernels cannot tile (100, as OpenLLaMA-3B's) takes the reference path."""
+    x = _rand(1, 3, 2, 100, seed=14)
+    cos, sin = _rand(3, 100, seed=15), _rand(3, 100, seed=16)
+    before = tk.CALLS["triton"]
+    out = fused.rope(x, cos, sin)
+    assert tk.CALLS["triton"] == before
+    _close(out, naive.rope_ref(x, cos, sin), torch.float32)

@@ -6,6 +6,8 @@ CUDA tensors when no gradient is needed (they have no backward: training runs th
 elsewhere the references run, except that ``YOCO_FUSED_KERNEL=triton`` together with
 ``TRITON_INTERPRET=1`` (set before this package is imported) runs the Triton kernels in the
 interpreter on the CPU, for tests. ``YOCO_FUSED_KERNEL=torch`` forces the references everywhere.
+The kernels that tile a head need a power-of-two head size (RoPE: half of it); other head sizes
+(e.g. OpenLLaMA-3B's 100, loaded through ``hf:``) run the references.
 """
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ def backend_for(*tensors) -> str:
     return "torch"
 
 
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
 def _tk():
     from . import triton_kernels   # imported on first use: importing this package compiles nothing
     return triton_kernels
@@ -45,7 +51,7 @@ def rms_norm(x, weight, eps: float, residual=None):
 
 
 def rope(x, cos, sin, n_first: int | None = None):
-    if backend_for(x) == "triton":
+    if _pow2(x.shape[-1] // 2) and backend_for(x) == "triton":
         return _tk().rope(x, cos, sin, n_first)
     return rope_ref(x, cos, sin, n_first)
 
@@ -57,13 +63,14 @@ def silu_mul(gu):
 
 
 def head_norm_gate(o, g, eps: float):
-    if backend_for(o, g) == "triton":
+    if _pow2(o.shape[-1]) and backend_for(o, g) == "triton":
         return _tk().head_norm_gate(o, g, eps)
     return head_norm_gate_ref(o, g, eps)
 
 
 def gret_decode(p, cos, sin, state, n_heads: int, scale: float, normalizer: float, eps: float,
                 state_out=None):
-    if backend_for(p) == "triton":
+    d = (p.shape[-1] - n_heads) // 4
+    if _pow2(d // n_heads) and backend_for(p) == "triton":
         return _tk().gret_decode(p, cos, sin, state, n_heads, scale, normalizer, eps, state_out)
     return gret_decode_ref(p, cos, sin, state, n_heads, scale, normalizer, eps, state_out)
