@@ -118,13 +118,18 @@ def test_interleaved_rows_permutation_gives_same_scores():
     assert not torch.allclose(torch.einsum("qhd,khd->hqk", q_raw, k_raw), want, atol=1e-2)
 
 
+def _half_to_interleaved(w, d):
+    """The inverse of ``hf.interleaved_to_half``: RoPE rows back in interleaved order."""
+    order = torch.argsort(torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2))))
+    return w.reshape(-1, d, w.shape[-1])[:, order].reshape(w.shape)
+
+
 def _inverse_unilm(model):
     """Our YOCO state dict renamed to unilm's names (interleaved rows, embedding / sqrt(dim))."""
     cfg, st = model.config, {k: v.clone() for k, v in split_state_dict(model, model.state_dict()).items()}
-    inv = lambda w, d: w.reshape(-1, d, w.shape[-1])[:, torch.argsort(torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2))))].reshape(w.shape)  # noqa: E731
     out = {"embed_tokens.weight": st["embed.weight"] / math.sqrt(cfg.dim), "layer_norm.weight": st["norm.weight"],
            "output_projection.weight": st["lm_head.weight"], "cross_decoder.kv_layer_norm.weight": st["kv_norm.weight"],
-           "cross_decoder.k_proj.weight": inv(st["k_proj.weight"], cfg.head_dim), "cross_decoder.v_proj.weight": st["v_proj.weight"]}
+           "cross_decoder.k_proj.weight": _half_to_interleaved(st["k_proj.weight"], cfg.head_dim), "cross_decoder.v_proj.weight": st["v_proj.weight"]}
     for side, ours, n in (("self_decoder", "self_layers", len(model.self_layers)), ("cross_decoder", "cross_layers", len(model.cross_layers))):
         for i in range(n):
             p, q = f"{side}.layers.{i}.", f"{ours}.{i}."
@@ -133,10 +138,10 @@ def _inverse_unilm(model):
             out[p + "ffn.fc1.weight"], out[p + "ffn.gate.weight"] = st[q + "mlp.gate_proj.weight"], st[q + "mlp.up_proj.weight"]
             out[p + "ffn.fc2.weight"] = st[q + "mlp.down_proj.weight"]
             hd = cfg.self_head_dim if side == "self_decoder" else cfg.head_dim
-            out[p + "mixer.q_proj.weight"] = inv(st[q + "attn.q_proj.weight"], hd)
+            out[p + "mixer.q_proj.weight"] = _half_to_interleaved(st[q + "attn.q_proj.weight"], hd)
             out[p + "mixer.out_proj.weight"] = st[q + "attn.o_proj.weight"]
             if side == "self_decoder":
-                out[p + "mixer.k_proj.weight"] = inv(st[q + "attn.k_proj.weight"], hd)
+                out[p + "mixer.k_proj.weight"] = _half_to_interleaved(st[q + "attn.k_proj.weight"], hd)
                 out[p + "mixer.v_proj.weight"] = st[q + "attn.v_proj.weight"]
                 for n2 in ("g", "gt"):
                     out[p + f"mixer.{n2}_proj.weight"] = st[q + f"attn.{n2}_proj.weight"]
@@ -203,10 +208,9 @@ def test_fla_yoco_key_mapping(tmp_path, kind):
     model = small_model(kind, cross_logn=0, cross_rope=True)
     cfg = model.config
     st = split_state_dict(model, model.state_dict())
-    inv = lambda w, d: w.reshape(-1, d, w.shape[-1])[:, torch.argsort(torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2))))].reshape(w.shape)  # noqa: E731
     out = {"model.embeddings.weight": st["embed.weight"] / math.sqrt(cfg.dim), "model.norm.weight": st["norm.weight"],
            "lm_head.weight": st["lm_head.weight"], "model.shared_kv_builder.kv_norm.weight": st["kv_norm.weight"],
-           "model.shared_kv_builder.k_proj.weight": inv(st["k_proj.weight"], cfg.head_dim),
+           "model.shared_kv_builder.k_proj.weight": _half_to_interleaved(st["k_proj.weight"], cfg.head_dim),
            "model.shared_kv_builder.v_proj.weight": st["v_proj.weight"]}
     for side in ("self_layers", "cross_layers"):
         for i in range(cfg.n_layers // 2):
@@ -215,10 +219,10 @@ def test_fla_yoco_key_mapping(tmp_path, kind):
                       "mlp.down_proj.weight", "attn.o_proj.weight"):
                 out[p + n] = st[q + n]
             if side == "cross_layers":
-                out[p + "attn.q_proj.weight"] = inv(st[q + "attn.q_proj.weight"], cfg.head_dim)
+                out[p + "attn.q_proj.weight"] = _half_to_interleaved(st[q + "attn.q_proj.weight"], cfg.head_dim)
             elif cfg.self_decoder == "gret":
                 for n in ("q", "k"):
-                    out[p + f"attn.{n}_proj.weight"] = inv(st[q + f"attn.{n}_proj.weight"], cfg.self_head_dim)
+                    out[p + f"attn.{n}_proj.weight"] = _half_to_interleaved(st[q + f"attn.{n}_proj.weight"], cfg.self_head_dim)
                 for n in ("v", "g"):
                     out[p + f"attn.{n}_proj.weight"] = st[q + f"attn.{n}_proj.weight"]
                 out[p + "attn.gk_proj.weight"] = st[q + "attn.gt_proj.weight"]

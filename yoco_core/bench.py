@@ -282,6 +282,14 @@ def release(device) -> None:
         torch.cuda.empty_cache()
 
 
+def reset_memory(device) -> None:
+    """``release``, then start the peak-memory counters afresh (between a warm-up and its timing,
+    and after each cell)."""
+    release(device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 @dataclass
 class Ceilings:
     matmul_tflops: float          # measured dense matmul rate in the run's dtype
@@ -643,7 +651,6 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
         return _measure_decode_only(runner, ctx, batch, gen_tokens, seed)
     dev = runner.device
     clock = Clock(dev)
-    cuda = clock.cuda
     reserve = gen_tokens + WARMUP_STEPS + 1
     chunk = effective_chunk(chunk_size, ctx) or None
     gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ctx * 131 + batch)
@@ -659,12 +666,9 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
         logits, cache = runner.prefill(ids[:, :wl], chunk, WARMUP_STEPS + 1)
         for _ in range(WARMUP_STEPS):
             logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
-        clock.sync()
         logits = cache = None
         runner.end_cell()             # the warm-up's decoder (graph, cache) must not outlive it
-        release(dev)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(dev)
+        reset_memory(dev)
 
         prefill_times = []
         while True:
@@ -712,12 +716,9 @@ def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, 
         cache = runner.random_cache(batch, min(ctx, WARMUP_TOKENS), WARMUP_STEPS + 1, seed)   # warm-up
         for _ in range(WARMUP_STEPS):
             _, cache = runner.decode(tok, cache)
-        clock.sync()
         cache = None
         runner.end_cell()
-        release(dev)
-        if clock.cuda:
-            torch.cuda.reset_peak_memory_stats(dev)
+        reset_memory(dev)
         cache = runner.random_cache(batch, ctx, gen_tokens + WARMUP_STEPS + 1, seed)
         res = _timed_decode(runner, clock, tok, cache, ctx, batch, gen_tokens)
     res.note = "decode only: cache of random values, no prefill"
@@ -744,9 +745,7 @@ def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: 
         res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only)
     except Exception as e:  # noqa: BLE001 - every failure of a cell is recorded, the sweep goes on
         res = CellResult(status="oom" if is_oom(e) else "error", note=first_line(e))
-    release(runner.device)
-    if runner.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(runner.device)
+    reset_memory(runner.device)
     return res
 
 
