@@ -43,8 +43,8 @@ def backend_for(x: torch.Tensor) -> str:
 def gated_retention(q, k, v, g, scale: float, initial_state=None):
     """Returns ``(o, final_state)``; ``final_state`` is float32 ``[B, H, K, V]``."""
     if q.shape[1] == 1 and initial_state is not None:
-        # one decoding step: a few small einsums on the [B, H, K, V] state; plain PyTorch ops, so
-        # the step can be captured in a CUDA graph
+        # one step: the recurrent form (a few einsums on the [B, H, K, V] state). The models'
+        # decoding steps do not come here: they run kernels/fused.gret_decode (RoPE to gate in one)
         return gret_step(q, k, v, g, scale, initial_state)
     if backend_for(q) == "fla":
         chunk = _fla_ops()[0]
