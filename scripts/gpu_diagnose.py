@@ -1,7 +1,7 @@
 """Where the time goes: kernel breakdowns of the 3B decode step and prefill, and the attention
 backends SDPA offers at the 3B head shape. A diagnostic for the GPU machine, not a benchmark.
 
-    python3 scripts/gpu_diagnose.py [--parts attn,decode,prefill4k,prefill]
+    python3 scripts/gpu_diagnose.py [--parts attn,split,gemm,residual,gla,decode,prefill4k,prefill]
 """
 from __future__ import annotations
 
@@ -93,6 +93,67 @@ def split(Ts=(131072, 262144)):
         torch.cuda.empty_cache()
 
 
+def gemm():
+    """The 3B self-decoder's matmuls at prefill-chunk shapes: plain ``a @ w.t()`` against the
+    residual form ``c.addmm_(a, w.t())`` (cuBLAS adds the output it overwrites), both BLAS
+    libraries."""
+    torch.manual_seed(0)
+    shapes = {"proj q|k|v|g|gt": (12312, 3072), "proj padded 12416": (12416, 3072),
+              "o_proj": (3072, 3072), "gate_up": (16384, 3072), "down": (3072, 8192), "kv_proj": (2048, 3072)}
+    for lib in ("default", "cublaslt"):
+        torch.backends.cuda.preferred_blas_library(lib)
+        for M in (8192, 16384):
+            for name, (N, K) in shapes.items():
+                a = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
+                w = torch.randn(N, K, device=DEV, dtype=torch.bfloat16)
+                c = torch.randn(M, N, device=DEV, dtype=torch.bfloat16)
+                f = 2 * M * N * K
+                t_mm = ms(lambda: a @ w.t(), reps=10, warm=3)
+                t_add = ms(lambda: c.addmm_(a, w.t()), reps=10, warm=3)
+                print(f"gemm {lib:<8} M={M // 1024:>2}K {name:<18} mm {f / t_mm / 1e9:5.0f} TFLOP/s  "
+                      f"addmm_ {f / t_add / 1e9:5.0f} TFLOP/s", flush=True)
+    torch.backends.cuda.preferred_blas_library("default")
+
+
+def residual(M=16384):
+    """The residual adds of a 3B block at a prefill chunk: a matmul then an add against the matmul
+    adding into the residual stream itself (``addmm(x, a, w.t(), out=x)``, what ``model.add_linear``
+    does)."""
+    torch.manual_seed(0)
+    x = torch.randn(M, 3072, device=DEV, dtype=torch.bfloat16)
+    for name, K in (("o_proj", 3072), ("down_proj", 8192)):
+        a = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
+        w = torch.randn(3072, K, device=DEV, dtype=torch.bfloat16) * 0.02
+        t_add = ms(lambda: x + a @ w.t(), reps=20, warm=3)
+        t_in = ms(lambda: torch.addmm(x, a, w.t(), out=x), reps=20, warm=3)
+        print(f"residual M={M // 1024}K {name:<9} matmul + add {t_add:.3f} ms, addmm out=x {t_in:.3f} ms", flush=True)
+
+
+def gla(T=16384, H=24, D=128):
+    """fla-core's chunk_simple_gla at the 3B self-decoder shape over one prefill chunk: its
+    default chunk of 64 tokens against 128 and 256 (fewer stored states, bigger blocks), each
+    against our float32 PyTorch chunk form."""
+    from fla.ops.simple_gla import chunk_simple_gla
+    from yoco_core.kernels.gret import gret_chunk
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, T, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+    g = F.logsigmoid(torch.randn(1, T, H, device=DEV) + 3) / 16
+    s0 = torch.randn(1, H, D, D, device=DEV) * 0.1
+    ro, rs = gret_chunk(q, k, v, g, D ** -0.5, s0)
+    for C in (64, 128, 256):
+        def fn():
+            return chunk_simple_gla(q, k, v, g, scale=D ** -0.5, initial_state=s0, output_final_state=True,
+                                    chunk_size=C)
+        try:
+            o, s = fn()
+            t = ms(fn, reps=10, warm=3)
+            print(f"gla T={T // 1024}K chunk {C:>3}: {t:.3f} ms, rel. diff to float32 chunk form: "
+                  f"o {(o.float() - ro.float()).norm() / ro.float().norm():.2e}, "
+                  f"state {(s.float() - rs).norm() / rs.norm():.2e}", flush=True)
+        except Exception as e:
+            print(f"gla chunk {C}: {type(e).__name__}: {str(e).splitlines()[0][:150]}", flush=True)
+
+
 def decode(name, ctx=4096):
     cfg = get_config(name)
     m = build_model(cfg, device=DEV, dtype=torch.bfloat16)
@@ -172,6 +233,12 @@ if __name__ == "__main__":
         attn()
     if "split" in parts:
         split()
+    if "gemm" in parts:
+        gemm()
+    if "residual" in parts:
+        residual()
+    if "gla" in parts:
+        gla()
     if "decode" in parts:
         decode("yoco-3b", 4096)
         decode("transformer-3b", 4096)

@@ -56,19 +56,11 @@ def _counted(tk, fn, *args, **kw):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("residual", [False, True])
-def test_rms_norm(tk, dtype, residual):
+def test_rms_norm(tk, dtype):
     wide = _rand(2, 7, 160, dtype=dtype, seed=1, scale=3.0)
     x = wide[..., 20:116]                                  # strided rows of 96 (not a power of two)
     w = _rand(96, dtype=dtype, seed=2) + 1.0
-    r = _rand(2, 7, 96, dtype=dtype, seed=3) if residual else None
-    out = _counted(tk, fused.rms_norm, x, w, 1e-5, r)
-    ref = naive.rms_norm_ref(x, w, 1e-5, r)
-    if residual:
-        _close(out[0], ref[0], dtype)
-        _close(out[1], ref[1], dtype)
-    else:
-        _close(out, ref, dtype)
+    _close(_counted(tk, fused.rms_norm, x, w, 1e-5), naive.rms_norm_ref(x, w, 1e-5), dtype)
     _close(_counted(tk, fused.rms_norm, x, None, 1e-5), naive.rms_norm_ref(x, None, 1e-5), dtype)
 
 
@@ -85,6 +77,23 @@ def test_rope_split_from_a_fused_projection(tk, dtype):
     _close(k, rk, dtype)
     one = _counted(tk, fused.rope, x[:, :, :HQ], cos, sin)
     _close(one, naive.rope_ref(x[:, :, :HQ], cos, sin), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_with_the_values_beside(tk, dtype):
+    """q | k rotated and v copied out of one fused projection: three contiguous tensors."""
+    B, n, H, D = 2, 5, 3, 16
+    p = _rand(B, n, 3 * H * D + 24, dtype=dtype, seed=17)      # q | k | v | something else
+    x = p[..., : 3 * H * D].view(B, n, 3 * H, D)
+    cos, sin = _rand(n, D, dtype=dtype, seed=18), _rand(n, D, dtype=dtype, seed=19)
+    q, k, v = _counted(tk, fused.rope, x, cos, sin, n_first=H, n_plain=H)
+    rq, rk, rv = naive.rope_ref(x, cos, sin, n_first=H, n_plain=H)
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    _close(q, rq, dtype)
+    _close(k, rk, dtype)
+    assert torch.equal(v, p[..., 2 * H * D: 3 * H * D].view(B, n, H, D)) and torch.equal(rv, v)
+    with pytest.raises(ValueError, match="n_first"):
+        fused.rope(x, cos, sin, n_plain=H)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

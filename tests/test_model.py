@@ -190,3 +190,25 @@ def test_bad_configs_are_refused_when_made(overrides, match):
 def test_negative_chunk_size_is_refused():
     with pytest.raises(ValueError, match="chunk_size"):
         small_model("yoco-gret").prefill(_ids(1, 10), chunk_size=-4)
+
+
+def test_add_linear_adds_into_the_residual_stream_without_gradients():
+    """Inference: the projection is added into ``x`` itself (no new tensor), equal to the plain
+    sum; training: a new tensor, and gradients reach ``x``, the input and the weight."""
+    from yoco_core.model import add_linear
+
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(12, 8, bias=False)
+    x, a = torch.randn(2, 3, 8, generator=g), torch.randn(2, 3, 12, generator=g)
+    want = x + lin(a).detach()
+    with torch.no_grad():
+        x1 = x.clone()
+        out = add_linear(x1, a, lin)
+    assert out.data_ptr() == x1.data_ptr()
+    torch.testing.assert_close(out, want)
+    xg = x.clone().requires_grad_()
+    out = add_linear(xg, a, lin)
+    assert out.data_ptr() != xg.data_ptr()
+    torch.testing.assert_close(out.detach(), want)
+    out.sum().backward()
+    assert xg.grad is not None and lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0

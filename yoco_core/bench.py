@@ -36,8 +36,9 @@ Analytic model (pure functions of a ``ModelConfig``; ``b`` = bytes per element o
   chunk states and score blocks ``2 B ceil(c / 64) H_s (64^2 + h^2) 4`` + the last position's
   logits ``2 B V 4``. An estimate, good to tens of percent, used to mark cells that cannot fit.
 
-Timing (``measure_cell``): random token ids; a warm-up (a short prefill at the cell's batch and a
-few decode steps, so Triton autotuning and kernel plan selection fall outside the timing); prefill
+Timing (``measure_cell``): random token ids; a warm-up (the same prefill and a few decode steps,
+so that compilation, Triton autotuning and cuDNN's per-length attention builds fall outside the
+timing: a 4K warm-up left them inside the Transformer's timed 128K prefill); prefill
 timed with CUDA events (``perf_counter`` on the CPU) around the whole prefill, the median of at
 least ``repeats`` runs, and of up to ``MAX_PREFILL_REPEATS`` while their total stays under
 ``PREFILL_BUDGET_S`` (a single 4K prefill after the warm-up measured 2-3x its steady time, so short
@@ -69,7 +70,7 @@ from .kernels.gret.chunk import CARRY_BLOCK, CHUNK
 from .model import build_model
 
 DEFAULT_YOCO_CHUNK = 8192            # prefill chunk of ``--chunk-size auto`` for our yoco (see default_chunk)
-WARMUP_TOKENS = 4096                 # warm-up prefill length for unchunked prefill
+WARMUP_TOKENS = 4096                 # warm-up cache length for decode-only cells
 WARMUP_STEPS = 3                     # warm-up decode steps
 PREFILL_BUDGET_S = 1.0               # short prefills are timed again while their total stays under this
 MAX_PREFILL_REPEATS = 5              # ... up to this many times (the median is reported)
@@ -657,13 +658,11 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
     ids = torch.randint(0, runner.config.vocab_size, (batch, ctx), device=dev, generator=gen)
 
     with torch.inference_mode():
-        # warm-up: a short prefill and a few decode steps at this batch
-        # chunked: two chunks, so the kernels that continue from a state are compiled and
-        # autotuned too; fla: the full length (its Triton kernels are compiled per length: a
-        # shorter warm-up left 4-7 s of compilation inside the timed prefill at 8K-16K);
-        # otherwise a prefix (the full length would double the cost of the long cells)
-        wl = ctx if runner.arch == "fla" else min(ctx, 2 * chunk if chunk else WARMUP_TOKENS)
-        logits, cache = runner.prefill(ids[:, :wl], chunk, WARMUP_STEPS + 1)
+        # warm-up: a whole prefill and a few decode steps at this batch. The whole length, because
+        # kernels are built per length: cuDNN's attention per sequence length (a 4K warm-up left
+        # its build inside the Transformer's timed 128K prefill), fla's Triton kernels per length
+        # (4-7 s of compilation at 8K-16K), the last position's attention over the whole cache
+        logits, cache = runner.prefill(ids, chunk, WARMUP_STEPS + 1)
         for _ in range(WARMUP_STEPS):
             logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
         logits = cache = None

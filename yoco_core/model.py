@@ -8,7 +8,9 @@ YOCO (arXiv 2405.05254) is a decoder-decoder::
 
 Every block is pre-norm: ``x + mixer(norm(x))`` then ``x + SwiGLU(norm(x))`` (RMSNorm, RoPE as in
 LLaMA, rotate-half layout). The Transformer baseline is the same block with causal GQA
-self-attention and a KV cache per layer.
+self-attention and a KV cache per layer. A mixer returns its heads' output before its ``o_proj``:
+the block adds ``o_proj`` of it (and the SwiGLU's ``down_proj``) into the residual stream with one
+matmul each (``add_linear``).
 
 Projections that read the same input are one matrix each (gRet's q | k | v | gate | decay logits,
 attention's q | k | v, SwiGLU's gate | up, YOCO's global k | v): one matmul instead of several.
@@ -51,9 +53,23 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
-    def forward(self, x, residual=None):
-        """The norm of ``x``; with ``residual``: ``(norm(x + residual), x + residual)`` in one pass."""
-        return fused.rms_norm(x, self.weight, self.eps, residual)
+    def forward(self, x):
+        return fused.rms_norm(x, self.weight, self.eps)
+
+
+def add_linear(x, a, linear: nn.Linear):
+    """``x + linear(a)``: a projection added to the residual stream ``x``. Without gradients the
+    matmul adds into ``x`` itself (``addmm`` with ``out=x``: cuBLAS reads the output it
+    overwrites; unlike ``addmm_``, FLOP counters see it), one kernel and no new tensor instead of a
+    matmul and an add, so ``x`` is the caller's to give up; with gradients (training), the plain
+    sum."""
+    w = linear.weight
+    if (torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or w.requires_grad)) \
+            or linear.bias is not None or not x.is_contiguous() or not x.dtype == a.dtype == w.dtype:
+        return x + linear(a)
+    x2 = x.view(-1, x.shape[-1])
+    torch.addmm(x2, a.reshape(-1, a.shape[-1]), w.t(), out=x2)
+    return x
 
 
 def fused_linear(owner: nn.Module, name: str, dim: int, parts: tuple[tuple[str, int], ...]) -> None:
@@ -106,8 +122,11 @@ class SwiGLU(nn.Module):
         fused_linear(self, "gate_up", dim, (("gate_proj", hidden), ("up_proj", hidden)))
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
+    def hidden(self, x):
+        return fused.silu_mul(self.gate_up(x))
+
     def forward(self, x):
-        return self.down_proj(fused.silu_mul(self.gate_up(x)))
+        return self.down_proj(self.hidden(x))
 
 
 class GatedRetention(nn.Module):
@@ -133,13 +152,11 @@ class GatedRetention(nn.Module):
         H, D = self.n_heads, self.head_dim
         p = self.proj(x)
         if n == 1 and state is not None:      # a decoding step: one fused kernel after the matmul
-            o, state = fused.gret_decode(p, *rope, state, H, D ** -0.5, self.normalizer, self.eps, state_out)
-            return self.o_proj(o), state
-        q, k = fused.rope(p[..., : 2 * d].view(B, n, 2 * H, D), *rope, n_first=H)
-        v = p[..., 2 * d: 3 * d].view(B, n, H, D)
+            return fused.gret_decode(p, *rope, state, H, D ** -0.5, self.normalizer, self.eps, state_out)
+        q, k, v = fused.rope(p[..., : 3 * d].view(B, n, 3 * H, D), *rope, n_first=H, n_plain=H)
         g = F.logsigmoid(p[..., 4 * d:].float()) / self.normalizer
         o, state = gated_retention(q, k, v, g, D ** -0.5, state)
-        return self.o_proj(fused.head_norm_gate(o, p[..., 3 * d: 4 * d], self.eps)), state
+        return fused.head_norm_gate(o, p[..., 3 * d: 4 * d], self.eps), state
 
 
 class SlidingWindowAttention(nn.Module):
@@ -156,15 +173,13 @@ class SlidingWindowAttention(nn.Module):
         B, n, d = x.shape
         H, D = self.n_heads, self.head_dim
         p = self.qkv(x)
-        q, k = fused.rope(p[..., : 2 * d].view(B, n, 2 * H, D), *rope, n_first=H)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = p[..., 2 * d:].view(B, n, H, D).transpose(1, 2)
+        q, k, v = (t.transpose(1, 2) for t in fused.rope(p.view(B, n, 3 * H, D), *rope, n_first=H, n_plain=H))
         if state is not None:
             k, v = torch.cat((state[0], k), dim=2), torch.cat((state[1], v), dim=2)
         o = sliding_window_attend(q, k, v, self.window)
         keep = self.window - 1
         state = (k[:, :, -keep:].contiguous(), v[:, :, -keep:].contiguous())
-        return self.o_proj(o.transpose(1, 2).reshape(B, n, d)), state
+        return o.transpose(1, 2).reshape(B, n, d), state
 
 
 class CrossAttention(nn.Module):
@@ -186,7 +201,7 @@ class CrossAttention(nn.Module):
         if qscale is not None:
             q = q * qscale[None, :, None, None]
         o = attend(q.transpose(1, 2), k, v, length)
-        return self.o_proj(o.transpose(1, 2).reshape(B, n, -1))
+        return o.transpose(1, 2).reshape(B, n, -1)
 
 
 class SelfAttention(nn.Module):
@@ -216,7 +231,7 @@ class SelfAttention(nn.Module):
             buf.append(k, v)
             k, v = buf.view()
         o = attend(q.transpose(1, 2), k, v, length)
-        return self.o_proj(o.transpose(1, 2).reshape(B, n, -1)), buf
+        return o.transpose(1, 2).reshape(B, n, -1), buf
 
 
 class Block(nn.Module):
@@ -228,15 +243,17 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.dim, cfg.ffn_dim)
 
     def forward(self, x, *args):
-        h, extra = self.attn(self.attn_norm(x), *args)
-        h, x = self.mlp_norm(h, residual=x)          # x + h, and its norm, in one pass
-        return x + self.mlp(h), extra
+        """``x``: the residual stream, updated in place when no gradient is needed (``add_linear``)."""
+        o, extra = self.attn(self.attn_norm(x), *args)
+        return self._mlp(add_linear(x, o, self.attn.o_proj)), extra
+
+    def _mlp(self, x):
+        return add_linear(x, self.mlp.hidden(self.mlp_norm(x)), self.mlp.down_proj)
 
 
 class CrossBlock(Block):
     def forward(self, x, cross, k, v, length=None):
-        h, x = self.mlp_norm(self.attn(self.attn_norm(x), cross, k, v, length), residual=x)
-        return x + self.mlp(h)
+        return self._mlp(add_linear(x, self.attn(self.attn_norm(x), cross, k, v, length), self.attn.o_proj))
 
 
 class CausalLM(nn.Module):

@@ -44,16 +44,16 @@ def _tk():
     return triton_kernels
 
 
-def rms_norm(x, weight, eps: float, residual=None):
-    if backend_for(x, weight, residual) == "triton":
-        return _tk().rms_norm(x, weight, eps, residual)
-    return rms_norm_ref(x, weight, eps, residual)
+def rms_norm(x, weight, eps: float):
+    if backend_for(x, weight) == "triton":
+        return _tk().rms_norm(x, weight, eps)
+    return rms_norm_ref(x, weight, eps)
 
 
-def rope(x, cos, sin, n_first: int | None = None):
+def rope(x, cos, sin, n_first: int | None = None, n_plain: int = 0):
     if _pow2(x.shape[-1] // 2) and backend_for(x) == "triton":
-        return _tk().rope(x, cos, sin, n_first)
-    return rope_ref(x, cos, sin, n_first)
+        return _tk().rope(x, cos, sin, n_first, n_plain)
+    return rope_ref(x, cos, sin, n_first, n_plain)
 
 
 def silu_mul(gu):

@@ -11,28 +11,29 @@ import torch
 import torch.nn.functional as F
 
 
-def rms_norm_ref(x, weight, eps: float, residual=None):
-    """RMSNorm (over the last dim, times ``weight`` unless it is None). With ``residual``: the norm
-    of ``x + residual``, returned together with that sum: ``(normed, x + residual)``."""
-    if residual is not None:
-        x = x + residual
+def rms_norm_ref(x, weight, eps: float):
+    """RMSNorm over the last dim, times ``weight`` unless it is None."""
     xf = x.float()
     y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    if weight is not None:
-        y = weight * y
-    return y if residual is None else (y, x)
+    return y if weight is None else weight * y
 
 
-def rope_ref(x, cos, sin, n_first: int | None = None):
+def rope_ref(x, cos, sin, n_first: int | None = None, n_plain: int = 0):
     """Rotary embedding (rotate-half layout) of ``x`` ``[B, n, H, D]`` with ``cos`` / ``sin``
     ``[n, D]``. With ``n_first``: the heads are two groups (queries then keys, as a fused
     projection lays them out), returned as two contiguous tensors ``[B, n, n_first, D]`` and
-    ``[B, n, H - n_first, D]``."""
+    ``[B, n, H - n_first, D]``. With ``n_plain`` (needs ``n_first``): the last ``n_plain`` heads
+    (values, next in the projection) are not rotated, only returned as a third contiguous tensor."""
+    if n_plain and n_first is None:
+        raise ValueError("n_plain needs n_first")
+    H = x.shape[2] - n_plain
+    plain, x = x[:, :, H:].contiguous(), x[:, :, :H]
     x1, x2 = x.chunk(2, dim=-1)
     out = x * cos[:, None, :] + torch.cat((-x2, x1), dim=-1) * sin[:, None, :]
     if n_first is None:
         return out
-    return out[:, :, :n_first].contiguous(), out[:, :, n_first:].contiguous()
+    q, k = out[:, :, :n_first].contiguous(), out[:, :, n_first:].contiguous()
+    return (q, k, plain) if n_plain else (q, k)
 
 
 def silu_mul_ref(gu):

@@ -6,9 +6,10 @@ decoding step (one token) the launches, not the bytes, were the cost (a YOCO-3B 
 kernels, 4.9 ms of GPU time for 2.3 ms of memory traffic); in prefill the float32 intermediates of
 the unfused norms, RoPE and gates were 40% of a 16K chunk's time.
 
-* ``rms_norm``: RMSNorm of a row, optionally of ``x + residual`` (the sum written too).
+* ``rms_norm``: RMSNorm of a row.
 * ``rope``: rotary embedding of the heads of a strided view (a slice of a fused projection),
-  written as one or two contiguous tensors (queries, keys).
+  written as one or two contiguous tensors (queries, keys), and optionally the values beside them
+  copied into a third (the contiguous q, k, v fla-core's gated retention takes, in one pass).
 * ``silu_mul``: SwiGLU's ``silu(gate) * up`` from the fused gate/up projection.
 * ``head_norm_gate``: gated retention's per-head RMSNorm times ``silu(gate)``.
 * ``gret_decode``: a whole gated-retention decoding step per (row, head): RoPE on q and k, the
@@ -46,17 +47,11 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 # -- RMSNorm ---------------------------------------------------------------------------------------
 @triton.jit
-def _rms_norm_kernel(X, RES, W, Y, XO, sx, sr, sy, sxo, N, eps,
-                     HAS_RES: tl.constexpr, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+def _rms_norm_kernel(X, W, Y, sx, sy, N, eps, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < N
-    x = tl.load(X + row * sx + cols, mask=m, other=0.0)
-    if HAS_RES:
-        r = tl.load(RES + row * sr + cols, mask=m, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(XO.dtype.element_ty)
-        tl.store(XO + row * sxo + cols, x, mask=m)
-    xf = x.to(tl.float32)
+    xf = tl.load(X + row * sx + cols, mask=m, other=0.0).to(tl.float32)
     inv = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / N + eps)
     y = (xf * inv).to(Y.dtype.element_ty)
     if HAS_W:
@@ -65,29 +60,25 @@ def _rms_norm_kernel(X, RES, W, Y, XO, sx, sr, sy, sxo, N, eps,
     tl.store(Y + row * sy + cols, y, mask=m)
 
 
-def rms_norm(x, weight, eps: float, residual=None):
+def rms_norm(x, weight, eps: float):
     shape = x.shape
     N = shape[-1]
     x2, R, sx = _rows(x)
     y = torch.empty(shape, device=x.device, dtype=x.dtype)
-    if residual is not None:
-        r2, _, sr = _rows(residual.expand(shape))
-        xo = torch.empty(shape, device=x.device, dtype=x.dtype)
-    else:
-        r2, sr, xo = x2, 0, y
     if R:
         BLOCK = triton.next_power_of_2(N)
         _launched()
-        _rms_norm_kernel[(R,)](x2, r2, weight if weight is not None else x2, y, xo, sx, sr, N, N, N, eps,
-                               HAS_RES=residual is not None, HAS_W=weight is not None, BLOCK=BLOCK,
-                               num_warps=min(16, max(1, BLOCK // 256)))
-    return y if residual is None else (y, xo)
+        _rms_norm_kernel[(R,)](x2, weight if weight is not None else x2, y, sx, N, N, eps,
+                               HAS_W=weight is not None, BLOCK=BLOCK, num_warps=min(16, max(1, BLOCK // 256)))
+    return y
 
 
 # -- RoPE ------------------------------------------------------------------------------------------
 @triton.jit
-def _rope_kernel(X, COS, SIN, OUT, sxr, n_pos, R, HQ, HK, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
-    """One row (token) per program, all its heads at once: ``[BLOCK_H, HALF]`` tiles."""
+def _rope_kernel(X, COS, SIN, OUT, sxr, n_pos, R, HQ, HK, HV, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_V: tl.constexpr):
+    """One row (token) per program, all its heads at once: a ``[BLOCK_H, HALF]`` tile of rotated
+    heads, then (``BLOCK_V`` > 0) a ``[BLOCK_V, D]`` tile of plain heads, copied."""
     r = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = 2 * HALF
     t = r % n_pos
@@ -104,24 +95,37 @@ def _rope_kernel(X, COS, SIN, OUT, sxr, n_pos, R, HQ, HK, HALF: tl.constexpr, BL
     off = tl.where(h < HQ, r * HQ * D + h * D, R * HQ * D + r * HK * D + (h - HQ) * D)[:, None] + i[None, :]
     tl.store(OUT + off, (x1 * c1 - x2 * s1).to(OUT.dtype.element_ty), mask=m)
     tl.store(OUT + off + HALF, (x2 * c2 + x1 * s2).to(OUT.dtype.element_ty), mask=m)
+    if BLOCK_V > 0:
+        hv = tl.arange(0, BLOCK_V).to(tl.int64)
+        j = tl.arange(0, D)
+        mv = (hv < HV)[:, None]
+        val = tl.load(X + r * sxr + (HQ + HK) * D + hv[:, None] * D + j[None, :], mask=mv, other=0.0)
+        tl.store(OUT + R * (HQ + HK) * D + r * HV * D + hv[:, None] * D + j[None, :], val, mask=mv)
 
 
-def rope(x, cos, sin, n_first: int | None = None):
+def rope(x, cos, sin, n_first: int | None = None, n_plain: int = 0):
     B, n, H, D = x.shape
+    if n_plain and n_first is None:
+        raise ValueError("n_plain needs n_first")
     if x.stride(-1) != 1 or x.stride(-2) != D or x.stride(0) != n * x.stride(1):
         x = x.contiguous()
     cos, sin = cos.contiguous(), sin.contiguous()
-    HQ = H if n_first is None else n_first
-    HK = H - HQ
+    HV = n_plain
+    HQ = H - HV if n_first is None else n_first
+    HK = H - HV - HQ
     R = B * n
     out = torch.empty(R * H * D, device=x.device, dtype=x.dtype)
     if R and H:
-        BLOCK_H = triton.next_power_of_2(H)
+        BLOCK_H = triton.next_power_of_2(HQ + HK)
+        BLOCK_V = triton.next_power_of_2(HV) if HV else 0
         _launched()
-        _rope_kernel[(R,)](x, cos, sin, out, x.stride(1), n, R, HQ, HK, HALF=D // 2, BLOCK_H=BLOCK_H,
-                           num_warps=min(8, max(1, BLOCK_H * D // 1024)))
+        _rope_kernel[(R,)](x, cos, sin, out, x.stride(1), n, R, HQ, HK, HV, HALF=D // 2, BLOCK_H=BLOCK_H,
+                           BLOCK_V=BLOCK_V, num_warps=min(8, max(1, BLOCK_H * D // 1024)))
     q = out[: R * HQ * D].view(B, n, HQ, D)
-    return q if n_first is None else (q, out[R * HQ * D:].view(B, n, HK, D))
+    if n_first is None:
+        return q
+    k = out[R * HQ * D: R * (HQ + HK) * D].view(B, n, HK, D)
+    return (q, k, out[R * (HQ + HK) * D:].view(B, n, HV, D)) if HV else (q, k)
 
 
 # -- SwiGLU ----------------------------------------------------------------------------------------
