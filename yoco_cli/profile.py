@@ -33,7 +33,7 @@ CtxOpt = Annotated[str, typer.Option(
 BatchOpt = Annotated[str, typer.Option("--batch", help="Comma list of batch sizes.")]
 GenOpt = Annotated[int, typer.Option("--gen-tokens", help="Decode steps timed per cell (median reported).")]
 ChunkOpt = Annotated[str, typer.Option(
-    "--chunk-size", help="Prefill chunk in tokens; auto: 16k for yoco, unchunked for transformer, hf and "
+    "--chunk-size", help="Prefill chunk in tokens; auto: 8k for yoco, unchunked for transformer, hf and "
                          "fla (whose cache takes one token per call after the first); 0: unchunked for all.")]
 SelfDecOpt = Annotated[str, typer.Option("--self-decoder", help="Self-decoder of arch yoco: gret or swa.")]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Least prefills timed per cell; short ones are repeated up to 5 times within 1 s (median reported).")]

@@ -614,7 +614,7 @@ def build_runner(arch: str, size: str, device, dtype: torch.dtype, max_tokens: i
 # -- one cell --------------------------------------------------------------------------------
 def default_chunk(arch: str) -> int | None:
     """The prefill chunk of ``--chunk-size auto``: 8K tokens for our YOCO (YOCO-3B at 1M on an H100:
-    12.5 GB peak and 6.25 s with 8K chunks, 13.1 GB and 6.24 s with 16K; its prefill memory is
+    12.48 GB peak and 6.01 s with 8K chunks, 12.55 GB and 5.93 s with 16K; its prefill memory is
     then bounded); unchunked for the Transformers (as users run them) and for fla's YOCO, whose
     cache takes only one new token per call after the first (measured: a second prefill chunk
     fails with "only support q_len == 1 for decoding" in flash-linear-attention 0.6.0)."""
