@@ -36,6 +36,15 @@ def arch(request):
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def assert_close_scaled(out, ref, tol: float = 1e-4) -> None:
+    """The kernel tests' one check: ``out`` finite, of ``ref``'s shape, and
+    max |out - ref| / max(1, max |ref|) below ``tol`` (computed in float64)."""
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    err = float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1.0))
+    assert err < tol, err
+
+
 def run_interpreted(test_file: str, min_passed: int, **env) -> None:
     """Rerun ``test_file`` (but its ``test_interpreted_suite``) in a subprocess with
     ``TRITON_INTERPRET=1`` (and ``env``) set before triton is first imported; fail unless at least

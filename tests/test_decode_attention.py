@@ -15,7 +15,7 @@ Inputs random (never zeros). Tolerance: max abs error / max(1, max |reference|) 
 import pytest
 import torch
 
-from conftest import interpreted_module, run_interpreted
+from conftest import assert_close_scaled as _close, interpreted_module, run_interpreted
 from yoco_core.kernels import decode_attention as da
 from yoco_core.kernels.decode_attention import decode_attention_ref
 
@@ -43,13 +43,6 @@ def _inputs(B, H, H_kv, C, D, seed, dtype=torch.float32):
 
 def _ref64(q, k, v, length):
     return decode_attention_ref(q.double(), k.double(), v.double(), length, dtype=torch.float64)
-
-
-def _close(out, ref, tol):
-    assert out.shape == ref.shape
-    assert torch.isfinite(out).all()
-    err = float((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1.0))
-    assert err < tol, err
 
 
 def _run(sk, *args, **kwargs):

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_close_scaled as _close
 from yoco_core.kernels.attention import attend, attention_ref, sliding_window_attend
 from yoco_core.kernels.gret import gated_retention, gret_chunk, gret_parallel_ref, gret_recurrent_ref, gret_step
 
@@ -16,12 +17,6 @@ def _gret_inputs(B, T, H, K, V, seed):
     gate = F.logsigmoid(torch.randn(B, T, H, generator=g) * 3) / 4   # a wide spread of decays
     s0 = torch.randn(B, H, K, V, generator=g)
     return q, k, v, gate, s0
-
-
-def _close(a, b, tol=1e-4):
-    scale = b.abs().max().clamp_min(1.0)
-    assert torch.isfinite(a).all()
-    assert (a - b).abs().max() / scale < tol, float((a - b).abs().max() / scale)
 
 
 @pytest.mark.parametrize("T,chunk", [(1, 64), (5, 4), (37, 8), (64, 64), (130, 32)])

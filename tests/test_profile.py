@@ -111,7 +111,7 @@ def test_run_cell_records_injected_oom_and_the_runner_still_works(monkeypatch):
     assert res.status == "oom" and "injected" in res.note and res.prefill_s is None
     res = bench.run_cell(runner, 48, 2, 2, None)
     assert res.status == "ok" and res.prefill_s > 0 and res.decode_ms > 0
-    assert res.cache_bytes == sum(bench.cache_bytes(runner.config, 48, 2, 4, reserve=2 + bench.WARMUP_STEPS + 1).values())
+    assert res.cache_bytes == sum(bench.cache_bytes(runner.config, 48, 2, 4, reserve=bench.decode_reserve(2)).values())
 
     def broken(ids, cache):
         raise ValueError("kernel exploded\nsecond line")
@@ -149,7 +149,7 @@ def test_decode_only_sweep_has_no_prefill_and_refuses_peers(tmp_path, capsys):
 
 
 def test_cells_over_memory_by_estimate_are_skipped_unbuilt(tmp_path, monkeypatch):
-    est = bench.estimate_memory(get_config("yoco-tiny"), 96, 1, 4, reserve=2 + bench.WARMUP_STEPS + 1)["total"]
+    est = bench.estimate_memory(get_config("yoco-tiny"), 96, 1, 4, reserve=bench.decode_reserve(2))["total"]
     monkeypatch.setattr(bench, "device_memory", lambda device: est - 1)
     monkeypatch.setattr(bench, "build_runner", lambda *a, **k: pytest.fail("built a model for skipped cells"))
     assert main(["profile", "--arch", "yoco", "--size", "tiny", "--ctx", "96,192", "--batch", "1",
@@ -172,7 +172,6 @@ def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys
     out = tmp_path / "prof"
     monkeypatch.setenv(bench.INJECT_ENV, "yoco:128:1")
     argv = [*ARGS, "--arch", "yoco,transformer,hf", "--ctx", "64,128", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", ["yoco", *argv])     # what command_line() records
     rc = main(argv)
     assert rc == 0
     with open(out / "profile.csv", newline="") as f:
@@ -203,7 +202,7 @@ def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys
             want = bench.cache_bytes(cfg_t, T, B, 4)["kv"]
         else:
             cfg = get_config(r["model"])
-            want = sum(bench.cache_bytes(cfg, T, B, 4, reserve=2 + bench.WARMUP_STEPS + 1).values())
+            want = sum(bench.cache_bytes(cfg, T, B, 4, reserve=bench.decode_reserve(2)).values())
         assert r["cache_gb"] * GB == pytest.approx(want), (r["arch"], T, B)
 
     for name in ("profile_memory.png", "profile_prefill.png", "profile_throughput.png",

@@ -93,7 +93,7 @@ def needle(
 
     cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
 
-    dtype_name = str(lm.dtype).removeprefix("torch.")
+    dtype_name = nd.dtype_label(lm.dtype)
 
     def key(c, d, t):
         return schemas.NEEDLE.key_of(dict(model=model, task=task, haystack=hay.name, ctx_requested=c, depth=d,

@@ -136,7 +136,7 @@ _ARGV: list[str] | None = None   # set by main() to the arguments it was given
 
 def set_argv(argv: list[str] | None) -> None:
     global _ARGV
-    _ARGV = list(sys.argv[1:] if argv is None else argv)
+    _ARGV = None if argv is None else list(argv)      # None: command_line reads sys.argv
 
 
 def command_line() -> str:

@@ -42,28 +42,15 @@ DecodeOnlyOpt = Annotated[bool, typer.Option(
                           "(same cost per step), for throughput sweeps over large batches. yoco and transformer only.")]
 
 
-def _parse_archs(text: str) -> list[str]:
-    from yoco_core.bench import ARCHS
-
-    archs = [a.strip().lower() for a in text.split(",") if a.strip()]
-    if not archs:
-        fail("empty --arch list")
-    for a in archs:
-        if a not in ARCHS:
-            fail(f"unknown arch {a!r} (use {', '.join(ARCHS)})")
-    return list(dict.fromkeys(archs))
-
-
-def _parse_sizes(text: str) -> list[str]:
-    from yoco_core.config import SIZES
-
-    sizes = [s.strip().lower() for s in text.split(",") if s.strip()]
-    if not sizes:
-        fail("empty --size list")
-    for s in sizes:
-        if s not in SIZES:
-            fail(f"unknown size {s!r} (use {', '.join(SIZES)})")
-    return list(dict.fromkeys(sizes))
+def _parse_choices(text: str, allowed, option: str) -> list[str]:
+    """A comma list of ``allowed`` names (case-insensitive, duplicates dropped), else a one-line error."""
+    names = [a.strip().lower() for a in text.split(",") if a.strip()]
+    if not names:
+        fail(f"empty {option} list")
+    for a in names:
+        if a not in allowed:
+            fail(f"unknown {option.removeprefix('--')} {a!r} (use {', '.join(allowed)})")
+    return list(dict.fromkeys(names))
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -96,10 +83,13 @@ def profile(
     """Profile prefill, decode and memory over contexts and batch sizes (CSV + plots)."""
     from pathlib import Path
 
-    archs = _parse_archs(arch)
+    from yoco_core.bench import ARCHS
+    from yoco_core.config import SIZES
+
+    archs = _parse_choices(arch, ARCHS, "--arch")
     dev = resolve_device(device)
     kind = "cuda" if dev.startswith("cuda") else "cpu"
-    sizes = _parse_sizes(DEFAULT_SIZE[kind] if size.strip().lower() == "auto" else size)
+    sizes = _parse_choices(DEFAULT_SIZE[kind] if size.strip().lower() == "auto" else size, SIZES, "--size")
     ctxs = parse_size_list(DEFAULT_CTX[kind] if ctx.strip().lower() == "auto" else ctx,
                            doubling_from=CTX_DOUBLING_FROM)
     batches = parse_size_list(batch)
@@ -139,7 +129,7 @@ def profile(
         fail(str(e))
 
     elem = bench.dtype_bytes(torch_dtype)
-    reserve = gen_tokens + bench.WARMUP_STEPS + 1
+    reserve = bench.decode_reserve(gen_tokens)
     max_tokens = max(ctxs) + reserve
     cells = [(a, s, b, c) for a in archs for s in sizes for b in batches for c in ctxs]
 
@@ -241,7 +231,7 @@ def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chu
                     if runner is None:
                         row.update(status=build_failed[0], note=build_failed[1])
                     else:
-                        row["model"], row["params"] = runner.model_name, runner.params
+                        row["params"] = runner.params
                         res = bench.run_cell(runner, c, b, gen_tokens, chunk or None, repeats, seed, decode_only)
                         row.update(status=res.status, note=res.note)
                         if res.status == "oom":

@@ -196,7 +196,7 @@ def activation_bytes(cfg: ModelConfig, chunk: int, batch: int, elem: int) -> int
 def estimate_memory(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int | None = None,
                     reserve: int = 0) -> dict[str, int]:
     """Memory a cell needs: ``weights`` + ``cache`` + ``activations`` = ``total`` (bytes)."""
-    c = ctx if not chunk or chunk >= ctx else chunk
+    c = effective_chunk(chunk, ctx) or ctx
     cache = cache_bytes(cfg, ctx, batch, elem, reserve)
     out = {"weights": cfg.n_params() * elem, "cache": cache["kv"] + cache["state"],
            "activations": activation_bytes(cfg, c, batch, elem)}
@@ -296,7 +296,6 @@ class Ceilings:
     matmul_tflops: float          # measured dense matmul rate in the run's dtype
     copy_tbs: float               # measured device copy bandwidth, bytes read + written, TB/s
     matmul_n: int = 0
-    copy_bytes: int = 0
 
 
 def _median_seconds(clock: Clock, fn, reps: int, warm: int) -> float:
@@ -343,7 +342,7 @@ def measure_ceilings(device, dtype: torch.dtype, matmul_n: int | None = None,
     numel = nbytes // 4
     tbs = 2.0 * numel * 4 / _copy_seconds(clock, numel, gen, reps) / 1e12
     release(device)
-    return Ceilings(matmul_tflops=tflops, copy_tbs=tbs, matmul_n=n, copy_bytes=numel * 4)
+    return Ceilings(matmul_tflops=tflops, copy_tbs=tbs, matmul_n=n)
 
 
 # -- runners: one interface for our models and the peers ------------------------------------
@@ -380,12 +379,9 @@ class Runner:
     ``decode(ids [B, 1], cache) -> (logits [B, V], cache)``, ``cache_nbytes(cache)``.
     ``config`` is the same-shaped ``ModelConfig`` the analytic model uses."""
     arch: str
-    size: str
-    model_name: str
     config: ModelConfig
     model: Any
     device: torch.device
-    dtype: torch.dtype
     params: int
     extra: dict = field(default_factory=dict)
 
@@ -456,7 +452,7 @@ class HFRunner(Runner):
     @torch.inference_mode()
     def prefill(self, ids, chunk_size, reserve):
         T = ids.shape[1]
-        step = T if not chunk_size or chunk_size >= T else int(chunk_size)
+        step = effective_chunk(chunk_size, T) or T
         cache = logits = None
         for s in range(0, T, step):
             logits, cache = self._call(ids[:, s: s + step], cache, logits_to_keep=1,
@@ -571,8 +567,7 @@ def build_runner(arch: str, size: str, device, dtype: torch.dtype, max_tokens: i
             model = build_model(cfg, device=device, dtype=dtype, seed=seed)
         finally:
             torch.set_default_dtype(previous)
-        return NativeRunner(arch=arch, size=size, model_name=cfg.name, config=cfg, model=model,
-                            device=device, dtype=dtype, params=cfg.n_params())
+        return NativeRunner(arch=arch, config=cfg, model=model, device=device, params=cfg.n_params())
     check_peer(arch, device)
     torch.manual_seed(seed)
     if arch == "hf":
@@ -591,8 +586,7 @@ def build_runner(arch: str, size: str, device, dtype: torch.dtype, max_tokens: i
         impl = getattr(model.config, "_attn_implementation", None)
         if impl != "sdpa":
             raise RuntimeError(f"transformers chose attention {impl!r} for Llama, not sdpa")
-        return HFRunner(arch=arch, size=size, model_name=model_name(arch, size), config=cfg, model=model,
-                        device=device, dtype=dtype, params=_count_params(model))
+        return HFRunner(arch=arch, config=cfg, model=model, device=device, params=_count_params(model))
     from fla.models.yoco import YOCOConfig, YOCOForCausalLM
 
     half = cfg.n_layers // 2
@@ -606,8 +600,7 @@ def build_runner(arch: str, size: str, device, dtype: torch.dtype, max_tokens: i
         intermediate_size=cfg.ffn_dim, vocab_size=cfg.vocab_size, norm_eps=cfg.norm_eps,
         max_position_embeddings=max_tokens, tie_word_embeddings=False, fuse_cross_entropy=False)
     model = _hf_from_config(YOCOForCausalLM, fla_cfg, device, dtype)
-    return HFRunner(arch=arch, size=size, model_name=model_name(arch, size), config=cfg, model=model,
-                    device=device, dtype=dtype, params=_count_params(model),
+    return HFRunner(arch=arch, config=cfg, model=model, device=device, params=_count_params(model),
                     extra={"prefill_kwargs": {"skip_cross_decoder": True}})
 
 
@@ -644,6 +637,17 @@ class CellResult:
     note: str = ""
 
 
+def decode_reserve(gen_tokens: int) -> int:
+    """Cache positions reserved beyond the context: the timed steps, the warm-up steps, one spare.
+    The memory estimate and the cache a cell allocates both use it."""
+    return gen_tokens + WARMUP_STEPS + 1
+
+
+def _cell_generator(dev, seed: int, ctx: int, batch: int) -> torch.Generator:
+    """The random token ids of one cell: the same for every arch, different per cell."""
+    return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ctx * 131 + batch)
+
+
 def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
                  repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
     """Time one cell (raises on out-of-memory; ``run_cell`` catches). See the module docstring.
@@ -652,10 +656,9 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
         return _measure_decode_only(runner, ctx, batch, gen_tokens, seed)
     dev = runner.device
     clock = Clock(dev)
-    reserve = gen_tokens + WARMUP_STEPS + 1
+    reserve = decode_reserve(gen_tokens)
     chunk = effective_chunk(chunk_size, ctx) or None
-    gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ctx * 131 + batch)
-    ids = torch.randint(0, runner.config.vocab_size, (batch, ctx), device=dev, generator=gen)
+    ids = torch.randint(0, runner.config.vocab_size, (batch, ctx), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
 
     with torch.inference_mode():
         # warm-up: a whole prefill and a few decode steps at this batch. The whole length, because
@@ -709,8 +712,7 @@ def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int
 def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, seed: int) -> CellResult:
     dev = runner.device
     clock = Clock(dev)
-    gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ctx * 131 + batch)
-    tok = torch.randint(0, runner.config.vocab_size, (batch, 1), device=dev, generator=gen)
+    tok = torch.randint(0, runner.config.vocab_size, (batch, 1), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
     with torch.inference_mode():
         cache = runner.random_cache(batch, min(ctx, WARMUP_TOKENS), WARMUP_STEPS + 1, seed)   # warm-up
         for _ in range(WARMUP_STEPS):
@@ -718,7 +720,7 @@ def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, 
         cache = None
         runner.end_cell()
         reset_memory(dev)
-        cache = runner.random_cache(batch, ctx, gen_tokens + WARMUP_STEPS + 1, seed)
+        cache = runner.random_cache(batch, ctx, decode_reserve(gen_tokens), seed)
         res = _timed_decode(runner, clock, tok, cache, ctx, batch, gen_tokens)
     res.note = "decode only: cache of random values, no prefill"
     return res

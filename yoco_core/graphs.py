@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernels.decode_attention import supports_head_dim
+
 
 class EagerDecoder:
     def __init__(self, model, cache):
@@ -98,15 +100,11 @@ def graph_capable(model) -> bool:
     """gRet YOCO or Transformer, with a head size the split-KV kernel takes (a power of two, 16-256;
     e.g. not OpenLLaMA-3B's 100): the others decode eagerly."""
     cfg = model.config
-    d = cfg.head_dim
-    kernel_ok = 16 <= d <= 256 and d & (d - 1) == 0
-    return kernel_ok and (cfg.arch == "transformer" or cfg.self_decoder == "gret")
+    return supports_head_dim(cfg.head_dim) and (cfg.arch == "transformer" or cfg.self_decoder == "gret")
 
 
-def make_decoder(model, cache, use_graph: bool | None = None):
+def make_decoder(model, cache):
     """The fastest correct one-token decoder for this model and device."""
-    if use_graph is None:
-        use_graph = model.device.type == "cuda"
-    if use_graph and model.device.type == "cuda" and graph_capable(model):
+    if model.device.type == "cuda" and graph_capable(model):
         return CUDAGraphDecoder(model, cache)
     return EagerDecoder(model, cache)

@@ -113,10 +113,9 @@ def rope_cos_sin(positions, head_dim: int, theta: float, dtype, scaling: dict | 
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-
-
-
 class SwiGLU(nn.Module):
+    """The feed-forward weights; the block adds ``down_proj(hidden(x))`` into the residual stream."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         fused_linear(self, "gate_up", dim, (("gate_proj", hidden), ("up_proj", hidden)))
@@ -124,9 +123,6 @@ class SwiGLU(nn.Module):
 
     def hidden(self, x):
         return fused.silu_mul(self.gate_up(x))
-
-    def forward(self, x):
-        return self.down_proj(self.hidden(x))
 
 
 class GatedRetention(nn.Module):
@@ -422,8 +418,9 @@ class YOCO(CausalLM):
         for i, layer in enumerate(self.self_layers):
             x, _ = layer(x, rs, cache.states[i], cache.states[i])     # the state updated in place
         cache.kv.write_at(at, *self.global_kv(x, cross[0]))
+        length = at + 1
         for layer in self.cross_layers:
-            x = layer(x, cross, cache.kv.k, cache.kv.v, at + 1)
+            x = layer(x, cross, cache.kv.k, cache.kv.v, length)
         return self.logits(x)
 
 

@@ -441,6 +441,11 @@ def score(expected: Sequence[str], prediction: str) -> float:
     return hits / len(expected)
 
 
+def dtype_label(dtype) -> str:
+    """The ``dtype`` column (``float32``, ``bfloat16``): part of a row's resume key."""
+    return str(dtype).removeprefix("torch.")
+
+
 def cell_rng(seed: int, task: str, ctx: int, depth: float, n_needles: int, trial: int) -> random.Random:
     """The generator a cell's keys and values come from: one per (seed, cell, trial)."""
     return random.Random(f"yoco-needle:{seed}:{task}:{int(ctx)}:{round(float(depth), 6)!r}:{n_needles}:{trial}")
@@ -474,7 +479,7 @@ def run_cell(model, ctx: int, depth: float, task: str = "single", n_needles: int
         "score": score(sample.expected, prediction),
         "prefill_seconds": round(gen.prefill_seconds, 6),
         "device": device_name(model.device),
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": dtype_label(model.dtype),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 

@@ -83,10 +83,6 @@ class Batch:
     kind: np.ndarray       # int8  [B, length + 1]: IGNORE / CONTEXT / ANSWER of each token
     tasks: list[str]
 
-    @property
-    def length(self) -> int:
-        return self.ids.shape[1] - 1
-
 
 class PoolHaystack(nd.Haystack):
     """Prose sentences of a fixed pool, starting at a given sentence and wrapping around:
@@ -268,16 +264,3 @@ def _pad(ids: list[int], kind: list[int], n_tokens: int, pad_id: int) -> tuple[n
     k = np.fromiter(kind + [IGNORE] * short, dtype=np.int8, count=n_tokens)
     return out, k
 
-
-def generator_speed(tokenizer: Tokenizer, length: int = 4096, batch_tokens: int = 65536,
-                    steps: int = 5, seed: int = 0) -> float:
-    """Tokens per second of ``SyntheticData.batch`` alone on this CPU (after a warm-up batch)."""
-    import time
-
-    data = SyntheticData(tokenizer, seed)
-    bs = max(1, batch_tokens // length)
-    data.batch(0, bs, length)
-    t0 = time.perf_counter()
-    for s in range(1, steps + 1):
-        data.batch(s, bs, length)
-    return steps * bs * length / (time.perf_counter() - t0)

@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ from . import checkpoint as ckpt
 from .checkpoint import CheckpointError, load_state, read_config, read_state_dict, save_model
 from .config import PRESETS, ModelConfig, get_config
 from .model import CausalLM, build_model
-from .needle import device_name
+from .bench import device_name, first_line
 from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, TASKS, Batch, SyntheticData, parse_mix
 
 LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc",
@@ -215,7 +216,7 @@ def make_model(cfg: TrainConfig) -> CausalLM:
         mcfg = read_config(path).replace(**cfg.overrides)
         model = build_model(mcfg, device=device, seed=cfg.seed)
         file = path / "model.safetensors" if path.is_dir() else path
-        load_state(model, {k: v.to(device) for k, v in read_state_dict(file).items()}, str(file))
+        load_state(model, read_state_dict(file), str(file))     # load_state_dict copies to the device
         return model.train()
     except (ValueError, CheckpointError) as e:
         raise TrainError(str(e).splitlines()[0]) from None
@@ -454,16 +455,9 @@ def check_gret_backend(model: CausalLM, cfg: TrainConfig) -> str:
             out_fla = model(ids)
         out_fla.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
-        before = os.environ.get("YOCO_GRET_BACKEND")
-        os.environ["YOCO_GRET_BACKEND"] = "torch"
-        try:
-            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                out_ref = model(ids)
-        finally:
-            if before is None:
-                del os.environ["YOCO_GRET_BACKEND"]
-            else:
-                os.environ["YOCO_GRET_BACKEND"] = before
+        with mock.patch.dict(os.environ, {"YOCO_GRET_BACKEND": "torch"}), torch.no_grad(), \
+                torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            out_ref = model(ids)
         err = float((out_fla.detach().float() - out_ref.float()).norm() / out_ref.float().norm())
         if not math.isfinite(err) or err > 0.1:
             raise RuntimeError(f"fla and PyTorch gRet disagree (relative error {err:.3g})")
@@ -519,16 +513,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
         try:
             state = json.loads((ckpt / STATE_FILE).read_text())
             _check_resumable(state["train_config"], cfg, ckpt)
-            load_state(model, {k: v.to(device) for k, v in read_state_dict(ckpt / "model.safetensors").items()},
-                       str(ckpt))
+            load_state(model, read_state_dict(ckpt / "model.safetensors"), str(ckpt))
             load_optimizer(opt, ckpt / OPTIM_FILE)
             _set_rng_state(state["rng"], device)
             start, counters = int(state["step"]), dict(state["counters"])
         except CheckpointError as e:
             raise TrainError(str(e)) from None
         except (OSError, ValueError, KeyError, TypeError) as e:   # JSON, safetensors, missing fields
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise TrainError(f"{ckpt}: damaged checkpoint ({type(e).__name__}: {first})") from None
+            raise TrainError(f"{ckpt}: damaged checkpoint ({first_line(e)})") from None
     else:
         torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)

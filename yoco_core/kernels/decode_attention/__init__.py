@@ -3,8 +3,8 @@ plain-PyTorch reference elsewhere.
 
 ``decode_attention(q, k, v, length)``: q ``[B, H, D]``, k / v ``[B, H_kv, C, D]`` (C = capacity),
 attends positions ``[0, length)``. On CUDA the split-KV Triton kernel runs (``split_kv.py``); it
-reads ``length`` from a device tensor, so with preallocated ``out`` / ``workspace`` the call can be
-captured in a CUDA graph. Elsewhere ``decode_attention_ref`` runs, except that
+reads ``length`` from a device tensor and never synchronises, so the call can be captured in a CUDA
+graph. It takes head sizes that ``supports_head_dim``. Elsewhere ``decode_attention_ref`` runs, except that
 ``YOCO_DECODE_KERNEL=triton`` together with ``TRITON_INTERPRET=1`` (set before this package is
 imported) runs the Triton kernel in the interpreter on the CPU, for tests. ``YOCO_DECODE_KERNEL=torch``
 forces the reference everywhere.
@@ -18,7 +18,12 @@ import torch
 from .naive import decode_attention_ref
 
 __all__ = ["decode_attention", "decode_attention_ref", "decode_attention_triton", "backend_for",
-           "choose_num_splits", "make_workspace"]
+           "supports_head_dim"]
+
+
+def supports_head_dim(d: int) -> bool:
+    """The head sizes the split-KV kernel tiles: a power of two from 16 to 256."""
+    return 16 <= d <= 256 and d & (d - 1) == 0
 
 
 def backend_for(x: torch.Tensor) -> str:
@@ -32,32 +37,18 @@ def backend_for(x: torch.Tensor) -> str:
     return "torch"
 
 
-def decode_attention(q, k, v, length, num_splits: int | None = None, *, out=None, workspace=None):
+def decode_attention(q, k, v, length):
     """``[B, H, D]`` output of one query token per row over the first ``length`` cached positions.
 
     ``length``: int or integer tensor (0-d, [1] or [B]); on the Triton path pass it as a device
-    tensor (and ``out`` / ``workspace`` preallocated) to capture the call in a CUDA graph."""
+    tensor to capture the call in a CUDA graph."""
     if backend_for(q) == "triton":
-        return decode_attention_triton(q, k, v, length, num_splits, out=out, workspace=workspace)
-    o = decode_attention_ref(q, k, v, length)
-    if out is not None:
-        out.copy_(o)
-        return out
-    return o
+        return decode_attention_triton(q, k, v, length)
+    return decode_attention_ref(q, k, v, length)
 
 
 def decode_attention_triton(*args, **kwargs):
     """The Triton entry point (``split_kv.decode_attention_triton``), imported on first use so that
     importing this package never compiles or decorates a kernel."""
     from .split_kv import decode_attention_triton as fn
-    return fn(*args, **kwargs)
-
-
-def choose_num_splits(*args, **kwargs):
-    from .split_kv import choose_num_splits as fn
-    return fn(*args, **kwargs)
-
-
-def make_workspace(*args, **kwargs):
-    from .split_kv import make_workspace as fn
     return fn(*args, **kwargs)

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import supports_head_dim
+
 __all__ = ["decode_attention_triton", "choose_num_splits", "make_workspace", "DEFAULT_BLOCK_N",
            "DEFAULT_NUM_WARPS", "DEFAULT_NUM_STAGES", "CALLS"]
 
@@ -212,7 +214,7 @@ def decode_attention_triton(q, k, v, length, num_splits: int | None = None, *, o
     Bk, H_kv, C, Dk = k.shape
     if Bk != B or Dk != D or H % H_kv:
         raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if D < 16 or D > 256 or D & (D - 1):
+    if not supports_head_dim(D):
         raise ValueError(f"head_dim must be a power of two in [16, 256], got {D}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}")

@@ -21,16 +21,16 @@ __all__ = ["gated_retention", "gret_chunk", "gret_step", "gret_parallel_ref", "g
 
 
 @functools.lru_cache(maxsize=None)
-def _fla_ops():
+def _fla_chunk():
     try:
         from fla.ops.simple_gla import chunk_simple_gla
     except Exception:  # not installed, or its import fails (no GPU): the PyTorch path runs
         return None
-    return (chunk_simple_gla,)
+    return chunk_simple_gla
 
 
 def fla_available() -> bool:
-    return _fla_ops() is not None
+    return _fla_chunk() is not None
 
 
 def backend_for(x: torch.Tensor) -> str:
@@ -47,7 +47,7 @@ def gated_retention(q, k, v, g, scale: float, initial_state=None):
         # decoding steps do not come here: they run kernels/fused.gret_decode (RoPE to gate in one)
         return gret_step(q, k, v, g, scale, initial_state)
     if backend_for(q) == "fla":
-        chunk = _fla_ops()[0]
+        chunk = _fla_chunk()
         if q.dtype != v.dtype or k.dtype != v.dtype:   # autocast: q, k leave RoPE in float32, v is bf16
             q, k = q.to(v.dtype), k.to(v.dtype)
         o, state = chunk(q=q, k=k, v=v, g=g.float(), scale=scale,
