@@ -32,8 +32,7 @@ def fla_cases():
 def compare(name: str, cfg_kwargs: dict, device: str, tol: float, seq: int = 100) -> tuple[bool, str]:
     from fla.models import YOCOConfig, YOCOForCausalLM
 
-    import yoco_core.hf  # noqa: F401
-    from yoco_core import CheckpointError, load_model
+    from yoco_core import CheckpointError, load_model     # registers the hf: loader
 
     torch.manual_seed(0)
     try:

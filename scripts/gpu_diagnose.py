@@ -13,12 +13,23 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-from gpu_check_core import ms          # scripts/ is on the path when run as a script
 from yoco_core import build_model, get_config
-from yoco_core.bench import random_cache
 from yoco_core.graphs import StaticDecoder, make_decoder
+from yoco_core.perf.hardware import Clock, median_seconds
 
 DEV = "cuda"
+
+
+def ms(fn, reps=10, warm=2):
+    """The median milliseconds of ``fn`` over ``reps`` runs after ``warm`` (CUDA events)."""
+    return median_seconds(Clock(DEV), fn, reps, warm) * 1e3
+
+
+def random_cache(m, ctx, reserve=64):
+    """A batch-1 cache of ``ctx`` random positions: decode steps without paying for a prefill."""
+    cache = m.new_cache(1, ctx + reserve)
+    cache.fill_random(ctx, torch.Generator(device=DEV).manual_seed(0))
+    return cache
 
 
 def kernels(prof, steps, n=22, title=""):
@@ -158,7 +169,7 @@ def decode(name, ctx=4096):
     cfg = get_config(name)
     m = build_model(cfg, device=DEV, dtype=torch.bfloat16)
     with torch.inference_mode():
-        cache = random_cache(m, 1, ctx, 64)
+        cache = random_cache(m, ctx)
         ids = torch.randint(0, 1000, (1, 1), device=DEV)
         st = StaticDecoder(m, cache)
         for _ in range(3):
@@ -169,7 +180,7 @@ def decode(name, ctx=4096):
                 st(ids)
             torch.cuda.synchronize()
         kernels(prof, 5, title=f"{name} eager static decode step at {ctx}")
-        cache = random_cache(m, 1, ctx, 64)
+        cache = random_cache(m, ctx)
         g = make_decoder(m, cache)
         print(f"{name} graph step at {ctx}: {ms(lambda: g(ids), reps=20, warm=3):.3f} ms")
     del m, cache, st, g

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the committed H100 profile run.
-#   1. scripts/gpu_check_core.py: fused kernels vs references (bf16), cached paths vs the full
-#      forward, ceilings                                                        -> $OUT/check.txt
+#   1. tests/gpu (pytest): the GPU checks (fused kernels vs references in bf16, cached paths
+#      vs the full forward)                                                     -> $OUT/check.txt
 #   2. yoco profile --arch yoco,transformer,hf,fla --size 3b --ctx 1m          -> $OUT/p/
 #   3. yoco profile --arch yoco,transformer --size 3b --ctx 256k, --batch 1..64 --decode-only  -> $OUT/b/
 # A CSV already in runs/gpu/{p,b}/ (carried from a call cut short) is resumed (--resume).
@@ -13,7 +13,7 @@ OUT=${OUT:-runs/gpu}; mkdir -p "$OUT/p" "$OUT/b" /tmp/p /tmp/b
 Y="python3 -m yoco_cli.main"
 for d in p b; do [ -f runs/gpu/$d/profile.csv ] && cp runs/gpu/$d/profile.csv /tmp/$d/; done
 if [ "${CHECK_S:-120}" -gt 0 ]; then
-  timeout ${CHECK_S:-120} python3 scripts/gpu_check_core.py 2>&1 | grep -v -i warn | tail -40 > "$OUT/check.txt"
+  timeout ${CHECK_S:-120} python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | grep -v -i warn | tail -40 > "$OUT/check.txt"
 fi
 if [ "${PROFILE_S:-470}" -gt 0 ]; then
   timeout ${PROFILE_S:-470} $Y profile --arch yoco,transformer,hf,fla --size 3b --ctx 1m --gen-tokens ${GEN:-32} \
@@ -27,7 +27,7 @@ if [ "${BATCH_S:-0}" -gt 0 ]; then
 fi
 cp /tmp/p/profile.csv /tmp/p/commands.txt "$OUT/p/" 2>/dev/null
 cp /tmp/b/profile.csv /tmp/b/commands.txt "$OUT/b/" 2>/dev/null
-cat "$OUT/check.txt" 2>/dev/null | grep -E "fused|vs forward|TFLOP|TB/s"
+tail -3 "$OUT/check.txt" 2>/dev/null
 python3 - <<'PY'
 import csv
 for f in ("/tmp/p/profile.csv", "/tmp/b/profile.csv"):

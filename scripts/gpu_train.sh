@@ -58,8 +58,9 @@ while read -r name preset sets; do
   w=$(cat $R/$name/weights_dir)
   python3 -c "import sys, torch
 from safetensors.torch import load_file, save_file
+from yoco_core.checkpoint import FORMAT_VERSION
 sd = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(sys.argv[1]).items()}
-save_file(sd, sys.argv[2], metadata={'format': 'yoco', 'version': '1', 'dtype': 'bfloat16'})" \
+save_file(sd, sys.argv[2], metadata={'format': 'yoco', 'version': str(FORMAT_VERSION), 'dtype': 'bfloat16'})" \
     $w/model.safetensors "$OUT/$name.safetensors"
   cp $w/config.json $R/$name/config.json
   echo "== $name ($w)"; grep -E "^done|rc=|Error|error" $R/$name/train.txt | tail -3

@@ -100,3 +100,72 @@ def test_checkpoints_with_separately_named_projections_load(tmp_path, arch):
     save_file({k: v.contiguous() for k, v in broken.items()}, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="does not match its config"):
         load_model(str(tmp_path))
+
+
+def test_load_model_attaches_the_tokenizer_and_build_model_none(tmp_path):
+    from yoco_core import ByteTokenizer, build_model, get_config
+
+    assert isinstance(load_model("yoco-tiny").tokenizer, ByteTokenizer)          # shipped weights
+    assert isinstance(load_model("transformer-3b", device="meta").tokenizer, ByteTokenizer)  # random preset
+    assert build_model(get_config("yoco-tiny")).tokenizer is None
+    save_model(small_model("yoco-gret"), tmp_path)
+    assert isinstance(load_model(str(tmp_path)).tokenizer, ByteTokenizer)
+
+
+def test_a_model_built_on_meta_reads_no_tokenizer_file(tmp_path, monkeypatch):
+    """Building (on meta or not) never touches the files a config's tokenizer names."""
+    from yoco_core import build_model, get_config, model_from_state
+    from yoco_core import tokenizer as tk
+
+    def refuse(*args, **kw):
+        raise AssertionError("a tokenizer file was read")
+
+    for name in ("_special_tokens", "_read_json", "copy_tokenizer_files"):    # the module's own readers
+        monkeypatch.setattr(tk, name, refuse)
+    monkeypatch.setattr(tk.HFTokenizer, "__init__", refuse)
+    for name in ("folder", f"hf:{tmp_path / 'missing'}"):
+        cfg = get_config("yoco-tiny").replace(tokenizer=name)
+        assert build_model(cfg, device="meta").tokenizer is None
+        assert build_model(cfg.replace(dim=64, n_layers=2, ffn_dim=128)).tokenizer is None
+    model = small_model("yoco-gret")
+    again = model_from_state(model.config.replace(tokenizer="folder"), model.state_dict(), "x", "cpu", torch.float32)
+    assert again.tokenizer is None
+
+
+def test_folder_tokenizer_needs_its_files(tmp_path):
+    model = small_model("transformer")
+    model.config = model.config.replace(tokenizer="folder")     # names files, holds no tokenizer
+    with pytest.raises(CheckpointError, match="holds no tokenizer"):
+        save_model(model, tmp_path / "a")
+    model.config = model.config.replace(tokenizer="bytes")
+    save_model(model, tmp_path / "b")
+    cfg = (tmp_path / "b" / "config.json").read_text().replace('"tokenizer": "bytes"', '"tokenizer": "folder"')
+    (tmp_path / "b" / "config.json").write_text(cfg)
+    with pytest.raises(CheckpointError, match=r"^cannot read .*tokenizer\.json: ") as e:
+        load_model(str(tmp_path / "b"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "b" / "config.json").write_text(cfg.replace('"folder"', '"sentencepiece"'))
+    with pytest.raises(CheckpointError, match="bad config.*tokenizer must be 'bytes' or 'folder'"):
+        load_model(str(tmp_path / "b"))
+
+
+def test_an_old_config_naming_an_absolute_tokenizer_path_still_loads(tmp_path):
+    """Configs written before the tokenizer files were copied say "hf:/abs/path": read from that
+    path; saving again copies the files and writes "folder"."""
+    from yoco_core import HFTokenizer
+    from yoco_core.tokenizer import BYTE_TOKENIZER_DIR
+
+    model = small_model("yoco-gret")
+    save_model(model, tmp_path / "old")
+    cfg = (tmp_path / "old" / "config.json").read_text()
+    (tmp_path / "old" / "config.json").write_text(cfg.replace('"tokenizer": "bytes"', f'"tokenizer": "hf:{BYTE_TOKENIZER_DIR}"'))
+    old = load_model(str(tmp_path / "old"))
+    assert isinstance(old.tokenizer, HFTokenizer) and old.tokenizer.path == BYTE_TOKENIZER_DIR
+    save_model(old, tmp_path / "new")
+    assert '"tokenizer": "folder"' in (tmp_path / "new" / "config.json").read_text()
+    new = load_model(str(tmp_path / "new"))
+    assert new.tokenizer.path == tmp_path / "new"
+    text = "Héllo wörld 🙂"
+    assert new.tokenizer.encode(text, add_bos=True) == old.tokenizer.encode(text, add_bos=True)
+    ids = torch.randint(0, 256, (1, 20))
+    assert torch.equal(new(ids), model(ids))

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_close_scaled as _close, interpreted_module, run_interpreted
+from yoco_core.kernels import backend
 from yoco_core.kernels import decode_attention as da
 from yoco_core.kernels.decode_attention import decode_attention_ref
 
@@ -142,18 +143,19 @@ def test_views_and_preallocated_buffers_replay(sk):
         _close(out, _ref64(q, k, v, L), 1e-4)
 
 
-def test_dispatcher_uses_triton_only_when_asked(sk, monkeypatch):
+def test_dispatcher_uses_triton_only_when_asked(sk):
     q, k, v = _inputs(1, 4, 2, 40, 16, seed=1)
     ref = _ref64(q, k, v, 33)
-    monkeypatch.setenv("YOCO_DECODE_KERNEL", "triton")
-    assert da.backend_for(q) == "triton"
     before = sk.CALLS["triton"]
-    _close(da.decode_attention(q, k, v, torch.tensor([33])), ref, 1e-4)
-    assert sk.CALLS["triton"] == before + 1
-    monkeypatch.setenv("YOCO_DECODE_KERNEL", "auto")
-    assert da.backend_for(q) == "torch"                # CPU tensors, not asked: the reference
-    _close(da.decode_attention(q, k, v, 33), ref, 1e-4)
-    assert sk.CALLS["triton"] == before + 1
+    with backend.override(decode="triton"):
+        assert da.backend_for(q) == "triton"
+        _close(da.decode_attention(q, k, v, torch.tensor([33])), ref, 1e-4)
+        assert sk.CALLS["triton"] == before + 1
+        with backend.override(decode="auto"):
+            assert da.backend_for(q) == "torch"        # CPU tensors, not asked: the reference
+            _close(da.decode_attention(q, k, v, 33), ref, 1e-4)
+            assert sk.CALLS["triton"] == before + 1
+        assert da.backend_for(q) == "triton"           # the outer choice is back
 
 
 def test_reference_matches_explicit_attention():

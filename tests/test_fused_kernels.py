@@ -3,7 +3,7 @@ interpreter on the CPU, and a whole model through them against the reference pat
 
 As in ``test_decode_attention.py``: the interpreter needs TRITON_INTERPRET=1 before triton is first
 imported, so ``test_interpreted_suite`` reruns this file in a subprocess with it (and
-``YOCO_FUSED_KERNEL=triton``) set and fails unless every kernel test passed there. Every kernel
+``YOCO_KERNEL_FUSED=triton``) set and fails unless every kernel test passed there. Every kernel
 test checks the launch counter moved, so a silent fallback to the reference would fail.
 
 Inputs random (never zeros), at odd sizes (rows not a power of two, strided slices of a wider
@@ -11,13 +11,13 @@ tensor, as the models pass them). Tolerance: max abs error / max(1, max |referen
 float32 and 4e-2 for bfloat16: a few units in the last place, because Triton's interpreter
 rounds float32 to bfloat16 toward zero (the GPU and PyTorch round to nearest), and a chain such as
 norm -> gate -> product rounds three times. On the GPU the kernels agree with the references to
-one unit in the last place (``scripts/gpu_check_core.py``).
+one unit in the last place (``tests/gpu/test_gpu_kernels.py``).
 """
 import pytest
 import torch
 
 from conftest import assert_close_scaled, interpreted_module, run_interpreted
-from yoco_core.kernels import fused
+from yoco_core.kernels import backend, fused
 from yoco_core.kernels.fused import naive
 
 MOD = "yoco_core.kernels.fused.triton_kernels"
@@ -26,7 +26,7 @@ N_KERNEL_TESTS = 16
 
 
 def test_interpreted_suite():
-    run_interpreted(__file__, N_KERNEL_TESTS, YOCO_FUSED_KERNEL="triton")
+    run_interpreted(__file__, N_KERNEL_TESTS, YOCO_KERNEL_FUSED="triton")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_gret_decode(tk, dtype, in_place):
 
 
 @pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "transformer", "yoco-nope"])
-def test_model_through_the_kernels(tk, kind, monkeypatch):
+def test_model_through_the_kernels(tk, kind):
     """A small model's full forward, chunked prefill and decoding steps with the fused kernels equal
     the same model on the reference path; and decoding still equals the full forward."""
     from conftest import small_model
@@ -145,10 +145,11 @@ def test_model_through_the_kernels(tk, kind, monkeypatch):
         for t in range(17, 21):
             out, cache = model.decode(ids[:, t: t + 1], cache)
             steps.append(out[:, -1])
-    assert tk.CALLS["triton"] > before
-    monkeypatch.setenv("YOCO_FUSED_KERNEL", "torch")
-    with torch.inference_mode():
+    after = tk.CALLS["triton"]
+    assert after > before
+    with backend.override(fused="torch"), torch.inference_mode():
         ref_full = model(ids)
+    assert tk.CALLS["triton"] == after                      # the reference path: no launch
     _close(full, ref_full, torch.float32)
     for i, s in enumerate(steps[:-1]):
         torch.testing.assert_close(s, full[:, 16 + i], rtol=1e-4, atol=1e-4)

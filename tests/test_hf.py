@@ -1,15 +1,19 @@
-"""Foreign checkpoints: HF Llama (against transformers), the RoPE layout conversion, FLA YOCO
-(against fla where it runs), unilm YOCO key mapping, and the local byte tokenizer."""
+"""Foreign checkpoints (yoco_core.convert): HF Llama (against transformers), the RoPE layout
+conversion, FLA YOCO (against fla where it runs), unilm YOCO key mapping, every key table, and the
+tokenizers: the local byte tokenizer, a converted folder's tokenizer travelling with save_model."""
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-import yoco_core.hf as hf
-from yoco_core import ByteTokenizer, CheckpointError, load_model
+from yoco_core import ByteTokenizer, CheckpointError, HFTokenizer, load_model, save_model
+from yoco_core.convert import fla_yoco, hf_llama, unilm_yoco
+from yoco_core.convert.remap import interleaved_to_half, remap
+from yoco_core.tokenizer import BYTE_TOKENIZER_DIR
 from yoco_core.kernels.fused import rope_ref as apply_rope
 from yoco_core.model import rope_cos_sin, split_state_dict
 
@@ -81,10 +85,10 @@ def test_hf_unknown_model_type_and_missing_dir(tmp_path):
 def test_byte_tokenizer_dir_matches_byte_tokenizer():
     text = "Héllo wörld 🙂\n\tThe special magic number for amber-falcon is: 1234567."
     ids = ByteTokenizer().encode(text)
-    auto = transformers.AutoTokenizer.from_pretrained(str(hf.BYTE_TOKENIZER_DIR))
+    auto = transformers.AutoTokenizer.from_pretrained(str(BYTE_TOKENIZER_DIR))
     assert auto(text).input_ids == ids and auto.decode(ids) == text
     assert (auto.bos_token_id, auto.eos_token_id, auto.pad_token_id) == (256, 257, 258)
-    tok = hf.HFTokenizer(hf.BYTE_TOKENIZER_DIR)
+    tok = HFTokenizer(BYTE_TOKENIZER_DIR)
     assert tok.encode(text, add_bos=True) == [256] + ids and tok.decode(ids) == text
 
 
@@ -108,8 +112,8 @@ def test_interleaved_rows_permutation_gives_same_scores():
     q_ref = _interleaved_rope((x @ wq.T).view(n, heads, d), pos, 10000.0)
     k_ref = _interleaved_rope((x @ wk.T).view(n, heads, d), pos, 10000.0)
     cos, sin = rope_cos_sin(torch.arange(n), d, 10000.0, torch.float32)
-    q = apply_rope((x @ hf.interleaved_to_half(wq, d).T).view(1, n, heads, d), cos, sin)[0]
-    k = apply_rope((x @ hf.interleaved_to_half(wk, d).T).view(1, n, heads, d), cos, sin)[0]
+    q = apply_rope((x @ interleaved_to_half(wq, d).T).view(1, n, heads, d), cos, sin)[0]
+    k = apply_rope((x @ interleaved_to_half(wk, d).T).view(1, n, heads, d), cos, sin)[0]
     want = torch.einsum("qhd,khd->hqk", q_ref, k_ref)
     assert torch.allclose(torch.einsum("qhd,khd->hqk", q, k), want, atol=1e-4)
     # without the permutation the scores differ (the test can fail)
@@ -119,17 +123,20 @@ def test_interleaved_rows_permutation_gives_same_scores():
 
 
 def _half_to_interleaved(w, d):
-    """The inverse of ``hf.interleaved_to_half``: RoPE rows back in interleaved order."""
+    """The inverse of ``interleaved_to_half``: RoPE rows back in interleaved order."""
     order = torch.argsort(torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2))))
     return w.reshape(-1, d, w.shape[-1])[:, order].reshape(w.shape)
 
 
 def _inverse_unilm(model):
-    """Our YOCO state dict renamed to unilm's names (interleaved rows, embedding / sqrt(dim))."""
+    """Our YOCO state dict renamed to unilm's names (interleaved rows, the embedding scaled to
+    their sqrt(dim); tied: no output_projection)."""
     cfg, st = model.config, {k: v.clone() for k, v in split_state_dict(model, model.state_dict()).items()}
-    out = {"embed_tokens.weight": st["embed.weight"] / math.sqrt(cfg.dim), "layer_norm.weight": st["norm.weight"],
-           "output_projection.weight": st["lm_head.weight"], "cross_decoder.kv_layer_norm.weight": st["kv_norm.weight"],
+    out = {"embed_tokens.weight": st["embed.weight"] * cfg.embed_scale / math.sqrt(cfg.dim), "layer_norm.weight": st["norm.weight"],
+           "cross_decoder.kv_layer_norm.weight": st["kv_norm.weight"],
            "cross_decoder.k_proj.weight": _half_to_interleaved(st["k_proj.weight"], cfg.head_dim), "cross_decoder.v_proj.weight": st["v_proj.weight"]}
+    if not cfg.tie_embeddings:                  # tied: their checkpoint has no output_projection
+        out["output_projection.weight"] = st["lm_head.weight"]
     for side, ours, n in (("self_decoder", "self_layers", len(model.self_layers)), ("cross_decoder", "cross_layers", len(model.cross_layers))):
         for i in range(n):
             p, q = f"{side}.layers.{i}.", f"{ours}.{i}."
@@ -143,20 +150,32 @@ def _inverse_unilm(model):
             if side == "self_decoder":
                 out[p + "mixer.k_proj.weight"] = _half_to_interleaved(st[q + "attn.k_proj.weight"], hd)
                 out[p + "mixer.v_proj.weight"] = st[q + "attn.v_proj.weight"]
-                for n2 in ("g", "gt"):
+                for n2 in ("g", "gt") if cfg.self_decoder == "gret" else ():
                     out[p + f"mixer.{n2}_proj.weight"] = st[q + f"attn.{n2}_proj.weight"]
     return out
 
 
-def test_unilm_key_mapping(tmp_path):
+@pytest.mark.parametrize("kind,tie", [("yoco-gret", False), ("yoco-swa", False), ("yoco-gret", True)],
+                         ids=["gret", "swa", "gret-tied"])
+def test_unilm_key_mapping(tmp_path, kind, tie):
+    """A unilm folder made from one of our models (self head size 32, cross head size 16: each
+    RoPE permutation needs its own) loads back to the same logits; SWA (``sliding_window``, no
+    g / gt) and a tied head (no ``output_projection``) too."""
     from conftest import small_model
 
-    params = {"dim": 64, "n_layers": 4, "hidden_dim": 128, "n_self_heads": 4, "n_attn_heads": 4,
+    params = {"dim": 64, "n_layers": 4, "hidden_dim": 128, "n_self_heads": 2, "n_attn_heads": 4,
               "n_attn_kv_heads": 2, "vocab_size": 320, "rope_theta": 10000.0, "norm_eps": 1e-5}
+    if kind == "yoco-swa":
+        params["sliding_window"] = 16
     (tmp_path / "params.json").write_text(json.dumps(params))
-    model = small_model("yoco-gret", rope_scaling={"rope_type": "yoco"})
+    # tied, their head is their unscaled embedding: ours the same only with their embed_scale
+    model = small_model(kind, rope_scaling={"rope_type": "yoco"}, n_self_heads=2, tie_embeddings=tie,
+                        embed_scale=math.sqrt(64) if tie else 1.0)
+    assert model.config.self_head_dim != model.config.head_dim
     torch.save({"model": _inverse_unilm(model)}, tmp_path / "model.pt")
     ours = load_model(f"unilm:{tmp_path}", dtype=torch.float32)
+    assert (ours.config.self_decoder, ours.config.window, ours.config.tie_embeddings) == \
+        (model.config.self_decoder, model.config.window, tie)
     ids = torch.randint(0, 320, (2, 40))
     assert torch.allclose(ours(ids), model(ids), atol=1e-4)
 
@@ -176,13 +195,13 @@ def test_fla_yoco_logits_match_fla():
 
 
 def test_fla_yoco_config_mapping_and_refusals():
-    cfg, extra = hf.fla_yoco_config({
+    cfg = fla_yoco.fla_yoco_config({
         "model_type": "yoco", "hidden_size": 128, "num_hidden_layers": 4, "num_self_decoder_layers": 2,
         "vocab_size": 320, "norm_eps": 1e-6,
         "self_decoder_attn": {"type": "gated_retention", "num_heads": 2, "gate_logit_normalizer": 16.0},
         "cross_decoder_attn": {"num_heads": 4, "num_kv_heads": 2}}, "x")
     assert (cfg.arch, cfg.self_decoder, cfg.n_self_heads, cfg.n_heads, cfg.n_kv_heads, cfg.n_layers) == ("yoco", "gret", 2, 4, 2, 4)
-    assert extra["embed_scale"] == math.sqrt(128)
+    assert cfg.embed_scale == math.sqrt(128)
     bad = [({"self_decoder_attn": {"type": "gated_deltanet"}}, "gated_deltanet"),
            ({"num_hidden_layers": 5, "num_self_decoder_layers": 2}, "equal split"),
            ({"cross_decoder_attn": {"num_heads": 4, "qk_norm": True}}, "qk_norm"),
@@ -191,7 +210,20 @@ def test_fla_yoco_config_mapping_and_refusals():
         base = {"hidden_size": 128, "num_hidden_layers": 4, "num_self_decoder_layers": 2,
                 "self_decoder_attn": {"type": "gated_retention", "num_heads": 2}, "cross_decoder_attn": {"num_heads": 4}}
         with pytest.raises(CheckpointError, match=needle):
-            hf.fla_yoco_config(base | over, "x")
+            fla_yoco.fla_yoco_config(base | over, "x")
+
+
+@pytest.mark.parametrize("source,config,needle", [
+    ("hf", {"model_type": "yoco", "self_decoder_attn": {"type": "gated_deltanet"}}, "gated_deltanet"),
+    ("hf", {"model_type": "llama", "attention_bias": True}, "attention_bias"),
+    ("unilm", {"dim": 64, "n_layers": 3, "hidden_dim": 128, "n_self_heads": 2, "n_attn_heads": 4}, "even n_layers"),
+], ids=["fla-deltanet", "llama-bias", "unilm-odd-layers"])
+def test_a_refused_config_is_refused_before_any_weight_is_read(tmp_path, source, config, needle):
+    """The refusal, not "no weights": a config is checked before its weights are read."""
+    (tmp_path / ("config.json" if source == "hf" else "params.json")).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=needle) as e:
+        load_model(f"{source}:{tmp_path}")
+    assert "no weights" not in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa"])
@@ -205,8 +237,9 @@ def test_fla_yoco_key_mapping(tmp_path, kind):
 
     from conftest import small_model
 
-    model = small_model(kind, cross_logn=0, cross_rope=True)
+    model = small_model(kind, cross_logn=0, cross_rope=True, n_self_heads=2)
     cfg = model.config
+    assert cfg.self_head_dim != cfg.head_dim              # a wrong RoPE head size would show
     st = split_state_dict(model, model.state_dict())
     out = {"model.embeddings.weight": st["embed.weight"] / math.sqrt(cfg.dim), "model.norm.weight": st["norm.weight"],
            "lm_head.weight": st["lm_head.weight"], "model.shared_kv_builder.kv_norm.weight": st["kv_norm.weight"],
@@ -241,3 +274,97 @@ def test_fla_yoco_key_mapping(tmp_path, kind):
     assert (ours.config.self_decoder, ours.config.window) == (cfg.self_decoder, cfg.window)
     ids = torch.randint(0, 320, (2, 40))
     torch.testing.assert_close(ours(ids), model(ids), atol=1e-4, rtol=1e-4)
+
+
+TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. "
+
+
+def _train_tokenizer(folder: Path) -> None:
+    """A small byte-level BPE (trained with the tokenizers library) and its special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT] * 20, trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+
+
+@pytest.mark.parametrize("generation_config", [True, False], ids=["with-gen-config", "without-gen-config"])
+def test_a_converted_checkpoint_moves_with_its_tokenizer(tmp_path, generation_config):
+    """hf: -> save_model -> moved elsewhere, the source deleted: the same logits, the same ids
+    (bos / eos / pad from their config.json too, which ours replaces: carried into
+    generation_config.json when the source has none)."""
+    src = tmp_path / "hf"
+    _llama_dir(src)
+    _train_tokenizer(src)
+    if not generation_config:
+        (src / "generation_config.json").unlink()
+    ours = load_model(f"hf:{src}", dtype=torch.float32)
+    assert (ours.tokenizer.bos_id, ours.tokenizer.eos_id, ours.tokenizer.pad_id) == (1, 2, 2)  # their config.json's
+    assert ours.config.tokenizer == "folder" and isinstance(ours.tokenizer, HFTokenizer)
+    assert ours.tokenizer.encode(TEXT) != ByteTokenizer().encode(TEXT)      # the trained BPE, not bytes
+    saved = save_model(ours, tmp_path / "saved")
+    assert json.loads((saved / "config.json").read_text())["tokenizer"] == "folder"
+    assert str(tmp_path) not in (saved / "config.json").read_text()
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= {p.name for p in saved.iterdir()}
+    moved = tmp_path / "elsewhere" / "model"
+    moved.parent.mkdir()
+    shutil.move(str(saved), str(moved))
+    shutil.rmtree(src)
+    back = load_model(str(moved), dtype=torch.float32)
+    ids = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(back(ids), ours(ids))
+    a, b = ours.tokenizer, back.tokenizer
+    assert b.path == moved and b.encode(TEXT, add_bos=True) == a.encode(TEXT, add_bos=True)
+    assert (b.bos_id, b.eos_id, b.pad_id, b.vocab_size) == (a.bos_id, a.eos_id, a.pad_id, a.vocab_size)
+    assert b.decode(b.encode(TEXT)) == TEXT
+
+
+def _expand(table, cfg):
+    """(theirs, ours, ours' pattern) of ``table`` for ``cfg``, every ``{}`` over one stack's layers."""
+    depth = cfg.n_layers if cfg.arch == "transformer" else cfg.n_layers // 2
+    return [(t.replace("{}", str(i)), o.replace("{}", str(i)), o) for t, o in table.names.items()
+            for i in (range(depth) if "{}" in t else [None])]
+
+
+TABLES = [("llama", hf_llama.TABLE, "transformer"), ("fla-gret", fla_yoco.GRET, "yoco-gret"),
+          ("fla-swa", fla_yoco.SWA, "yoco-swa"), ("unilm-gret", unilm_yoco.GRET, "yoco-gret"),
+          ("unilm-swa", unilm_yoco.SWA, "yoco-swa")]
+
+
+@pytest.mark.parametrize("name,table,kind", TABLES, ids=[t[0] for t in TABLES])
+def test_each_table_covers_every_parameter_exactly_once(name, table, kind):
+    """ours <- theirs: every parameter of the model named once, each of their names once; remap of
+    a state named by the table gives back exactly our (split) state; a missing or an unknown
+    tensor is a one-line error; RoPE buffers are ignored; a tied head is optional."""
+    from conftest import small_model
+
+    model = small_model(kind, **({} if kind == "transformer" else {"n_self_heads": 2}))
+    cfg = model.config
+    assert kind == "transformer" or cfg.self_head_dim != cfg.head_dim       # the head sizes differ
+    ours = split_state_dict(model, model.state_dict())
+    pairs = _expand(table, cfg)
+    assert sorted(o for _, o, _ in pairs) == sorted(ours)               # each parameter exactly once
+    assert len({t for t, _, _ in pairs}) == len(pairs)
+    assert set(table.rope) <= set(table.names.values())
+    theirs = {t: ours[o] for t, o, _ in pairs}
+    mapped = remap({**theirs, "x.rotary_emb.inv_freq": torch.ones(2)}, table, cfg, "src")
+    assert mapped.keys() == ours.keys()
+    for _, o, pattern in pairs:                                          # only the RoPE rows move
+        assert torch.equal(mapped[o], ours[o]) == (pattern not in table.rope), o
+        if pattern in table.rope:                                        # ... by their own head size
+            size = cfg.self_head_dim if pattern.startswith("self_layers.") else cfg.head_dim
+            assert torch.equal(mapped[o], interleaved_to_half(ours[o], size)), o
+    first = pairs[1][0]
+    with pytest.raises(CheckpointError, match=rf"^src: missing tensor {first}$"):
+        remap({k: v for k, v in theirs.items() if k != first}, table, cfg, "src")
+    with pytest.raises(CheckpointError, match=r"^src: 1 tensors this loader does not know \(e.g. bogus.weight\)$"):
+        remap({**theirs, "bogus.weight": torch.ones(1)}, table, cfg, "src")
+    tied = cfg.replace(tie_embeddings=True)
+    head = next(t for t, o, _ in pairs if o == "lm_head.weight")
+    for state in (theirs, {k: v for k, v in theirs.items() if k != head}):
+        assert "lm_head.weight" not in remap(state, table, tied, "src")

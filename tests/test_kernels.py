@@ -81,3 +81,71 @@ def test_causal_attention_split_equals_one_causal_call(n, chunk, H, Hkv):
     assert (o - attention_ref(q, k, v)[:, :, -5:]).abs().max() > 1e-2
     o1, l1 = partial_attention(q[:, :, -5:], k[:, :, :-5], v[:, :, :-5], causal=False)
     _close(merge_partials(o1, l1, o, lse), attention_ref(q, k, v)[:, :, -5:])
+
+
+# -- the backend selector ----------------------------------------------------------------------------
+def test_backend_variables_are_checked_with_one_line_naming_the_variable():
+    from yoco_core.kernels import backend
+
+    assert backend.read_env({}) == {"fused": "auto", "decode": "auto", "gret": "auto"}
+    assert backend.read_env({"YOCO_KERNEL_GRET": "FLA", "YOCO_KERNEL_FUSED": "torch"}) == \
+        {"fused": "torch", "decode": "auto", "gret": "fla"}
+    with pytest.raises(backend.SettingError, match=r"^YOCO_KERNEL_DECODE='fla': use auto, torch or triton$"):
+        backend.read_env({"YOCO_KERNEL_DECODE": "fla"})
+    with pytest.raises(backend.SettingError, match=r"^unknown kernel variable YOCO_KERNEL_GERT \(known: "):
+        backend.read_env({"YOCO_KERNEL_GERT": "torch"})
+    for old, new in backend.RENAMED.items():   # the old names are refused, not silently ignored
+        with pytest.raises(backend.SettingError, match=rf"^{old} was renamed {new}$"):
+            backend.read_env({old: "torch"})
+
+
+def test_backend_override_nests_and_restores():
+    from yoco_core.kernels import backend
+
+    before = {f: backend.chosen(f) for f in backend.FAST}
+    with backend.override(gret="torch", fused="torch"):
+        assert backend.chosen("gret") == "torch" and backend.chosen("fused") == "torch"
+        with backend.override(fused="triton", gret=None):
+            assert backend.chosen("fused") == "triton" and backend.chosen("gret") == "torch"
+        assert backend.chosen("fused") == "torch"
+        with pytest.raises(RuntimeError), backend.override(decode="torch"):
+            raise RuntimeError                     # an exception inside still restores
+        assert backend.chosen("decode") == before["decode"]
+    assert {f: backend.chosen(f) for f in backend.FAST} == before
+    with pytest.raises(backend.SettingError, match=r"^gret='triton': use auto, torch or fla$"):
+        with backend.override(gret="triton"):
+            pass
+    with pytest.raises(backend.SettingError, match=r"^unknown kernel family 'gert'"):
+        with backend.override(gert="torch"):
+            pass
+
+
+def test_backend_rule_on_the_cpu():
+    """CPU tensors run the PyTorch forms unless triton is asked for under TRITON_INTERPRET=1; a
+    tensor needing a gradient never takes our Triton kernels; torch asked for always wins."""
+    from yoco_core.kernels import backend
+
+    x, w = torch.ones(2), torch.ones(2, requires_grad=True)
+    for family in backend.FAST:
+        assert backend.select(family, x, want="auto") == "torch"
+        assert backend.select(family, x, want="torch", available=lambda: True) == "torch"
+    interpreted = "triton" if backend.INTERPRET else "torch"
+    assert backend.select("fused", x, want="triton") == interpreted
+    assert backend.select("decode", x, want="triton") == interpreted
+    assert backend.select("fused", x, w, want="triton") == "torch"
+    with torch.no_grad():
+        assert backend.select("fused", x, w, want="triton") == interpreted
+    assert backend.select("gret", x, want="fla", available=lambda: True) == "torch"
+    with backend.override(decode="triton"):
+        assert backend.select("decode", x) == interpreted
+        assert backend.select("decode", x, want="torch") == "torch"
+
+
+def test_backend_records_a_refusal_per_device():
+    from yoco_core.kernels import backend
+
+    dev = torch.device("cuda:7")                  # only recorded, never touched
+    assert not backend.refused("test_capability", dev)
+    backend.refuse("test_capability", dev)
+    assert backend.refused("test_capability", dev)
+    assert not backend.refused("test_capability", torch.device("cuda:6"))

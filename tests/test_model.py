@@ -144,7 +144,7 @@ def test_graph_safe_decode_step_equals_full_forward(kind):
     assert cache.length == 40
     # positions past the fill are never read: poison them and decode once more
     with torch.inference_mode():
-        for buf in ([cache.kv] if hasattr(cache, "kv") else cache.layers):
+        for buf in cache.buffers():
             buf.k[:, :, 41:] = float("nan")
     assert torch.isfinite(step(ids[:, :1])).all()
     with pytest.raises(ValueError, match="cache is full"):

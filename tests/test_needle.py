@@ -6,7 +6,7 @@ import pytest
 
 from yoco_cli import schemas
 from yoco_cli.main import main
-from yoco_core import ByteTokenizer, build_model, get_config, save_model
+from yoco_core import ByteTokenizer, build_model, get_config, save_model, tokenizer_for
 from yoco_core import needle as nd
 from yoco_core.generate import Generation, generate as real_generate
 
@@ -176,6 +176,11 @@ def test_score_on_crafted_predictions():
     assert nd.score(["1111111", "2222222", "3333333", "4444444"], "4444444, 2222222, 1111111, and 3333333") == 1.0
 
 
+def _with_tokenizer(model):
+    model.tokenizer = tokenizer_for(model.config)       # build_model attaches none
+    return model
+
+
 def _oracle(wrong_after: int | None = None):
     """A fake generate that reads the prompt and answers from the needle(s) it asks about."""
     calls = []
@@ -201,23 +206,26 @@ def _oracle(wrong_after: int | None = None):
 def test_run_cell_scores_what_the_model_answers(monkeypatch, task, n, wrong_after, want):
     fake, calls = _oracle(wrong_after)
     monkeypatch.setattr(nd, "generate", fake)
-    model = build_model(get_config("yoco-tiny").replace(dim=32, n_heads=2, n_kv_heads=1, ffn_dim=64, n_layers=2))
-    row = nd.run_cell(model, 3000, 0.4, task, n, trial=2, seed=5, chunk_size=1024, model_name="m")
-    assert row["score"] == want
+    model = _with_tokenizer(build_model(get_config("yoco-tiny").replace(dim=32, n_heads=2, n_kv_heads=1,
+                                                                        ffn_dim=64, n_layers=2)))
+    cell = nd.run_cell(model, 3000, 0.4, task, n, trial=2, seed=5, chunk_size=1024)
+    assert cell.score == want
     assert calls == [dict(tokens=3000, max_new=nd.answer_tokens(nd.n_expected(task, n)), chunk=1024,
                           stops=nd.STOP_STRINGS)]
-    assert row["ctx_tokens"] == row["ctx_requested"] == 3000
-    assert len(row["expected"].split("|")) == nd.n_expected(task, n)
-    assert set(row) == set(schemas.NEEDLE.names)
+    assert cell.ctx_tokens == cell.ctx_requested == 3000
+    assert (cell.task, cell.n_needles, cell.trial, cell.seed) == (task, n, 2, 5)
+    assert len(cell.expected) == nd.n_expected(task, n)
+    row = schemas.needle_row(cell, model="m", arch="yoco", haystack="noise", device="cpu", dtype="fp32")
+    assert list(row) == schemas.NEEDLE.names
+    assert row["expected"] == "|".join(cell.expected) and row["score"] == want and row["model"] == "m"
 
 
 @pytest.mark.parametrize("name", ["yoco-tiny", "yoco-swa-tiny", "transformer-tiny"])
 def test_run_cell_with_a_real_model_and_chunked_prefill(name):
     cfg = get_config(name).replace(dim=32, n_heads=2, n_kv_heads=1, ffn_dim=64, n_layers=2, window=64)
-    row = nd.run_cell(build_model(cfg), 700, 0.5, chunk_size=128, model_name=name)
-    assert row["ctx_tokens"] == 700 and row["arch"] == cfg.arch and row["model"] == name
-    assert 0.0 <= row["score"] <= 1.0 and row["prefill_seconds"] > 0
-    assert row["device"].startswith("cpu") and row["dtype"] == "float32" and row["haystack"] == "noise"
+    cell = nd.run_cell(_with_tokenizer(build_model(cfg)), 700, 0.5, chunk_size=128)
+    assert cell.ctx_tokens == 700 and cell.task == "single" and cell.n_needles == 1
+    assert 0.0 <= cell.score <= 1.0 and cell.prefill_seconds > 0
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -249,6 +257,8 @@ def test_sweep_writes_csv_and_heatmap_and_resume_measures_nothing_twice(ckpt, tm
     assert (df["ctx_tokens"] == df["ctx_requested"]).all()
     assert sorted(set(df["depth"])) == [0.0, 0.5, 1.0] and set(df["model"]) == {ckpt}
     assert df["expected"].str.fullmatch(r"\d{7}").all() and df["score"].between(0, 1).all()
+    assert set(df["dtype"]) == {"fp32"} and df["device"].str.startswith("cpu").all()
+    assert set(df["arch"]) == {"yoco"} and set(df["haystack"]) == {"noise"} and set(df["task"]) == {"single"}
     png = out / "needle_heatmap.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "needle" in (out / "commands.txt").read_text()
@@ -314,3 +324,40 @@ def test_resume_tells_haystacks_apart(tmp_path, monkeypatch):
     assert main(base + ["--haystack", "text", "--resume"]) == 0 and len(calls) == 2
     df = schemas.NEEDLE.read(tmp_path / "needle.csv")
     assert sorted(df["haystack"]) == ["noise", "text"]
+
+
+def test_resume_reads_the_old_dtype_spelling(ckpt, tmp_path, counted):
+    """needle.csv files written before one dtype spelling say float32: --resume still finds their
+    cells (the key reads the dtype with dtypes.canonical) and measures nothing twice."""
+    out = tmp_path / "old"
+    base = ["needle", "--model", ckpt, "--device", "cpu", "--out", str(out), "--ctx", "512", "--depths", "0,1"]
+    assert main(base) == 0 and len(counted) == 2
+    path = schemas.NEEDLE.path(out)
+    text = path.read_text()
+    assert text.count(",fp32,") == 2
+    path.write_text(text.replace(",fp32,", ",float32,"))
+    assert main(base + ["--resume"]) == 0 and len(counted) == 2
+    assert len(schemas.NEEDLE.read(path)) == 2 and path.read_text().count(",float32,") == 2
+    assert main(base[:-2] + ["--depths", "0,0.5,1", "--resume"]) == 0 and counted[2:] == [512]
+    assert path.read_text().count(",float32,") == 2 and path.read_text().count(",fp32,") == 1
+    assert set(schemas.NEEDLE.read(path)["dtype"]) == {"fp32"}          # read in one spelling
+    assert [p.name for p in out.glob("*.png")] == ["needle_heatmap.png"]   # one heatmap, not one per spelling
+
+
+def test_ctrl_c_mid_sweep_exits_130_and_keeps_the_rows_measured(ckpt, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def interrupted_second_time(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(*a, **k)
+
+    monkeypatch.setattr(nd, "generate", interrupted_second_time)
+    out = tmp_path / "cut"
+    argv = ["needle", "--model", ckpt, "--device", "cpu", "--out", str(out), "--ctx", "512", "--depths", "0,0.5,1"]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert len(schemas.NEEDLE.read(schemas.NEEDLE.path(out))) == 1
+    assert main(argv + ["--resume"]) == 0 and len(calls) == 4
+    assert len(schemas.NEEDLE.read(schemas.NEEDLE.path(out))) == 3

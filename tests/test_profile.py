@@ -3,6 +3,7 @@ sweep on tiny presets (CSV schema, plots, an injected out-of-memory, --resume), 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import small_model
 from yoco_cli import schemas
 from yoco_cli.main import main
-from yoco_core import bench, get_config
+from yoco_core import get_config
+from yoco_core.perf import analytic, runners, sweep
 
 GB = 1e9
 
@@ -35,7 +37,7 @@ def test_cache_bytes_match_the_models_cache(kind, T):
     reserve = 7
     ids = torch.randint(0, model.config.vocab_size, (3, T), generator=torch.Generator().manual_seed(0))
     _, cache = model.prefill(ids, chunk_size=16, reserve=reserve)
-    want = bench.cache_bytes(model.config, T, 3, 4, reserve=reserve)
+    want = analytic.cache_bytes(model.config, T, 3, 4, reserve=reserve)
     assert cache.kv_nbytes() == want["kv"]
     assert cache.state_nbytes() == want["state"]
 
@@ -50,7 +52,7 @@ def test_prefill_flops_match_a_flop_counter(kind, T):
     ids = torch.randint(0, model.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(1))
     with FlopCounterMode(display=False) as counter:
         model.prefill(ids)
-    parts = bench.prefill_flops(model.config, T, 2)
+    parts = analytic.prefill_flops(model.config, T, 2)
     expected = parts["linear"] + parts["lm_head"] + parts["mixer"]
     assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
     assert parts["attention"] > 0
@@ -60,80 +62,123 @@ def test_prefill_flops_match_a_flop_counter(kind, T):
 def test_prefill_flops_scale_linear_for_yoco_quadratic_for_transformer():
     y, t = get_config("yoco-3b"), get_config("transformer-3b")
     T = 256 * 1024
-    ry = bench.prefill_flops(y, 2 * T)["total"] / bench.prefill_flops(y, T)["total"]
-    rt = bench.prefill_flops(t, 2 * T)["total"] / bench.prefill_flops(t, T)["total"]
+    ry = analytic.prefill_flops(y, 2 * T)["total"] / analytic.prefill_flops(y, T)["total"]
+    rt = analytic.prefill_flops(t, 2 * T)["total"] / analytic.prefill_flops(t, T)["total"]
     assert 1.99 < ry < 2.05
     assert rt > 2.5
     # the Transformer's attention term is about 2 T^2 d per layer
-    att = bench.prefill_flops(t, T)["attention"]
+    att = analytic.prefill_flops(t, T)["attention"]
     assert att == pytest.approx(2 * T * T * t.dim * t.n_layers, rel=1e-4)
 
 
 def test_decode_bytes_match_the_issue_numbers():
     """YOCO-3B at 1M: ~6.5 GB of weights + 13 x 4.3 GB of KV; Transformer-3B at 256K: ~6.5 + 27.9 GB."""
-    y = bench.decode_bytes(get_config("yoco-3b"), 1 << 20, 1, 2)
+    y = analytic.decode_bytes(get_config("yoco-3b"), 1 << 20, 1, 2)
     kv_layer = 2 * (1 << 20) * 8 * 128 * 2
     assert kv_layer / GB == pytest.approx(4.29, abs=0.01)
     assert 5.5 < y["weights"] / GB < 7.0
     assert y["cache"] == 13 * kv_layer + 13 * 24 * 128 * 128 * 4      # + the gRet states (float32)
-    t = bench.decode_bytes(get_config("transformer-3b"), 256 * 1024, 1, 2)
+    t = analytic.decode_bytes(get_config("transformer-3b"), 256 * 1024, 1, 2)
     assert t["cache"] / GB == pytest.approx(27.9, abs=0.05)
     assert 5.5 < t["weights"] / GB < 7.0
     # batch multiplies the cache, not the weights
-    y4 = bench.decode_bytes(get_config("yoco-3b"), 1 << 20, 4, 2)
+    y4 = analytic.decode_bytes(get_config("yoco-3b"), 1 << 20, 4, 2)
     assert y4["weights"] == y["weights"] and y4["cache"] == 4 * y["cache"]
 
 
 def test_memory_estimate_parts():
     cfg = get_config("yoco-3b")
-    full = bench.estimate_memory(cfg, 1 << 20, 1, 2, chunk=None)
-    chunked = bench.estimate_memory(cfg, 1 << 20, 1, 2, chunk=32768)
+    full = analytic.estimate_memory(cfg, 1 << 20, 1, 2, chunk=None)
+    chunked = analytic.estimate_memory(cfg, 1 << 20, 1, 2, chunk=32768)
     assert full["weights"] == cfg.n_params() * 2
     assert chunked["cache"] == full["cache"] > 2 * (1 << 20) * 1024 * 2
     assert chunked["activations"] < full["activations"] / 16
     assert chunked["total"] == sum(v for k, v in chunked.items() if k != "total")
     # YOCO-3B at 1M in 32K chunks: 6.9 GB of weights + 4.3 GB of KV + a few GB of chunk activations
     assert (chunked["weights"] + chunked["cache"]) / GB < 11.5 < chunked["total"] / GB < 17
-    t = bench.estimate_memory(get_config("transformer-3b"), 1 << 20, 1, 2)
+    t = analytic.estimate_memory(get_config("transformer-3b"), 1 << 20, 1, 2)
     assert t["total"] > 80e9                    # does not fit an 80 GB GPU: skipped by estimate
 
 
 def test_tensor_nbytes_counts_shared_storage_once():
     a = torch.zeros(10, 4)
     cache = {"x": [a, a[2:], (a,)], "y": torch.zeros(3, dtype=torch.float64)}
-    assert bench.tensor_nbytes(cache) == a.nbytes + 3 * 8
+    assert runners.tensor_nbytes(cache) == a.nbytes + 3 * 8
 
 
 def test_run_cell_records_injected_oom_and_the_runner_still_works(monkeypatch):
-    runner = bench.build_runner("yoco", "tiny", "cpu", torch.float32, max_tokens=256)
-    monkeypatch.setenv(bench.INJECT_ENV, "yoco:48:1")
-    res = bench.run_cell(runner, 48, 1, 2, None)
+    runner = runners.build_runner("yoco", "tiny", "cpu", torch.float32, max_tokens=256)
+    monkeypatch.setenv(sweep.INJECT_ENV, "yoco:48:1")
+    res = sweep.run_cell(runner, 48, 1, 2, None)
     assert res.status == "oom" and "injected" in res.note and res.prefill_s is None
-    res = bench.run_cell(runner, 48, 2, 2, None)
+    res = sweep.run_cell(runner, 48, 2, 2, None)
     assert res.status == "ok" and res.prefill_s > 0 and res.decode_ms > 0
-    assert res.cache_bytes == sum(bench.cache_bytes(runner.config, 48, 2, 4, reserve=bench.decode_reserve(2)).values())
+    assert res.cache_bytes == sum(analytic.cache_bytes(runner.config, 48, 2, 4, reserve=sweep.decode_reserve(2)).values())
 
     def broken(ids, cache):
         raise ValueError("kernel exploded\nsecond line")
 
     monkeypatch.setattr(runner, "decode", broken)
-    res = bench.run_cell(runner, 48, 2, 2, None)
+    res = sweep.run_cell(runner, 48, 2, 2, None)
     assert res.status == "error" and res.note == "ValueError: kernel exploded"
 
 
+def _layout(cache) -> tuple:
+    """What a decode step's work depends on: the buffers' and states' shapes, the fill, the bytes."""
+    states = [tuple(t.shape for t in (s if isinstance(s, tuple) else (s,))) for s in cache.states]
+    return cache.batch, cache.length, cache.capacity, cache.nbytes(), states
+
+
 @pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "transformer"])
-def test_random_cache_is_laid_out_as_a_prefill_leaves_it(kind):
-    """Decode-only cells start from ``random_cache``: same buffers, capacity, fill length and bytes
+def test_fill_random_is_laid_out_as_a_prefill_leaves_it(kind):
+    """Decode-only cells start from ``fill_random``: same buffers, capacity, fill length and bytes
     as after a real prefill, so each decode step does the same work; decoding from it runs."""
     model = small_model(kind)
     T, reserve = 40, 5
     _, real = model.prefill(torch.randint(0, 256, (2, T)), reserve=reserve)
-    fake = bench.random_cache(model, 2, T, reserve, seed=3)
+    fake = model.new_cache(2, T + reserve)
+    fake.fill_random(T, torch.Generator().manual_seed(3))
     assert (fake.length, fake.capacity, fake.nbytes()) == (real.length, real.capacity, real.nbytes())
-    bufs = fake.layers if kind == "transformer" else [fake.kv]
-    assert all(b.k[:, :, :T].std() > 0.5 for b in bufs)      # random, not zeros
+    assert _layout(fake) == _layout(real)
+    assert all(b.k[:, :, :T].std() > 0.5 for b in fake.buffers())      # random, not zeros
     logits, fake = model.decode(torch.zeros(2, 1, dtype=torch.long), fake)
     assert fake.length == T + 1 and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="exceed the cache's capacity"):
+        model.new_cache(2, 8).fill_random(9, torch.Generator())
+
+
+@pytest.mark.parametrize("arch,self_decoder", [("yoco", "gret"), ("yoco", "swa"), ("transformer", "gret")])
+def test_decode_only_cell_decodes_from_the_cache_a_prefill_cell_does(arch, self_decoder, monkeypatch):
+    """The timed decode steps of a decode-only cell and of a full cell start from caches of one
+    layout (the runner's random cache vs a real prefill), the one ``analytic.cache_bytes`` counts."""
+    runner = runners.build_runner(arch, "tiny", "cpu", torch.float32, max_tokens=256, self_decoder=self_decoder)
+    seen, real = [], runner.prepare_decode
+    monkeypatch.setattr(runner, "prepare_decode", lambda cache: seen.append(_layout(cache)) or real(cache))
+    full = sweep.measure_cell(runner, 48, 2, 2, None)
+    timed_full = seen[-1]
+    only = sweep.measure_cell(runner, 48, 2, 2, None, decode_only=True)
+    assert seen[-1] == timed_full and timed_full[1] == 48
+    want = sum(analytic.cache_bytes(runner.config, 48, 2, 4, reserve=sweep.decode_reserve(2)).values())
+    assert full.cache_bytes == only.cache_bytes == timed_full[3] == want
+    assert only.prefill_s is None and only.decode_ms > 0 and full.prefill_s > 0
+
+
+def test_oom_blockers_are_per_model_and_dtype():
+    """An out-of-memory row blocks larger cells of its own model in its own dtype only: a gRet and
+    an SWA YOCO of one size in one --out do not share it."""
+    rows = [{"status": "oom", "dtype": "bf16", "model": "yoco-tiny", "ctx": 64, "batch": 1},
+            {"status": "ok", "dtype": "fp32", "model": "yoco-tiny", "ctx": 32, "batch": 1},
+            {"status": "oom", "dtype": "float32", "model": "yoco-tiny", "ctx": 128, "batch": 1}]
+    blockers = sweep.Blockers.from_rows(rows, "fp32")
+    swa = sweep.Plan(archs=["yoco"], sizes=["tiny"], ctxs=[64, 128, 256], batches=[1], self_decoder="swa")
+    assert [c.model for c in swa.cells()] == ["yoco-swa-tiny"] * 3
+    assert [blockers.blocker(c) for c in swa.cells()] == [None] * 3
+    gret = sweep.Plan(archs=["yoco"], sizes=["tiny"], ctxs=[64, 128, 256], batches=[1, 2])
+    assert [blockers.blocker(c) for c in gret.cells()] == [None, (128, 1), (128, 1)] * 2
+
+
+def test_a_record_is_a_profile_row():
+    assert {f.name for f in dataclasses.fields(sweep.Record)} == set(schemas.PROFILE.names)
 
 
 def test_decode_only_sweep_has_no_prefill_and_refuses_peers(tmp_path, capsys):
@@ -149,9 +194,9 @@ def test_decode_only_sweep_has_no_prefill_and_refuses_peers(tmp_path, capsys):
 
 
 def test_cells_over_memory_by_estimate_are_skipped_unbuilt(tmp_path, monkeypatch):
-    est = bench.estimate_memory(get_config("yoco-tiny"), 96, 1, 4, reserve=bench.decode_reserve(2))["total"]
-    monkeypatch.setattr(bench, "device_memory", lambda device: est - 1)
-    monkeypatch.setattr(bench, "build_runner", lambda *a, **k: pytest.fail("built a model for skipped cells"))
+    est = analytic.estimate_memory(get_config("yoco-tiny"), 96, 1, 4, reserve=sweep.decode_reserve(2))["total"]
+    monkeypatch.setattr(sweep, "device_memory", lambda device: est - 1)
+    monkeypatch.setattr(sweep, "build_runner", lambda *a, **k: pytest.fail("built a model for skipped cells"))
     assert main(["profile", "--arch", "yoco", "--size", "tiny", "--ctx", "96,192", "--batch", "1",
                  "--gen-tokens", "2", "--device", "cpu", "--out", str(tmp_path)]) == 0
     rows = _rows(tmp_path)
@@ -170,7 +215,7 @@ def _rows(out):
 
 def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "prof"
-    monkeypatch.setenv(bench.INJECT_ENV, "yoco:128:1")
+    monkeypatch.setenv(sweep.INJECT_ENV, "yoco:128:1")
     argv = [*ARGS, "--arch", "yoco,transformer,hf", "--ctx", "64,128", "--out", str(out)]
     rc = main(argv)
     assert rc == 0
@@ -199,10 +244,10 @@ def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys
     for r in ok.to_dict("records"):
         T, B = int(r["ctx"]), int(r["batch"])
         if r["arch"] == "hf":
-            want = bench.cache_bytes(cfg_t, T, B, 4)["kv"]
+            want = analytic.cache_bytes(cfg_t, T, B, 4)["kv"]
         else:
             cfg = get_config(r["model"])
-            want = sum(bench.cache_bytes(cfg, T, B, 4, reserve=bench.decode_reserve(2)).values())
+            want = sum(analytic.cache_bytes(cfg, T, B, 4, reserve=sweep.decode_reserve(2)).values())
         assert r["cache_gb"] * GB == pytest.approx(want), (r["arch"], T, B)
 
     for name in ("profile_memory.png", "profile_prefill.png", "profile_throughput.png",
@@ -220,9 +265,9 @@ def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys
 
     # --resume: nothing measured twice
     calls = []
-    real = bench.measure_cell
-    monkeypatch.setattr(bench, "measure_cell", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
-    monkeypatch.delenv(bench.INJECT_ENV)
+    real = sweep.measure_cell
+    monkeypatch.setattr(sweep, "measure_cell", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    monkeypatch.delenv(sweep.INJECT_ENV)
     assert main([*ARGS, "--arch", "yoco,transformer,hf", "--ctx", "64,128", "--out", str(out), "--resume"]) == 0
     assert calls == [] and len(_rows(out)) == 12
     # a larger context: only the new cells run; the earlier OOM still rules out yoco 256 x 1 and x 2

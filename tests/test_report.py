@@ -241,3 +241,43 @@ def test_batch_table_finds_each_archs_best_batch_and_yocos_gain():
     assert t.loc["transformer", "at batch"] == "2" and t.loc["transformer", "largest batch run"] == "2"
     assert t.loc["transformer", "YOCO's best over this"] == "6.25x"
     assert batch_table(df[df["batch"] == 1]).empty          # one batch per context: no table
+
+
+def test_old_dtype_spelling_is_reported_as_one(tmp_path):
+    """needle.csv rows written as bfloat16 (before one dtype spelling) and as bf16 are one dtype in
+    the report: one accuracy row, not one per spelling."""
+    run = tmp_path / "run"
+    path = write_needle(run, models=("yoco-3b",), ctxs=(1024,))
+    lines = path.read_text().splitlines()
+    assert all(",bf16," in line for line in lines[1:])
+    path.write_text("\n".join([*lines[:4], *(line.replace(",bf16,", ",bfloat16,") for line in lines[4:])]) + "\n")
+    res = main(["report", str(run), "--out", str(tmp_path / "rep")])
+    assert res == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| yoco-3b | 100% | 100.0% | 6 |" in md
+    assert f"| run | needle.csv | 6 | {H100} | bf16 |" in md
+
+
+def test_exit_codes_of_commands_come_back_from_main(tmp_path, monkeypatch, capsys):
+    """click (standalone_mode=False) returns typer.Exit's code instead of raising it, and turns
+    Ctrl-C into Exit(130): main() returns both."""
+    import typer
+
+    from yoco_cli import report
+
+    write_needle(tmp_path / "run", models=("yoco-3b",), ctxs=(1024,))
+    argv = ["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]
+
+    def exit_130(*a, **k):
+        raise typer.Exit(130)
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    def exit_3(*a, **k):
+        raise typer.Exit(3)
+
+    for fn, code in ((exit_130, 130), (ctrl_c, 130), (exit_3, 3)):
+        monkeypatch.setattr(report, "build", fn)
+        assert main(argv) == code
+    assert "interrupted" in capsys.readouterr().err

@@ -74,19 +74,14 @@ def eval_command(
     out: OutOpt = Path("results/eval"),
 ) -> None:
     """Run lm-evaluation-harness tasks (lm-eval's and the project's tasks/) on a model."""
+    from yoco_core.dtypes import name_of
+
     from .options import load_model_or_fail, resolve_device, resolve_dtype
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         fail("--tasks: give at least one task name")
-    extra_meta: dict = {}
-    if metadata:
-        try:
-            extra_meta = json.loads(metadata)
-        except json.JSONDecodeError as e:
-            fail(f"--metadata: not JSON ({e.msg})")
-        if not isinstance(extra_meta, dict):
-            fail("--metadata: must be a JSON object")
+    extra_meta = _metadata(metadata)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
 
@@ -94,7 +89,6 @@ def eval_command(
         from .lm_eval_model import YOCOLM, synthetic_tokenizer_for, tasks_dir  # sets the offline env
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
-        from lm_eval.utils import handle_non_serializable
 
         folder = tasks_dir()
         meta = {"tokenizer": synthetic_tokenizer_for(model)} | extra_meta
@@ -104,7 +98,7 @@ def eval_command(
     lm_model = load_model_or_fail(model, dev, torch_dtype)
     lm = YOCOLM(pretrained=model, model=lm_model, batch_size=batch_size, max_length=max_length)
     console.print(f"[bold]yoco eval[/] {escape(model)} on {escape(', '.join(names))} ({dev}, "
-                  f"{str(torch_dtype).removeprefix('torch.')})", highlight=False)
+                  f"{name_of(torch_dtype)})", highlight=False)
     try:
         results = simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
@@ -120,6 +114,31 @@ def eval_command(
     if results is None:
         fail("lm-eval returned no results")
 
+    rows = _write(out, results, log_samples, model, num_fewshot, limit, dev)
+    _print_table(model, rows, out)
+
+
+def _metadata(metadata: str | None) -> dict:
+    """``--metadata``: a JSON object (empty when not given)."""
+    if not metadata:
+        return {}
+    try:
+        extra_meta = json.loads(metadata)
+    except json.JSONDecodeError as e:
+        fail(f"--metadata: not JSON ({e.msg})")
+    if not isinstance(extra_meta, dict):
+        fail("--metadata: must be a JSON object")
+    return extra_meta
+
+
+def _write(out: Path, results: dict, log_samples: bool, model: str, num_fewshot: int | None,
+           limit: int | None, dev: str) -> list[tuple[str, str, float, float | None]]:
+    """results.json, each task's samples (with --log-samples), eval.csv and commands.txt; returns
+    the metric rows."""
+    from lm_eval.utils import handle_non_serializable
+
+    from yoco_core.perf.hardware import device_name
+
     out.mkdir(parents=True, exist_ok=True)
     samples = results.pop("samples", None)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=handle_non_serializable,
@@ -129,8 +148,6 @@ def eval_command(
             with (out / f"samples_{task}.jsonl").open("w") as f:
                 for r in rows:
                     f.write(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n")
-    from yoco_core.bench import device_name
-
     schemas.write_command(out, command_line())
     date = schemas.utc_now()
     n_shot = results.get("n-shot", {})
@@ -141,7 +158,10 @@ def eval_command(
             "model": model, "num_fewshot": n_shot.get(task, num_fewshot if num_fewshot is not None else ""),
             "limit": "" if limit is None else limit, "device": device_name(dev), "date": date,
         })
+    return rows
 
+
+def _print_table(model: str, rows, out: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"yoco eval: {model}")

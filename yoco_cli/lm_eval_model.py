@@ -46,8 +46,8 @@ from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.api.registry import model_registry, register_model  # noqa: E402
 
 from yoco_core import generate, load_model  # noqa: E402  (importing yoco_core registers hf:, unilm:)
-from yoco_core.checkpoint import dtype_from_name  # noqa: E402
-from yoco_core.hf import BYTE_TOKENIZER_DIR  # noqa: E402
+from yoco_core.dtypes import from_name as dtype_from_name  # noqa: E402
+from yoco_core.tokenizer import BYTE_TOKENIZER_DIR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +226,16 @@ if "yoco" not in model_registry:
 
 
 def synthetic_tokenizer_for(model_name: str) -> str:
-    """The local HF tokenizer directory lm-eval's synthetic tasks should size prompts with."""
+    """The local HF tokenizer directory lm-eval's synthetic tasks should size prompts with: the
+    model's folder (``hf:`` / ``unilm:`` prefix stripped) when it holds a ``tokenizer.json`` (an HF
+    folder, a saved converted checkpoint), else the byte tokenizer's."""
     name = str(model_name)
-    for pre in ("hf:",):
-        if name.startswith(pre) and (Path(name[len(pre):]).expanduser() / "tokenizer.json").is_file():
-            return str(Path(name[len(pre):]).expanduser())
-    return str(BYTE_TOKENIZER_DIR)
+    for pre in ("hf:", "unilm:"):
+        if name.startswith(pre):
+            name = name[len(pre):]
+            break
+    folder = Path(name).expanduser()
+    return str(folder) if (folder / "tokenizer.json").is_file() else str(BYTE_TOKENIZER_DIR)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -24,20 +24,23 @@ app.command("report")(report.report)
 app.command("train")(train.train)
 
 
+INTERRUPTED = 130      # typer turns Ctrl-C inside a command into Exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``yoco`` command; returns its exit code. With ``standalone_mode=False`` click
+    returns the code of a ``typer.Exit`` / ``ctx.exit`` (Ctrl-C included) instead of raising it,
+    and a command's own return value (None: success)."""
     set_argv(argv)
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except UserError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: what was measured is on disk "
-                      "(needle, profile, train: run again with --resume)")
-        return 130
-    except typer.Exit as e:
-        return e.exit_code
     except Exception as e:
+        if _is_setting_error(e):     # a bad YOCO_KERNEL_* variable, refused when the kernels load
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            return 2
         # click's usage errors (typer vendors its own click, so match the interface, not a class):
         # the message and usage, exit 2; bare `yoco` has already printed the help
         if type(e).__name__ == "NoArgsIsHelpError":
@@ -48,7 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "Abort":
             return 1
         raise
-    return 0
+    if rc == INTERRUPTED:
+        console.print("[yellow]interrupted[/]: what was measured is on disk "
+                      "(needle, profile, train: run again with --resume)")
+    return rc if isinstance(rc, int) else 0
+
+
+def _is_setting_error(e: BaseException) -> bool:
+    """``yoco_core.errors.SettingError``, matched without importing ``yoco_core`` (that would load
+    torch for every command, and re-run the import that just failed): if one was raised, the
+    module that defines it is loaded."""
+    errors = sys.modules.get("yoco_core.errors")
+    return errors is not None and isinstance(e, errors.SettingError)
 
 
 def run() -> None:

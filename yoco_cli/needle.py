@@ -6,6 +6,7 @@ bar, appends each row to ``needle.csv`` as it is measured, and draws the heatmap
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -69,20 +70,38 @@ def needle(
     chunk = parse_chunk(chunk_size, auto=DEFAULT_CHUNK)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    csv_path = schemas.NEEDLE.path(out)
     try:
         done = schemas.NEEDLE.open_sweep(out, resume)
     except schemas.SchemaError as e:
         fail(str(e))
-
     lm = load_model_or_fail(model, dev, torch_dtype)
-    tok, cfg = lm.tokenizer, lm.config
     try:
-        hay = nd.make_haystack(haystack, tok, seed=0)
+        hay = nd.make_haystack(haystack, lm.tokenizer, seed=0)
     except ValueError as e:
         fail(str(e))
+    _check_lengths(lm, ctxs, task, n)
+
+    sweep = _Sweep(model, lm, task, n, hay, seed, chunk, out)
+    cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
+    todo = [cell for cell in cells if sweep.key(*cell) not in done]
+    schemas.write_command(out, command_line())
+    msg = (f"needle: {model} ({lm.config.arch}) on {sweep.device}, task {task}, {n} needle(s), "
+           f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)")
+    if resume:
+        msg += f"; {len(cells) - len(todo)} of {len(cells)} prompts already in {sweep.csv_path}"
+    console.print(msg, highlight=False, markup=False, soft_wrap=True)
+
+    _measure(sweep, todo)
+    _report(sweep, ctxs, depth_list, trials)
+
+
+def _check_lengths(lm, ctxs: list[int], task: str, n: int) -> None:
+    """Every prompt length fits the model (with its answer) and holds the task's needles."""
+    from yoco_core import needle as nd
+
+    cfg = lm.config
     answer = nd.answer_tokens(nd.n_expected(task, n))
-    smallest = nd.min_context(tok, task, n)
+    smallest = nd.min_context(lm.tokenizer, task, n)
     for c in ctxs:
         if c + answer > cfg.max_seq_len:
             fail(f"--ctx {format_size(c)}: a {c}-token prompt plus {answer} answer tokens exceeds "
@@ -91,24 +110,42 @@ def needle(
             fail(f"--ctx {format_size(c)}: too small for task {task} with {n} needle(s); "
                  f"the prompt needs at least {smallest} tokens")
 
-    cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
 
-    dtype_name = nd.dtype_label(lm.dtype)
+@dataclass
+class _Sweep:
+    """What every cell of one sweep shares: the model, the task, the haystack and where rows go."""
+    model: str
+    lm: object
+    task: str
+    n: int
+    hay: object
+    seed: int
+    chunk: int | None
+    out: Path
 
-    def key(c, d, t):
-        return schemas.NEEDLE.key_of(dict(model=model, task=task, haystack=hay.name, ctx_requested=c, depth=d,
-                                          n_needles=n, trial=t, seed=seed, dtype=dtype_name))
+    def __post_init__(self):
+        from yoco_core.dtypes import name_of
+        from yoco_core.perf.hardware import device_name
 
-    todo = [cell for cell in cells if key(*cell) not in done]
-    schemas.write_command(out, command_line())
-    msg = (f"needle: {model} ({cfg.arch}) on {nd.device_name(lm.device)}, task {task}, {n} needle(s), "
-           f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)")
-    if resume:
-        msg += f"; {len(cells) - len(todo)} of {len(cells)} prompts already in {csv_path}"
-    console.print(msg, highlight=False, markup=False, soft_wrap=True)
+        self.csv_path = schemas.NEEDLE.path(self.out)
+        self.dtype = name_of(self.lm.dtype)
+        self.device = device_name(self.lm.device)
 
-    # -- measure ------------------------------------------------------------------------------
+    def key(self, c: int, d: float, t: int) -> tuple[str, ...]:
+        return schemas.NEEDLE.key_of(dict(model=self.model, task=self.task, haystack=self.hay.name,
+                                          ctx_requested=c, depth=d, n_needles=self.n, trial=t,
+                                          seed=self.seed, dtype=self.dtype))
+
+    def row(self, cell) -> dict:
+        return schemas.needle_row(cell, model=self.model, arch=self.lm.config.arch, haystack=self.hay.name,
+                                  device=self.device, dtype=self.dtype)
+
+
+def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> None:
+    """Run the cells still to do, appending each row to needle.csv as soon as it is measured."""
     import torch
+
+    from yoco_core import needle as nd
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console,
@@ -117,22 +154,24 @@ def needle(
         for c, d, t in todo:
             progress.update(bar, description=f"ctx {format_size(c)} depth {d:g} trial {t}")
             try:
-                row = nd.run_cell(lm, c, d, task, n, t, seed, hay, chunk, model_name=model)
+                cell = nd.run_cell(sweep.lm, c, d, sweep.task, sweep.n, t, sweep.seed, sweep.hay, sweep.chunk)
             except torch.cuda.OutOfMemoryError:
-                fail(f"out of memory at --ctx {format_size(c)}: rows so far are in {csv_path}; "
+                fail(f"out of memory at --ctx {format_size(c)}: rows so far are in {sweep.csv_path}; "
                      f"try a smaller --chunk-size or --dtype bf16, then --resume")
-            schemas.NEEDLE.append_row(out, row)
-            progress.update(bar, advance=1, last=f"score {row['score']:g}  prefill {row['prefill_seconds']:.2f}s")
+            schemas.NEEDLE.append_row(sweep.out, sweep.row(cell))
+            progress.update(bar, advance=1, last=f"score {cell.score:g}  prefill {cell.prefill_seconds:.2f}s")
 
-    # -- summarise ------------------------------------------------------------------------------
-    df = schemas.NEEDLE.read(csv_path)
-    df = df[(df["task"] == task) & (df["n_needles"] == n) & (df["haystack"] == hay.name)]
+
+def _report(sweep: _Sweep, ctxs: list[int], depth_list: list[float], trials: int) -> None:
+    """The heatmap of every row of this task and haystack, and the table of this sweep's cells."""
     from .plots import needle_heatmap
 
-    pngs = needle_heatmap(df, Path(out) / "needle_heatmap.png")
-    mine = df[(df["model"] == model) & (df["seed"] == seed) & df["ctx_requested"].isin(ctxs)
+    df = schemas.NEEDLE.read(sweep.csv_path)
+    df = df[(df["task"] == sweep.task) & (df["n_needles"] == sweep.n) & (df["haystack"] == sweep.hay.name)]
+    pngs = needle_heatmap(df, Path(sweep.out) / "needle_heatmap.png")
+    mine = df[(df["model"] == sweep.model) & (df["seed"] == sweep.seed) & df["ctx_requested"].isin(ctxs)
               & df["depth"].round(4).isin(depth_list) & (df["trial"] < trials)]
-    _summary(mine, model, task, n, csv_path, pngs)
+    _summary(mine, sweep.model, sweep.task, sweep.n, sweep.csv_path, pngs)
 
 
 def _summary(df, model: str, task: str, n: int, csv_path: Path, pngs) -> None:

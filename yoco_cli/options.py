@@ -114,7 +114,7 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_dtype(name: str, device: str):
-    from yoco_core.checkpoint import dtype_from_name
+    from yoco_core.dtypes import from_name as dtype_from_name
 
     try:
         return dtype_from_name(name, device)

@@ -217,48 +217,60 @@ def profile_figures(df: pd.DataFrame, out_dir) -> list[Path]:
             # colour: arch/size/batch; marker and dash: device (so two devices of one line pair up)
             color, marker, ls = _style_for(lines.index(tuple(map(str, key[:3]))),
                                            devices.index(dev) if dev in devices else 0)
-            g = g.sort_values("ctx")
-            ok = g[(g["status"] == "ok") & g[col].notna() & (g[col] > 0)]
-            label = _series_label(cols, key)
-            if not ok.empty:
-                ax.plot(ok["ctx"], ok[col], marker=marker, linestyle=ls, color=color, label=label,
-                        markersize=5, linewidth=1.6)
-                any_line = True
-            bad = g[g["status"].isin(("oom", "skipped"))]
-            if not bad.empty:
-                trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
-                ax.plot(bad["ctx"], [1.0] * len(bad), linestyle="none", marker="x", color=color,
-                        markersize=9, markeredgewidth=2.2, transform=trans, clip_on=False,
-                        label=None if not ok.empty else label)
-                for c, s in zip(bad["ctx"], bad["status"]):
-                    fails_at.setdefault(float(c), set()).add("OOM" if s == "oom" else "skipped")
-        _log2_ctx_axis(ax, df["ctx"])
-        if any_line:
-            ax.set_yscale("log")
-            _plain_log_labels(ax)
-        else:
-            ax.set_yticks([])
-            ran = (df["status"] == "ok").any()
-            why = (f"no {col} values (not measured on this device)" if ran
-                   else "no cell ran (all OOM / skipped / error)")
-            ax.text(0.5, 0.5, why, transform=ax.transAxes,
-                    ha="center", va="center", color="gray")
-        trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
-        for c, kinds in fails_at.items():
-            ax.text(c, 1.035, "/".join(sorted(kinds)), transform=trans, ha="center", va="bottom",
-                    fontsize=7, color="#b03a2e")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, pad=18 if fails_at else 6)
-        ax.grid(True, which="major", alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        if fails_at:
-            handles.append(Line2D([], [], linestyle="none", marker="x", color="black",
-                                  markeredgewidth=2))
-            labels.append("x at top: OOM / skipped (over memory)")
-        ax.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
-                  frameon=False)
+            any_line |= _plot_series(ax, g.sort_values("ctx"), col, (color, marker, ls),
+                                     _series_label(cols, key), fails_at)
+        _finish_profile_axes(ax, df, col, ylabel, title, fails_at, any_line)
         written.append(_save(fig, out_dir / fname))
     return written
+
+
+def _plot_series(ax, g: pd.DataFrame, col: str, style, label: str, fails_at: dict) -> bool:
+    """One (arch, size, batch[, device]) series: its ``ok`` points as a line, its ``oom`` /
+    ``skipped`` cells as an x on the top edge (recorded in ``fails_at``); True if a line was drawn."""
+    color, marker, ls = style
+    ok = g[(g["status"] == "ok") & g[col].notna() & (g[col] > 0)]
+    if not ok.empty:
+        ax.plot(ok["ctx"], ok[col], marker=marker, linestyle=ls, color=color, label=label,
+                markersize=5, linewidth=1.6)
+    bad = g[g["status"].isin(("oom", "skipped"))]
+    if not bad.empty:
+        trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+        ax.plot(bad["ctx"], [1.0] * len(bad), linestyle="none", marker="x", color=color,
+                markersize=9, markeredgewidth=2.2, transform=trans, clip_on=False,
+                label=None if not ok.empty else label)
+        for c, s in zip(bad["ctx"], bad["status"]):
+            fails_at.setdefault(float(c), set()).add("OOM" if s == "oom" else "skipped")
+    return not ok.empty
+
+
+def _finish_profile_axes(ax, df: pd.DataFrame, col: str, ylabel: str, title: str, fails_at: dict,
+                         any_line: bool) -> None:
+    """Axes, the OOM / skipped labels over their contexts, the legend."""
+    _log2_ctx_axis(ax, df["ctx"])
+    if any_line:
+        ax.set_yscale("log")
+        _plain_log_labels(ax)
+    else:
+        ax.set_yticks([])
+        ran = (df["status"] == "ok").any()
+        why = (f"no {col} values (not measured on this device)" if ran
+               else "no cell ran (all OOM / skipped / error)")
+        ax.text(0.5, 0.5, why, transform=ax.transAxes,
+                ha="center", va="center", color="gray")
+    trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for c, kinds in fails_at.items():
+        ax.text(c, 1.035, "/".join(sorted(kinds)), transform=trans, ha="center", va="bottom",
+                fontsize=7, color="#b03a2e")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, pad=18 if fails_at else 6)
+    ax.grid(True, which="major", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if fails_at:
+        handles.append(Line2D([], [], linestyle="none", marker="x", color="black",
+                              markeredgewidth=2))
+        labels.append("x at top: OOM / skipped (over memory)")
+    ax.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+              frameon=False)
 
 
 def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -365,17 +377,7 @@ def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
                             transform=trans, ha="center", va="bottom", fontsize=6.5,
                             color="#b03a2e")
     for ax, (col, ylabel) in zip(axes, RATIO_METRICS):
-        _log2_ctx_axis(ax, rows["ctx"])
-        vals = rows[col].dropna()
-        if not vals.empty:
-            ax.set_yscale("log", base=2)
-            lo, hi = min(vals.min(), 1.0), max(vals.max(), 1.0)
-            ax.set_ylim(lo / 1.3, hi * 1.3)
-            ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"YOCO {ylabel.split(' (')[0]}", pad=30 if only_yoco else 6)
-        ax.grid(True, which="major", alpha=0.3)
+        _ratio_axes(ax, rows, col, ylabel, only_yoco)
     labels = list(handles)
     hs = list(handles.values())
     if only_yoco:
@@ -386,6 +388,21 @@ def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     fig.suptitle("YOCO over baseline (above 1 = YOCO better)", y=1.04)
     fig.tight_layout()
     return [_save(fig, Path(out_dir) / "profile_ratios.png")]
+
+
+def _ratio_axes(ax, rows: pd.DataFrame, col: str, ylabel: str, only_yoco: bool) -> None:
+    """One ratio panel's axes: log2 ratios around the 1x line, its title and grid."""
+    _log2_ctx_axis(ax, rows["ctx"])
+    vals = rows[col].dropna()
+    if not vals.empty:
+        ax.set_yscale("log", base=2)
+        lo, hi = min(vals.min(), 1.0), max(vals.max(), 1.0)
+        ax.set_ylim(lo / 1.3, hi * 1.3)
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"YOCO {ylabel.split(' (')[0]}", pad=30 if only_yoco else 6)
+    ax.grid(True, which="major", alpha=0.3)
 
 
 # -- eval ------------------------------------------------------------------------------------

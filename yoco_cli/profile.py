@@ -5,8 +5,10 @@ One row per (arch, size, ctx, batch) cell is appended to ``OUT/profile.csv`` (``
 as soon as the cell is measured; ``--resume`` skips cells already there. Out-of-memory is a
 result: the cell is recorded as ``oom`` with the memory it would have needed, and the sweep goes
 on; a cell whose analytic estimate exceeds the device's memory, or that is at least as large in
-context and batch as a cell that already ran out of memory, is recorded as ``skipped``.
-The measurement logic lives in ``yoco_core.bench``; the figures in ``plots.py``.
+context and batch as a cell of the same model that already ran out of memory, is recorded as
+``skipped``.
+The measurement and the sweep policy live in ``yoco_core.perf`` (``sweep.Plan``, ``sweep.sweep``);
+the figures in ``plots.py``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, command_l
 CTX_DOUBLING_FROM = 4096
 DEFAULT_CTX = {"cuda": "4k,16k,64k,256k,1m", "cpu": "1k,4k,16k"}
 DEFAULT_SIZE = {"cuda": "3b", "cpu": "tiny"}
-GB = 1e9
 
 ArchOpt = Annotated[str, typer.Option("--arch", help="Comma list of yoco, transformer, hf, fla.")]
 SizeOpt = Annotated[str, typer.Option(
@@ -83,10 +84,35 @@ def profile(
     """Profile prefill, decode and memory over contexts and batch sizes (CSV + plots)."""
     from pathlib import Path
 
-    from yoco_core.bench import ARCHS
-    from yoco_core.config import SIZES
+    from yoco_core.perf import sweep
 
-    archs = _parse_choices(arch, ARCHS, "--arch")
+    plan = _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device,
+                 dtype, seed)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a folder")
+    rows = _existing_rows(out, resume)
+    done = {schemas.PROFILE.key_of(r) for r in rows}
+    cells = plan.cells()
+    todo = [c for c in cells if _key(plan, c) not in done]
+
+    schemas.write_command(out, command_line())
+    machine = sweep.Machine.of(plan.device)
+    console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in {schemas.PROFILE.path(out)}), "
+                  f"device {machine.name}, {plan.dtype_name}", highlight=False, markup=False)
+    if todo:
+        machine.ceilings = _ceilings(plan)
+        _run(plan, todo, machine, sweep.Blockers.from_rows(rows, plan.dtype_name), out)
+    _report(out, {_key(plan, c) for c in cells})
+
+
+def _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device, dtype,
+          seed):
+    """The options checked (a one-line error each) and made into a ``sweep.Plan``."""
+    from yoco_core.config import SIZES
+    from yoco_core.perf import runners, sweep
+
+    archs = _parse_choices(arch, runners.ARCHS, "--arch")
     dev = resolve_device(device)
     kind = "cuda" if dev.startswith("cuda") else "cpu"
     sizes = _parse_choices(DEFAULT_SIZE[kind] if size.strip().lower() == "auto" else size, SIZES, "--size")
@@ -97,75 +123,88 @@ def profile(
         fail(f"bad --gen-tokens {gen_tokens}: must be at least 1")
     if repeats < 1:
         fail(f"bad --repeats {repeats}: must be at least 1")
-    chunk_opt = parse_chunk(chunk_size, auto=-1)      # -1: each arch's default
+    chunk = parse_chunk(chunk_size, auto=sweep.AUTO_CHUNK)
     if self_decoder not in ("gret", "swa"):
         fail(f"unknown --self-decoder {self_decoder!r} (use gret or swa)")
     torch_dtype = resolve_dtype(dtype, dev)
-    out = Path(out)
-    if decode_only and set(archs) - {"yoco", "transformer"}:
+    if decode_only and set(archs) - set(runners.NATIVE_ARCHS):
         fail("--decode-only works with --arch yoco and transformer (our models' caches), not "
-             + ", ".join(sorted(set(archs) - {"yoco", "transformer"})))
-
-    from yoco_core import bench
-
+             + ", ".join(sorted(set(archs) - set(runners.NATIVE_ARCHS))))
     for a in archs:
-        if a in ("hf", "fla"):
+        if a in runners.PEER_ARCHS:
             try:
-                bench.check_peer(a, dev)
-            except bench.PeerUnavailable as e:
+                runners.check_peer(a, dev)
+            except runners.PeerUnavailable as e:
                 fail(str(e))
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a folder")
-    dname = bench.dtype_name(torch_dtype)
+    return sweep.Plan(archs=archs, sizes=sizes, ctxs=ctxs, batches=batches, gen_tokens=gen_tokens, chunk=chunk,
+                      self_decoder=self_decoder, repeats=repeats, seed=seed, decode_only=decode_only, device=dev,
+                      dtype=torch_dtype)
+
+
+def _key(plan, cell) -> tuple[str, ...]:
+    """The resume key of a cell of ``plan`` (``schemas.PROFILE``'s)."""
+    from dataclasses import asdict
+
+    return schemas.PROFILE.key_of({**asdict(cell), "dtype": plan.dtype_name})
+
+
+def _existing_rows(out, resume: bool) -> list[dict]:
+    """The rows already in ``OUT/profile.csv``, read once: with ``--resume`` the sweep continues
+    them (skips their cells, keeps their out-of-memory blockers); without it the file is refused."""
     path = schemas.PROFILE.path(out)
-    ooms: dict[tuple[str, str], list[tuple[int, int]]] = {}
     try:
-        done = schemas.PROFILE.open_sweep(out, resume)
-        if done:
-            df = schemas.PROFILE.read(path)
-            for r in df[(df["status"] == "oom") & (df["dtype"] == dname)].to_dict("records"):
-                ooms.setdefault((r["arch"], r["size"]), []).append((int(r["ctx"]), int(r["batch"])))
+        if not resume:
+            schemas.PROFILE.open_sweep(out, resume=False)      # refuses a file already there
+            return []
+        if not path.exists() or path.stat().st_size == 0:
+            return []
+        return schemas.PROFILE.read(path).to_dict("records")
     except schemas.SchemaError as e:
         fail(str(e))
 
-    elem = bench.dtype_bytes(torch_dtype)
-    reserve = bench.decode_reserve(gen_tokens)
-    max_tokens = max(ctxs) + reserve
-    cells = [(a, s, b, c) for a in archs for s in sizes for b in batches for c in ctxs]
 
-    def key(cell):
-        a, s, b, c = cell
-        return schemas.PROFILE.key_of({"arch": a, "model": bench.model_name(a, s, self_decoder), "size": s,
-                                       "ctx": c, "batch": b, "dtype": dname})
+def _ceilings(plan):
+    from yoco_core.perf.hardware import measure_ceilings
 
-    todo = [cell for cell in cells if key(cell) not in done]
+    console.print("measuring ceilings (matmul rate, copy bandwidth) ...", highlight=False)
+    ceil = measure_ceilings(plan.device, plan.dtype)
+    console.print(f"ceilings: matmul {ceil.matmul_tflops:.3g} TFLOP/s ({plan.dtype_name}, n={ceil.matmul_n}), "
+                  f"copy {ceil.copy_tbs:.3g} TB/s", highlight=False)
+    return ceil
 
-    schemas.write_command(out, command_line())
-    bench.use_device(dev)
-    dev_name = bench.device_name(dev)
-    total_mem = bench.device_memory(dev)
-    vers = bench.versions()
-    console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in {schemas.PROFILE.path(out)}), "
-                  f"device {dev_name}, {dname}", highlight=False, markup=False)
 
-    ceil = None
-    if todo:
-        console.print("measuring ceilings (matmul rate, copy bandwidth) ...", highlight=False)
-        ceil = bench.measure_ceilings(dev, torch_dtype)
-        console.print(f"ceilings: matmul {ceil.matmul_tflops:.3g} TFLOP/s ({dname}, n={ceil.matmul_n}), "
-                      f"copy {ceil.copy_tbs:.3g} TB/s", highlight=False)
+def _run(plan, todo, machine, blockers, out) -> None:
+    """The sweep behind a progress bar: each record appended to the CSV as soon as it is known."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    _sweep(todo, out=out, dev=dev, torch_dtype=torch_dtype, dname=dname, elem=elem, reserve=reserve,
-           max_tokens=max_tokens, chunk_opt=chunk_opt, self_decoder=self_decoder, gen_tokens=gen_tokens,
-           repeats=repeats, seed=seed, ceil=ceil, dev_name=dev_name, total_mem=total_mem, vers=vers,
-           ooms=ooms, decode_only=decode_only)
+    from yoco_core.perf import sweep
 
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("profile", total=len(todo))
+
+        def show(phase, cell):
+            progress.update(task, description=f"building {cell.arch} {cell.size}" if phase == "build"
+                            else f"{cell.arch} {cell.size} ctx {format_size(cell.ctx)} batch {cell.batch}")
+
+        for rec in sweep.sweep(plan, todo, machine, blockers, on_event=show, tokens=format_size):
+            rec.date = schemas.utc_now()
+            schemas.PROFILE.append_row(out, rec.row())
+            if rec.status != "ok":
+                colour = "red" if rec.status == "error" else "yellow"
+                progress.console.print(f"[{colour}]{rec.status}[/] {rec.arch} {rec.size} ctx {format_size(rec.ctx)} "
+                                       f"batch {rec.batch}: {escape(rec.note)}", highlight=False)
+            progress.advance(task)
+
+
+def _report(out, wanted: set) -> None:
+    """The table of this run's cells (the last row of each) and the figures of the whole CSV."""
+    path = schemas.PROFILE.path(out)
     if not path.exists():
         return
     df = schemas.PROFILE.read(path)
-    wanted = {key(cell) for cell in cells}
-    rows = [r for r in df.to_dict("records") if schemas.PROFILE.key_of(r) in wanted]
-    last = {schemas.PROFILE.key_of(r): r for r in rows}
+    last = {schemas.PROFILE.key_of(r): r for r in df.to_dict("records") if schemas.PROFILE.key_of(r) in wanted}
     _table(list(last.values()))
 
     from .plots import profile_figures, ratio_figures
@@ -173,88 +212,6 @@ def profile(
     written = list(profile_figures(df, out)) + list(ratio_figures(df, out))
     console.print(f"wrote {path}" + (f" and {len(written)} figures: " + ", ".join(p.name for p in written)
                                      if written else ""), highlight=False, markup=False)
-
-
-def _sweep(todo, *, out, dev, torch_dtype, dname, elem, reserve, max_tokens, chunk_opt, self_decoder,
-           gen_tokens, repeats, seed, ceil, dev_name, total_mem, vers, ooms, decode_only=False) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from yoco_core import bench
-
-    if not todo:
-        return
-    runner = None
-    runner_id = None
-    build_failed = ("error", "")
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("profile", total=len(todo))
-            for a, s, b, c in todo:
-                cfg = bench.size_config(a, s, self_decoder)
-                chunk = 0 if decode_only else bench.effective_chunk(
-                    bench.default_chunk(a) if chunk_opt == -1 else chunk_opt, c)
-                analytic = bench.cell_analytics(cfg, c, b, elem, 1 if decode_only else chunk, reserve)
-                progress.update(task, description=f"{a} {s} ctx {format_size(c)} batch {b}")
-                row = {
-                    "arch": a, "model": bench.model_name(a, s, self_decoder),
-                    "size": s, "params": cfg.n_params(), "ctx": c, "batch": b,
-                    "est_gb": analytic["est_bytes"] / GB,
-                    "decode_gb_per_token": analytic["decode_bytes"] / GB,
-                    "matmul_tflops": ceil.matmul_tflops if ceil else "", "copy_tbs": ceil.copy_tbs if ceil else "",
-                    "gen_tokens": gen_tokens, "chunk_size": chunk, "device": dev_name, "dtype": dname,
-                    "torch": vers["torch"], "triton": vers["triton"],
-                }
-                blocker = next(((c0, b0) for c0, b0 in ooms.get((a, s), []) if c >= c0 and b >= b0), None)
-                if total_mem is not None and analytic["est_bytes"] > total_mem:
-                    row.update(status="skipped", note=f"estimate {analytic['est_bytes'] / GB:.1f} GB exceeds the "
-                                                      f"device's {total_mem / GB:.1f} GB")
-                elif blocker is not None:
-                    row.update(status="skipped", note=f"ctx {format_size(blocker[0])} batch {blocker[1]} "
-                                                      "already ran out of memory")
-                else:
-                    if runner_id != (a, s):
-                        if runner is not None:
-                            runner.close()
-                            runner = None
-                        runner_id = (a, s)
-                        progress.update(task, description=f"building {a} {s}")
-                        try:
-                            runner = bench.build_runner(a, s, dev, torch_dtype, max_tokens=max_tokens,
-                                                        self_decoder=self_decoder, seed=seed)
-                        except Exception as e:  # noqa: BLE001 - recorded on each of its cells
-                            build_failed = ("oom" if bench.is_oom(e) else "error",
-                                            "building the model: " + bench.first_line(e))
-                            bench.release(dev)
-                        progress.update(task, description=f"{a} {s} ctx {format_size(c)} batch {b}")
-                    if runner is None:
-                        row.update(status=build_failed[0], note=build_failed[1])
-                    else:
-                        row["params"] = runner.params
-                        res = bench.run_cell(runner, c, b, gen_tokens, chunk or None, repeats, seed, decode_only)
-                        row.update(status=res.status, note=res.note)
-                        if res.status == "oom":
-                            ooms.setdefault((a, s), []).append((c, b))
-                        if res.status == "ok":
-                            sh = bench.shares(analytic, res, ceil)
-                            row.update(
-                                prefill_s=res.prefill_s, decode_ms=res.decode_ms,
-                                decode_tok_s=b * 1e3 / res.decode_ms if res.decode_ms else "",
-                                peak_alloc_gb=res.peak_alloc / GB if res.peak_alloc is not None else "",
-                                peak_reserved_gb=res.peak_reserved / GB if res.peak_reserved is not None else "",
-                                cache_gb=res.cache_bytes / GB if res.cache_bytes is not None else "",
-                                **{k: ("" if v is None else v) for k, v in sh.items()})
-                row["date"] = schemas.utc_now()
-                schemas.PROFILE.append_row(out, row)
-                if row["status"] != "ok":
-                    colour = "red" if row["status"] == "error" else "yellow"
-                    progress.console.print(f"[{colour}]{row['status']}[/] {a} {s} ctx {format_size(c)} "
-                                           f"batch {b}: {escape(row['note'])}", highlight=False)
-                progress.advance(task)
-    finally:
-        if runner is not None:
-            runner.close()
 
 
 def _table(rows: list[dict]) -> None:

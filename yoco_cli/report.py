@@ -385,24 +385,54 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
         for old in out.glob(pattern):
             old.unlink()
 
-    blocks: list[Block] = []
-    devices = sorted({d for r in runs for df in r.frames.values() for d in df["device"].astype(str) if d})
-    n_rows = {s.name: len(df) for s, df in zip(KINDS, (profile, needle, ev))}
-    blocks.append(Block("p", f"{len(runs)} results folder(s): "
-                        + ", ".join(f"`{r.label}`" for r in runs) + ". Devices: "
-                        + (", ".join(devices) or "n/a") + ". Rows: "
-                        + ", ".join(f"{k} {v}" for k, v in n_rows.items() if v) + "."))
-    blocks.append(Block("p", f"Generated {schemas.utc_now()} by `{generated_by}` (yoco {_version()})."))
-
+    blocks = _overview(runs, (profile, needle, ev), generated_by)
     figures: list[Path] = []
     tables: dict[str, pd.DataFrame] = {}
+    blocks += _headline(profile, needle, tables)
+    if not profile.empty:
+        blocks += _profile_section(profile, out, figures, tables)
+    if not needle.empty:
+        blocks.append(Block("h2", "Needle in a haystack"))
+        written = plots.needle_heatmap(needle, out / "needle.png")
+        for p in written:
+            blocks.append(Block("img", p, f"Needle heatmap ({p.name}): depth x context, mean score per cell"))
+        figures += written
+    if not ev.empty:
+        blocks.append(Block("h2", "Evaluation"))
+        written = plots.eval_bars(ev, out / "eval.png")
+        for p in written:
+            blocks.append(Block("img", p, "Eval metrics per task"))
+        figures += written
+        tables["eval"] = eval_table(ev)
+        blocks.append(Block("table", tables["eval"], "lm-eval results"))
+    blocks += _runs_section(runs, tables)
 
-    # headline
+    title = "YOCO report"
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(title, blocks))
+    page.write_text(to_html(title, blocks))
+    return {"md": md, "html": page, "figures": figures, "tables": tables, "runs": runs}
+
+
+def _overview(runs: list[Run], frames, generated_by: str) -> list[Block]:
+    """The folders, devices and row counts read, and how the report was made."""
+    devices = sorted({d for r in runs for df in r.frames.values() for d in df["device"].astype(str) if d})
+    n_rows = {s.name: len(df) for s, df in zip(KINDS, frames)}
+    return [Block("p", f"{len(runs)} results folder(s): "
+                  + ", ".join(f"`{r.label}`" for r in runs) + ". Devices: "
+                  + (", ".join(devices) or "n/a") + ". Rows: "
+                  + ", ".join(f"{k} {v}" for k, v in n_rows.items() if v) + "."),
+            Block("p", f"Generated {schemas.utc_now()} by `{generated_by}` (yoco {_version()}).")]
+
+
+def _headline(profile: pd.DataFrame, needle: pd.DataFrame, tables: dict) -> list[Block]:
+    """YOCO / baseline ratios, the best batch per context and needle accuracy per length."""
     ratios = ratio_table(profile) if not profile.empty else pd.DataFrame()
     needle_acc = needle_table(needle)
     best = batch_table(profile) if not profile.empty else pd.DataFrame()
-    if not ratios.empty or not needle_acc.empty or not best.empty:
-        blocks.append(Block("h2", "Headline"))
+    if ratios.empty and needle_acc.empty and best.empty:
+        return []
+    blocks = [Block("h2", "Headline")]
     if not ratios.empty:
         tables["ratios"] = ratios
         lone = ratios.apply(lambda r: r.astype(str).str.contains(" OOM| skipped").any(), axis=1)
@@ -420,52 +450,37 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
     if not needle_acc.empty:
         tables["needle"] = needle_acc
         blocks.append(Block("table", needle_acc, "Needle-in-a-haystack accuracy (mean score) per context length"))
+    return blocks
 
-    if not profile.empty:
-        blocks.append(Block("h2", "Profile"))
-        blocks.append(Block("p", "Lines join the cells that ran (status ok); an x at the top edge marks a "
-                            "cell that ran out of memory (OOM) or was skipped because its memory estimate "
-                            "exceeded the device. Several devices or runs are separate lines."))
-        written = plots.profile_figures(profile, out) + plots.ratio_figures(profile, out)
-        captions = {f: t for f, _, _, t in plots.PROFILE_METRICS}
-        captions["profile_ratios.png"] = "YOCO over baseline: memory saved, prefill speed-up, throughput gain"
-        for p in written:
-            blocks.append(Block("img", p, captions.get(p.name, p.stem)))
-        figures += written
-        tables["profile"] = profile_table(profile)
-        blocks.append(Block("table", tables["profile"], "All profile cells"))
 
-    if not needle.empty:
-        blocks.append(Block("h2", "Needle in a haystack"))
-        written = plots.needle_heatmap(needle, out / "needle.png")
-        for p in written:
-            blocks.append(Block("img", p, f"Needle heatmap ({p.name}): depth x context, mean score per cell"))
-        figures += written
+def _profile_section(profile: pd.DataFrame, out: Path, figures: list, tables: dict) -> list[Block]:
+    blocks = [Block("h2", "Profile"),
+              Block("p", "Lines join the cells that ran (status ok); an x at the top edge marks a "
+                    "cell that ran out of memory (OOM) or was skipped because its memory estimate "
+                    "exceeded the device. Several devices or runs are separate lines.")]
+    written = plots.profile_figures(profile, out) + plots.ratio_figures(profile, out)
+    captions = {f: t for f, _, _, t in plots.PROFILE_METRICS}
+    captions["profile_ratios.png"] = "YOCO over baseline: memory saved, prefill speed-up, throughput gain"
+    for p in written:
+        blocks.append(Block("img", p, captions.get(p.name, p.stem)))
+    figures += written
+    tables["profile"] = profile_table(profile)
+    blocks.append(Block("table", tables["profile"], "All profile cells"))
+    return blocks
 
-    if not ev.empty:
-        blocks.append(Block("h2", "Evaluation"))
-        written = plots.eval_bars(ev, out / "eval.png")
-        for p in written:
-            blocks.append(Block("img", p, "Eval metrics per task"))
-        figures += written
-        tables["eval"] = eval_table(ev)
-        blocks.append(Block("table", tables["eval"], "lm-eval results"))
 
-    blocks.append(Block("h2", "Runs"))
+def _runs_section(runs: list[Run], tables: dict) -> list[Block]:
+    """Device, versions and dates of each results file, and the commands of each folder."""
     tables["runs"] = runs_table(runs)
-    blocks.append(Block("table", tables["runs"], "Device, versions and dates of each results file"))
-    blocks.append(Block("h3", "Commands"))
+    blocks = [Block("h2", "Runs"),
+              Block("table", tables["runs"], "Device, versions and dates of each results file"),
+              Block("h3", "Commands")]
     for r in runs:
         lines = [f"{when}  {cmd}".strip() for when, cmd in r.commands]
         blocks.append(Block("p", f"`{r.label}`" + ("" if lines else ": no commands.txt (command not recorded)")))
         if lines:
             blocks.append(Block("code", lines))
-
-    title = "YOCO report"
-    md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(title, blocks))
-    page.write_text(to_html(title, blocks))
-    return {"md": md, "html": page, "figures": figures, "tables": tables, "runs": runs}
+    return blocks
 
 
 def _version() -> str:

@@ -47,7 +47,8 @@ class Schema:
             f.flush()
 
     def read(self, path) -> pd.DataFrame:
-        """Read and validate; a foreign or damaged file raises ``SchemaError`` (one line)."""
+        """Read and validate; a foreign or damaged file raises ``SchemaError`` (one line). The
+        ``dtype`` column comes back in the one spelling of ``yoco_core.dtypes.canonical``."""
         path = Path(path)
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -68,6 +69,10 @@ class Schema:
                     what = "a whole number" if kind == "int" else "a finite number"
                     raise SchemaError(f"{path}: row {i + 2}, column {col}: {df[col][i]!r} is not {what}")
                 df[col] = vals
+        if "dtype" in self.names:       # one spelling: older needle.csv files say bfloat16, float32
+            from yoco_core.dtypes import canonical   # deferred: torch is not needed to import the CLI
+
+            df["dtype"] = df["dtype"].map(canonical)
         return df
 
     @staticmethod
@@ -103,7 +108,11 @@ class Schema:
         return {self.key_of(r) for r in df.to_dict("records")}
 
     def key_of(self, row: dict) -> tuple[str, ...]:
-        return tuple(_norm(row.get(k, "")) for k in self.key)
+        """The cell a row measured, one spelling per value: numbers as ``_norm`` writes them, the
+        dtype as ``yoco_core.dtypes.canonical`` does (older needle.csv files say ``bfloat16``)."""
+        from yoco_core.dtypes import canonical
+
+        return tuple(canonical(row.get(k, "")) if k == "dtype" else _norm(row.get(k, "")) for k in self.key)
 
 
 def _norm(v) -> str:
@@ -193,6 +202,16 @@ EVAL = Schema(
 )
 
 SCHEMAS = {s.name: s for s in (NEEDLE, PROFILE, EVAL)}
+
+
+def needle_row(cell, *, model: str, arch: str, haystack: str, device: str, dtype: str) -> dict:
+    """A ``needle.csv`` row: what one cell measured (``yoco_core.needle.NeedleResult``) and what
+    ran it (``dtype`` as ``yoco_core.dtypes.name_of`` spells it)."""
+    row = dict(vars(cell), model=model, arch=arch, haystack=haystack, device=device, dtype=dtype,
+               date=utc_now())
+    row["expected"] = "|".join(cell.expected)
+    row["prefill_seconds"] = round(cell.prefill_seconds, 6)
+    return {c: row[c] for c in NEEDLE.names}
 
 
 def utc_now() -> str:

@@ -62,9 +62,38 @@ def train(
         "--ship", help="When done, copy final/ (as bf16) into the package: yoco_core/weights/<preset>/.")] = False,
 ) -> None:
     """Train a preset on synthetic long-context data (needles, kv lookups, copying), resumably."""
+    cfg = _config(model=model, steps=steps, out=out, device=device, dtype=dtype, seed=seed, lr=lr,  # checked
+                  min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=batch_tokens,
+                  curriculum=curriculum, mix=mix, lm_weight=lm_weight, set_=set_, log_every=log_every,
+                  save_every=save_every, keep=keep, stop_at=stop_at)
     from yoco_core import train as tr
 
-    # -- check everything before any work ----------------------------------------------------
+    write_command(Path(cfg.out), command_line())
+    display = _Display(cfg)
+    try:
+        result = tr.train(cfg, resume=resume, stop_at=stop_at, on_start=display.on_start, on_step=display.on_step,
+                          on_log=display.on_log)
+    except tr.TrainError as e:
+        fail(str(e))
+    finally:
+        display.progress.stop()
+    _print_summary(result, cfg)
+    if ship:
+        if result.step < cfg.steps:
+            fail(f"--ship: the run stopped at step {result.step} of {cfg.steps}; finish it first (--resume)")
+        try:
+            dest = tr.ship(result.out)
+        except tr.TrainError as e:
+            fail(str(e))
+        console.print(f"shipped: {dest} (load_model({dest.name!r}) now loads these weights)", highlight=False, markup=False)
+
+
+def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup, weight_decay, batch_tokens,
+            curriculum, mix, lm_weight, set_, log_every, save_every, keep, stop_at):
+    """The checked ``TrainConfig`` of the options (every check before any work; exit 2 if bad)."""
+    from yoco_core import train as tr
+    from yoco_core.synthetic import parse_mix
+
     if steps < 1:
         fail(f"--steps {steps}: must be at least 1")
     if stop_at is not None and stop_at < 1:
@@ -74,8 +103,6 @@ def train(
         fail(f"--curriculum {curriculum}: lengths must be at least 8 tokens")
     tokens = parse_size(batch_tokens)
     try:
-        from yoco_core.synthetic import TASKS, parse_mix
-
         mixture = parse_mix(mix)
         overrides = tr.parse_overrides(set_ or [])
     except (ValueError, tr.TrainError) as e:
@@ -93,52 +120,55 @@ def train(
         fail(str(e))
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: exists and is not a folder")
-    write_command(out, command_line())
+    return cfg
 
-    # -- train ---------------------------------------------------------------------------------
-    progress = Progress(
-        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
-    task_id = None
-    smooth: dict = {}
 
-    def on_start(info: dict) -> None:
-        nonlocal task_id
+class _Display:
+    """A rich progress bar (step, smoothed loss, answer accuracy, lr, tokens/s) fed by the
+    trainer's callbacks; without a terminal (a log file, a remote job) the bar cannot redraw, so
+    about 20 plain lines are printed as well."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        self.task_id = None
+        self.smooth: dict = {}                   # log values smoothed over the rows
+        self.plain_every = max(1, cfg.steps // cfg.log_every // 20)
+        self.n_logged = 0
+
+    def on_start(self, info: dict) -> None:
+        cfg = self.cfg
         where = f"resuming at step {info['start']}" if info["start"] else "from scratch"
         console.print(f"{info['model']} ({info['arch']}, {info['params'] / 1e6:.2f}M params) on {info['device']}, "
                       f"{info['amp']}, {where}; {info['backend']}; "
                       f"curriculum {','.join(format_size(x) for x in cfg.curriculum)} x "
                       f"{format_size(cfg.batch_tokens)} tokens/step -> {info['out']}", highlight=False, markup=False)
-        progress.start()
-        task_id = progress.add_task("train", total=cfg.steps, completed=info["start"], stats="")
+        self.progress.start()
+        self.task_id = self.progress.add_task("train", total=cfg.steps, completed=info["start"], stats="")
 
-    def on_step(step: int) -> None:
-        progress.update(task_id, completed=step)
+    def on_step(self, step: int) -> None:
+        self.progress.update(self.task_id, completed=step)
 
-    # without a terminal (a log file, a remote job) the bar cannot redraw: print ~20 plain lines
-    plain_every = max(1, cfg.steps // cfg.log_every // 20)
-    n_logged = 0
+    def on_log(self, row: dict) -> None:
+        from yoco_core.synthetic import TASKS
 
-    def on_log(row: dict) -> None:
-        nonlocal n_logged
-        for key in ("loss", "answer_acc", *(f"{t}_acc" for t in TASKS)):   # smoothed over log rows
+        smooth = self.smooth
+        for key in ("loss", "answer_acc", *(f"{t}_acc" for t in TASKS)):
             if row.get(key, "") != "":
                 smooth[key] = row[key] if key not in smooth else 0.7 * smooth[key] + 0.3 * row[key]
         tasks = "".join(f" {t} {smooth[t + '_acc']:.2f}" for t in TASKS if t + "_acc" in smooth)
         stats = (f"len {format_size(row['length'])} loss {smooth['loss']:.3f} acc {smooth['answer_acc']:.3f}"
                  f"{tasks} lr {float(row['lr']):.2e} {row['tokens_per_s'] / 1e3:,.0f}k tok/s")
-        progress.update(task_id, stats=stats)
-        n_logged += 1
-        if not console.is_terminal and (n_logged % plain_every == 0 or row["step"] == cfg.steps):
-            console.print(f"step {row['step']}/{cfg.steps} {stats} ({row['seconds']:.0f} s)", highlight=False)
+        self.progress.update(self.task_id, stats=stats)
+        self.n_logged += 1
+        if not console.is_terminal and (self.n_logged % self.plain_every == 0 or row["step"] == self.cfg.steps):
+            console.print(f"step {row['step']}/{self.cfg.steps} {stats} ({row['seconds']:.0f} s)", highlight=False)
 
-    try:
-        result = tr.train(cfg, resume=resume, stop_at=stop_at, on_start=on_start, on_step=on_step, on_log=on_log)
-    except tr.TrainError as e:
-        fail(str(e))
-    finally:
-        progress.stop()
 
+def _print_summary(result, cfg) -> None:
+    """The one-line summary of a session (done, or stopped at a checkpoint)."""
     last = result.last or {}
     tok_s = result.tokens / result.seconds if result.seconds else 0.0
     head = "stopped" if result.step < cfg.steps else "done"
@@ -148,11 +178,3 @@ def train(
         f"{last.get('answer_loss', 'n/a')}, answer acc {last.get('answer_acc', 'n/a')}, needle acc "
         f"{last.get('needle_acc') or 'n/a'} -> {result.final}",
         highlight=False, markup=False, soft_wrap=True)
-    if ship:
-        if result.step < cfg.steps:
-            fail(f"--ship: the run stopped at step {result.step} of {cfg.steps}; finish it first (--resume)")
-        try:
-            dest = tr.ship(result.out)
-        except tr.TrainError as e:
-            fail(str(e))
-        console.print(f"shipped: {dest} (load_model({dest.name!r}) now loads these weights)", highlight=False, markup=False)

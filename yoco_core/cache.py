@@ -5,10 +5,14 @@
   costs no per-token reallocation.
 * ``YOCOCache``: one global ``KVBuffer`` shared by every cross-decoder layer (its size does not
   depend on depth) plus each self-decoder layer's constant-size state: the gated-retention state
-  ``[B, H, K, V]`` (float32) or, for SWA, the last ``window - 1`` keys and values.
+  ``[B, H, K, V]`` (float32) or, for SWA, the last ``window - 1`` keys and values. The states' shape
+  (``StateSpec``) is given when the model makes the cache, so a cache can be filled without a
+  prefill (``fill_random``).
 * ``TransformerCache``: one ``KVBuffer`` per layer.
 
-Every cache reports its size in bytes (allocated memory, not only the filled part).
+Both share one interface (``Cache``): ``batch``, ``length``, ``capacity``, ``buffers()`` (the
+KV buffers), ``states``, ``nbytes()`` (allocated memory, not only the filled part), ``advance(n)``
+and ``fill_random(ctx, generator)``.
 """
 from __future__ import annotations
 
@@ -61,24 +65,58 @@ class KVBuffer:
         return self.k.nbytes + self.v.nbytes
 
 
-@dataclass
-class YOCOCache:
-    kv: KVBuffer
-    states: list = field(default_factory=list)   # per self-decoder layer: Tensor or (k, v) or None
+@dataclass(frozen=True)
+class StateSpec:
+    """The shape of every self-decoder layer's state: gRet ``[B, heads, head_dim, head_dim]``
+    float32; SWA the last ``min(n, window - 1)`` keys and values ``[B, heads, keep, head_dim]``
+    in ``dtype`` (the model's)."""
+    kind: str                       # gret or swa (ModelConfig.self_decoder)
+    heads: int
+    head_dim: int
+    window: int = 0
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def of(cls, cfg, dtype: torch.dtype) -> StateSpec:
+        """The states of a YOCO ``ModelConfig`` run in ``dtype``."""
+        return cls(cfg.self_decoder, cfg.n_self_heads, cfg.self_head_dim, cfg.window, dtype)
+
+    def random(self, batch: int, ctx: int, device, generator: torch.Generator):
+        """A standard-normal state as ``ctx`` tokens would leave it."""
+        H, h = self.heads, self.head_dim
+        if self.kind == "gret":
+            return torch.randn(batch, H, h, h, device=device, dtype=torch.float32, generator=generator)
+        keep = min(ctx, self.window - 1)
+        return tuple(torch.randn(batch, H, keep, h, device=device, dtype=self.dtype, generator=generator)
+                     for _ in range(2))
+
+
+class Cache:
+    """What both caches share, over their KV buffers (``buffers()``) and ``states``."""
+
+    states: list
+
+    def buffers(self) -> list[KVBuffer]:
+        raise NotImplementedError
+
+    @property
+    def batch(self) -> int:
+        return self.buffers()[0].k.shape[0]
 
     @property
     def length(self) -> int:
-        return self.kv.length
+        return self.buffers()[0].length
 
     @property
     def capacity(self) -> int:
-        return self.kv.capacity
+        return self.buffers()[0].capacity
 
     def advance(self, n: int) -> None:
-        self.kv.length += n
+        for b in self.buffers():
+            b.length += n
 
     def kv_nbytes(self) -> int:
-        return self.kv.nbytes()
+        return sum(b.nbytes() for b in self.buffers())
 
     def state_nbytes(self) -> int:
         total = 0
@@ -92,28 +130,42 @@ class YOCOCache:
     def nbytes(self) -> int:
         return self.kv_nbytes() + self.state_nbytes()
 
+    def fill_random(self, ctx: int, generator: torch.Generator) -> None:
+        """Leave the cache as a prefill of ``ctx`` tokens would (same buffers and capacity, fill
+        length ``ctx``) but holding standard-normal keys, values and states. A decode step reads
+        and computes the same whatever the values: what decode-only profiling starts from."""
+        if ctx > self.capacity:
+            raise ValueError(f"fill_random: {ctx} positions exceed the cache's capacity {self.capacity}")
+        for buf in self.buffers():
+            for t in (buf.k, buf.v):
+                t[:, :, :ctx].normal_(generator=generator)
+            buf.length = ctx
+
 
 @dataclass
-class TransformerCache:
+class YOCOCache(Cache):
+    kv: KVBuffer
+    states: list = field(default_factory=list)   # per self-decoder layer: Tensor or (k, v) or None
+    state_spec: StateSpec | None = None            # what the states look like (for fill_random)
+
+    def buffers(self) -> list[KVBuffer]:
+        return [self.kv]
+
+    def fill_random(self, ctx: int, generator: torch.Generator) -> None:
+        if self.states and self.state_spec is None:
+            raise ValueError("fill_random: this YOCOCache was made without its state_spec")
+        super().fill_random(ctx, generator)
+        for i in range(len(self.states)):
+            self.states[i] = self.state_spec.random(self.batch, ctx, self.kv.k.device, generator)
+
+
+@dataclass
+class TransformerCache(Cache):
     layers: list  # list[KVBuffer]
 
-    @property
-    def length(self) -> int:
-        return self.layers[0].length
+    def buffers(self) -> list[KVBuffer]:
+        return self.layers
 
     @property
-    def capacity(self) -> int:
-        return self.layers[0].capacity
-
-    def advance(self, n: int) -> None:
-        for b in self.layers:
-            b.length += n
-
-    def kv_nbytes(self) -> int:
-        return sum(b.nbytes() for b in self.layers)
-
-    def state_nbytes(self) -> int:
-        return 0
-
-    def nbytes(self) -> int:
-        return self.kv_nbytes()
+    def states(self) -> list:
+        return []

@@ -7,7 +7,12 @@
 * a directory with ``config.json`` and ``model.safetensors`` (what ``save_model`` writes), or
   with a ``.pt`` / ``.bin`` state dict, read with ``torch.load(..., weights_only=True)``;
 * a path to a ``.safetensors`` / ``.pt`` / ``.bin`` file with ``config.json`` beside it;
-* ``PREFIX:PATH`` for a registered foreign format (see ``register_loader``).
+* ``PREFIX:PATH`` for a registered foreign format (see ``register_loader``; ``yoco_core.convert``
+  registers ``hf:`` and ``unilm:``).
+
+The model comes back with ``model.tokenizer`` attached: the one its config names, read from the
+checkpoint's folder (``tokenizer.tokenizer_for``). ``save_model`` copies that tokenizer's files into
+the checkpoint, so a checkpoint folder is self-contained and can be moved.
 
 Every failure a user can cause raises ``CheckpointError`` with a one-line message.
 """
@@ -20,7 +25,9 @@ from typing import Callable
 import torch
 
 from .config import PRESETS, ModelConfig, get_config
+from .dtypes import default_dtype
 from .model import CausalLM, build_model, fuse_state_dict
+from .tokenizer import FOLDER, copy_tokenizer_files, tokenizer_for
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FORMAT_VERSION = 1
@@ -34,39 +41,31 @@ _LOADERS: dict[str, Callable[..., CausalLM]] = {}
 
 
 def register_loader(prefix: str, fn: Callable[..., CausalLM]) -> None:
-    """``load_model(f"{prefix}:PATH", ...)`` calls ``fn(PATH, device=, dtype=)``."""
+    """``load_model(f"{prefix}:PATH", ...)`` calls ``fn(PATH, device=, dtype=)``; the tokenizer
+    the returned model's config names is then read from the folder ``PATH``."""
     _LOADERS[prefix] = fn
 
 
-def default_dtype(device) -> torch.dtype:
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
-DTYPE_ALIASES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-
-def dtype_from_name(name: str, device) -> torch.dtype:
-    """``fp32``/``float32``, ``bf16``/``bfloat16``, ``fp16``/``float16``, or ``auto`` (bf16 on CUDA,
-    fp32 elsewhere); anything else is a ``ValueError``."""
-    key = str(name).strip().lower()
-    if key == "auto":
-        return default_dtype(device)
-    if key not in DTYPE_ALIASES:
-        raise ValueError(f"unknown dtype {name!r} (use fp32, bf16, fp16 or auto)")
-    return DTYPE_ALIASES[key]
-
-
 def save_model(model: CausalLM, path) -> Path:
+    """``model.safetensors`` + ``config.json`` in the folder ``path``, with the files of the model's
+    tokenizer when it came from files (its config then says ``tokenizer: "folder"``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    cfg, tok = model.config, getattr(model, "tokenizer", None)
+    if getattr(tok, "path", None) is not None:           # an HFTokenizer: its files travel along
+        copy_tokenizer_files(tok.path, path)
+    if tok is not None:
+        cfg = cfg.replace(tokenizer=tok.name)
+    if cfg.tokenizer == FOLDER and not (path / "tokenizer.json").is_file():
+        raise CheckpointError(f"{path}: the config names tokenizer files, but the model holds no tokenizer "
+                              "to copy them from (attach one: model.tokenizer = tokenizer_for(config, folder))")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
+    if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "yoco", "version": str(FORMAT_VERSION)})
-    (path / "config.json").write_text(model.config.to_json() + "\n")
+    (path / "config.json").write_text(cfg.to_json() + "\n")
     return path
 
 
@@ -81,7 +80,7 @@ def read_config(path) -> ModelConfig:
         raise CheckpointError(f"bad config {cfg_file}: {e}") from None
 
 
-def _weights_file(path: Path) -> Path:
+def weights_file(path: Path) -> Path:
     if path.is_file():
         return path
     for pattern in ("model.safetensors", "*.safetensors", "*.pt", "*.bin"):
@@ -136,32 +135,48 @@ def load_state(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> 
     return model
 
 
+def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str, device, dtype) -> CausalLM:
+    """``cfg`` with the weights ``state`` (our names), in eval mode and without a tokenizer.
+
+    Allocated once, in the target dtype on the target device (built on ``meta``, then
+    ``to_empty``): ``load_state_dict`` copies across device and dtype, so the peak is the model plus
+    the state, not a float32 copy besides. What every loader (directories, ``yoco_core.convert``) uses."""
+    model = build_model(cfg, device="meta", dtype=dtype).to_empty(device=device)
+    load_state(model, state, source)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
+
+
 def load_model(name_or_path: str, device="cpu", dtype: torch.dtype | None = None, seed: int = 0) -> CausalLM:
+    """A preset, a checkpoint folder / file, or ``PREFIX:PATH`` (module docstring), with
+    ``model.tokenizer`` attached."""
     dtype = dtype or default_dtype(device)
     name = str(name_or_path)
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _LOADERS and len(prefix) > 1:  # (a one-letter prefix is a Windows drive)
-        return _LOADERS[prefix](rest, device=device, dtype=dtype)
+        return _with_tokenizer(_LOADERS[prefix](rest, device=device, dtype=dtype), Path(rest).expanduser())
     if name.lower() in PRESETS:
         shipped = WEIGHTS_DIR / name.lower()
         if (shipped / "config.json").is_file():
-            return _load_dir(shipped, device, dtype)
-        return build_model(get_config(name), device=device, dtype=dtype, seed=seed)
+            return _with_tokenizer(_load_dir(shipped, device, dtype), shipped)
+        return _with_tokenizer(build_model(get_config(name), device=device, dtype=dtype, seed=seed), None)
     path = Path(name).expanduser()
     if not path.exists():
         known = ", ".join(sorted(k for k in PRESETS if k.endswith("tiny")))
         raise CheckpointError(f"{name!r} is neither a preset (e.g. {known}) nor an existing path")
-    return _load_dir(path, device, dtype)
+    return _with_tokenizer(_load_dir(path, device, dtype), path if path.is_dir() else path.parent)
+
+
+def _with_tokenizer(model: CausalLM, folder: Path | None) -> CausalLM:
+    try:
+        model.tokenizer = tokenizer_for(model.config, folder)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return model
 
 
 def _load_dir(path: Path, device, dtype) -> CausalLM:
     cfg = read_config(path)
-    file = _weights_file(path)
-    state = read_state_dict(file)
-    # allocated once, in the target dtype on the target device: load_state_dict copies across
-    # device and dtype, so the peak is the model plus the file, not a float32 copy besides
-    model = build_model(cfg, device="meta", dtype=dtype).to_empty(device=device)
-    load_state(model, state, str(file))
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    return model.eval()
+    file = weights_file(path)
+    return model_from_state(cfg, read_state_dict(file), str(file), device, dtype)

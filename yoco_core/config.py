@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from .tokenizer import check_name as _check_tokenizer
+
 
 @dataclass
 class ModelConfig:
@@ -40,7 +42,7 @@ class ModelConfig:
     max_seq_len: int = 1 << 21
     tie_embeddings: bool = False
     embed_scale: float = 1.0   # token embeddings times this (sqrt(dim) in FLA / official YOCO)
-    tokenizer: str = "bytes"
+    tokenizer: str = "bytes"   # "bytes", or "folder": the tokenizer files beside config.json (tokenizer.py)
 
     def __post_init__(self) -> None:
         if self.n_self_heads == 0:
@@ -52,8 +54,8 @@ class ModelConfig:
         problems = []
         if self.self_decoder == "swa" and self.window < 2:
             problems.append(f"window must be at least 2 (keys a query sees, itself included), not {self.window}")
-        if not (self.tokenizer == "bytes" or str(self.tokenizer).startswith("hf:")):
-            problems.append(f"tokenizer must be 'bytes' or 'hf:PATH', not {self.tokenizer!r}")
+        if why := _check_tokenizer(self.tokenizer):
+            problems.append(why)
         if self.arch not in ("yoco", "transformer"):
             problems.append(f"arch must be 'yoco' or 'transformer', not {self.arch!r}")
         if self.self_decoder not in ("gret", "swa"):

@@ -27,13 +27,17 @@ def _sync(device) -> None:
 
 @torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, chunk_size: int | None = None,
-             stop_strings: tuple[str, ...] = (), stop_at_eos: bool = True) -> Generation:
+             stop_strings: tuple[str, ...] = (), stop_at_eos: bool = True, tokenizer=None) -> Generation:
     """Greedy decoding of ``max_new_tokens`` after ``input_ids`` ``[B, T]``.
 
     A row stops at the tokenizer's EOS or once its text contains one of ``stop_strings``
-    (the text is cut there); the loop ends when every row has stopped.
+    (the text is cut there); the loop ends when every row has stopped. ``tokenizer``: the one
+    ``load_model`` attached to the model unless given (a model from ``build_model`` has none).
     """
-    tok = model.tokenizer
+    tok = tokenizer or model.tokenizer
+    if tok is None:
+        raise ValueError("generate needs a tokenizer: load_model attaches one to the model; for a model "
+                         "from build_model pass tokenizer=tokenizer_for(model.config)")
     input_ids = input_ids.to(model.device)
     B, T = input_ids.shape
     _sync(model.device)

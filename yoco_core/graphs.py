@@ -37,8 +37,7 @@ class StaticDecoder:
 
     def _buffer_ids(self):
         c = self.cache
-        bufs = [c.kv] if hasattr(c, "kv") else c.layers
-        return [b.k.data_ptr() for b in bufs], [s.data_ptr() for s in getattr(c, "states", [])]
+        return [b.k.data_ptr() for b in c.buffers()], [s.data_ptr() for s in c.states]
 
     def _check(self, n: int) -> None:
         if n != 1:
@@ -69,9 +68,8 @@ class CUDAGraphDecoder(StaticDecoder):
 
     def __init__(self, model, cache, warmup: int = 2):
         super().__init__(model, cache)
-        B = cache.kv.k.shape[0] if hasattr(cache, "kv") else cache.layers[0].k.shape[0]
-        self.ids = torch.zeros(B, 1, dtype=torch.long, device=model.device)
-        states = getattr(cache, "states", [])
+        self.ids = torch.zeros(cache.batch, 1, dtype=torch.long, device=model.device)
+        states = cache.states
         saved = [s.clone() for s in states]
         with torch.inference_mode():
             side = torch.cuda.Stream()

@@ -38,13 +38,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cache import KVBuffer, TransformerCache, YOCOCache
+from .cache import KVBuffer, StateSpec, TransformerCache, YOCOCache
 from .config import ModelConfig
 from .kernels import fused
 from .kernels.attention import attend, sliding_window_attend
 from .kernels.gret import gated_retention
 from .rope import inv_freq
-from .tokenizer import get_tokenizer
 
 
 class RMSNorm(nn.Module):
@@ -258,7 +257,7 @@ class CausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.tokenizer = get_tokenizer(cfg.tokenizer)
+        self.tokenizer = None      # none by construction: load_model attaches one (tokenizer.tokenizer_for)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -388,7 +387,7 @@ class YOCO(CausalLM):
     def new_cache(self, batch: int, capacity: int) -> YOCOCache:
         cfg = self.config
         kv = KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
-        return YOCOCache(kv=kv, states=[None] * len(self.self_layers))
+        return YOCOCache(kv=kv, states=[None] * len(self.self_layers), state_spec=StateSpec.of(cfg, self.dtype))
 
     def _run(self, input_ids, cache: YOCOCache, need):
         positions = self.positions(cache.length, input_ids.shape[1])
@@ -466,7 +465,8 @@ def model_class(config: ModelConfig) -> type[CausalLM]:
 def build_model(config: ModelConfig, device=None, dtype=None, seed: int | None = 0) -> CausalLM:
     """A model of ``config`` with random weights (normal, std 0.02; ``seed`` makes it repeatable).
 
-    On the ``meta`` device the weights are left unallocated (for loading into)."""
+    On the ``meta`` device the weights are left unallocated (for loading into). The model has no
+    tokenizer (``model.tokenizer`` is None): ``tokenizer.tokenizer_for(model.config)`` gives it."""
     device = torch.device(device or "cpu")
     with device:
         model = model_class(config)(config)

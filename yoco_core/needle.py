@@ -53,7 +53,6 @@ its ``niah_*`` tasks; the passkey filler of Mohtashami & Jaggi 2023):
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import functools
 import json
 import random
@@ -62,7 +61,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .bench import device_name  # one spelling of a device, shared with profile
 from .generate import generate
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -441,20 +439,32 @@ def score(expected: Sequence[str], prediction: str) -> float:
     return hits / len(expected)
 
 
-def dtype_label(dtype) -> str:
-    """The ``dtype`` column (``float32``, ``bfloat16``): part of a row's resume key."""
-    return str(dtype).removeprefix("torch.")
-
-
 def cell_rng(seed: int, task: str, ctx: int, depth: float, n_needles: int, trial: int) -> random.Random:
     """The generator a cell's keys and values come from: one per (seed, cell, trial)."""
     return random.Random(f"yoco-needle:{seed}:{task}:{int(ctx)}:{round(float(depth), 6)!r}:{n_needles}:{trial}")
 
 
+@dataclass
+class NeedleResult:
+    """What one cell measured: the prompt asked for and built, the answer and its score. ``yoco
+    needle`` adds what ran it (model, haystack, device, dtype, date) to make a ``needle.csv`` row."""
+    task: str
+    ctx_requested: int
+    ctx_tokens: int
+    depth: float
+    n_needles: int
+    trial: int
+    seed: int
+    expected: list[str]            # the values the answer had to contain
+    prediction: str                # the generated answer, stripped
+    score: float
+    prefill_seconds: float         # time to first token
+
+
 def run_cell(model, ctx: int, depth: float, task: str = "single", n_needles: int | None = None,
              trial: int = 0, seed: int = 0, haystack: Haystack | str = "noise",
-             chunk_size: int | None = 32768, model_name: str | None = None) -> dict:
-    """Build one prompt, generate greedily (prefill + decode), score; return a ``needle.csv`` row."""
+             chunk_size: int | None = 32768) -> NeedleResult:
+    """Build one prompt, generate greedily (prefill + decode) and score the answer."""
     import torch
 
     task, n = check_task(task, n_needles)
@@ -463,25 +473,10 @@ def run_cell(model, ctx: int, depth: float, task: str = "single", n_needles: int
     ids = torch.tensor([sample.prompt_ids], dtype=torch.long)
     gen = generate(model, ids, sample.max_new_tokens, chunk_size=chunk_size, stop_strings=STOP_STRINGS)
     prediction = gen.texts[0].strip()
-    return {
-        "model": model_name or model.config.name,
-        "arch": model.config.arch,
-        "task": task,
-        "haystack": getattr(haystack, "name", str(haystack)),
-        "ctx_requested": int(ctx),
-        "ctx_tokens": len(sample.prompt_ids),
-        "depth": float(depth),
-        "n_needles": n,
-        "trial": int(trial),
-        "seed": int(seed),
-        "expected": "|".join(sample.expected),
-        "prediction": prediction,
-        "score": score(sample.expected, prediction),
-        "prefill_seconds": round(gen.prefill_seconds, 6),
-        "device": device_name(model.device),
-        "dtype": dtype_label(model.dtype),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return NeedleResult(task=task, ctx_requested=int(ctx), ctx_tokens=len(sample.prompt_ids),
+                        depth=float(depth), n_needles=n, trial=int(trial), seed=int(seed),
+                        expected=list(sample.expected), prediction=prediction,
+                        score=score(sample.expected, prediction), prefill_seconds=gen.prefill_seconds)
 
 
 __all__ = [
@@ -489,5 +484,5 @@ __all__ = [
     "Haystack", "NoiseHaystack", "TextHaystack", "FileHaystack", "make_haystack", "prose_sentence",
     "draw_keys", "draw_values", "check_task", "needle_depths", "answer_tokens", "n_expected",
     "NeedleSample", "build_sample", "prompt_overhead", "min_context", "score", "cell_rng",
-    "run_cell", "device_name",
+    "NeedleResult", "run_cell",
 ]

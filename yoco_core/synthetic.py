@@ -65,16 +65,24 @@ def parse_mix(text: str) -> dict[str, float]:
         if not sep or name not in TASKS:
             raise ValueError(f"bad mix entry {part.strip()!r}: use TASK=WEIGHT with TASK in {', '.join(TASKS)}")
         try:
-            w = float(value)
+            mix[name] = float(value)
         except ValueError:
             raise ValueError(f"bad mix weight {value.strip()!r} for {name}: not a number") from None
-        if not w >= 0:
-            raise ValueError(f"bad mix weight {w:g} for {name}: must be >= 0")
-        mix[name] = w
-    total = sum(mix.values())
+    return normalise_mix(mix)
+
+
+def normalise_mix(mix: dict[str, float]) -> dict[str, float]:
+    """Task weights (a task left out weighs 0) -> weights of every task summing to 1;
+    ValueError (one line) for an unknown task, a negative weight or all weights 0."""
+    for name, w in mix.items():
+        if name not in TASKS:
+            raise ValueError(f"bad mix entry {name!r}: use TASK=WEIGHT with TASK in {', '.join(TASKS)}")
+        if not float(w) >= 0:
+            raise ValueError(f"bad mix weight {float(w):g} for {name}: must be >= 0")
+    total = sum(float(w) for w in mix.values())
     if total <= 0:
         raise ValueError("the mix gives every task weight 0")
-    return {k: mix.get(k, 0.0) / total for k in TASKS}
+    return {k: float(mix.get(k, 0.0)) / total for k in TASKS}
 
 
 @dataclass
@@ -107,7 +115,7 @@ class SyntheticData:
     def __init__(self, tokenizer: Tokenizer, seed: int = 0, mix: dict[str, float] | None = None):
         self.tok = tokenizer
         self.seed = int(seed)
-        self.mix = parse_mix(",".join(f"{k}={v}" for k, v in (mix or DEFAULT_MIX).items()))
+        self.mix = normalise_mix(mix or DEFAULT_MIX)
         self._pools: dict[int, list[str]] = {}
         self._noise = nd.make_haystack("noise", tokenizer)     # the evaluation's filler, exactly
         g = nd.grammar()

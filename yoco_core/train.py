@@ -14,8 +14,8 @@
 * **Optimiser**: AdamW (fused on CUDA), weight decay on matrices only, linear warm-up then cosine
   decay to ``min_lr_ratio * lr``, gradient clipping. bf16 autocast on CUDA (weights stay float32),
   TF32 matmuls. On CUDA with fla-core, its gRet kernels are first checked against the PyTorch
-  form (forward and backward, under the same autocast); on any failure training uses the PyTorch
-  form (``check_gret_backend``).
+  form (forward and backward, under the same autocast); on any failure that ``train`` call runs
+  the PyTorch form (``check_gret_backend``, ``kernels.backend.override``).
 * **Checkpoints**: ``OUT/step_N/`` = ``model.safetensors`` + ``config.json`` (``save_model``),
   ``optimizer.safetensors`` (AdamW moments and step of every parameter, by name) and
   ``trainer_state.json`` (step, schedule, RNG states, data generator state, counters), written
@@ -39,7 +39,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import queue
 import re
 import shutil
@@ -48,7 +47,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from unittest import mock
 
 import numpy as np
 import torch
@@ -57,9 +55,13 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError, load_state, read_config, read_state_dict, save_model
 from .config import PRESETS, ModelConfig, get_config
+from .errors import first_line
+from .kernels import backend
+from .kernels.gret import backend_for as gret_backend_for
 from .model import CausalLM, build_model
-from .bench import device_name, first_line
-from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, TASKS, Batch, SyntheticData, parse_mix
+from .perf.hardware import device_name
+from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, TASKS, Batch, SyntheticData, normalise_mix
+from .tokenizer import tokenizer_for
 
 LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc",
               *(f"{t}_acc" for t in TASKS), "lr", "grad_norm", "tokens", "seconds", "tokens_per_s")
@@ -106,7 +108,7 @@ class TrainConfig:
 
     def __post_init__(self):
         try:
-            self.mix = parse_mix(",".join(f"{k}={v}" for k, v in self.mix.items()))
+            self.mix = normalise_mix(self.mix)
         except ValueError as e:
             raise TrainError(str(e)) from None
         self.curriculum = [int(x) for x in self.curriculum]
@@ -203,23 +205,38 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 # -- model, optimiser ----------------------------------------------------------------------------
 def make_model(cfg: TrainConfig) -> CausalLM:
-    """A float32 model on ``cfg.device``: a preset with seeded random weights, or a checkpoint's weights."""
+    """A float32 model on ``cfg.device`` in training mode, with its tokenizer: a preset with seeded
+    random weights, or a checkpoint's weights (``load_model``; with ``cfg.overrides``, read straight
+    into a model of the changed config, whose tokenizer is the changed config's)."""
     device = torch.device(cfg.device)
     try:
         if cfg.model.lower() in PRESETS:
             mcfg = get_config(cfg.model).replace(**cfg.overrides)
-            return build_model(mcfg, device=device, seed=cfg.seed).train()
+            model = build_model(mcfg, device=device, seed=cfg.seed)
+            model.tokenizer = tokenizer_for(mcfg)
+            return model.train()
         path = Path(cfg.model).expanduser()
-        if not path.exists():
-            known = ", ".join(sorted(k for k in PRESETS if k.endswith("tiny")))
-            raise TrainError(f"{cfg.model!r} is neither a preset (e.g. {known}) nor an existing path")
-        mcfg = read_config(path).replace(**cfg.overrides)
-        model = build_model(mcfg, device=device, seed=cfg.seed)
-        file = path / "model.safetensors" if path.is_dir() else path
-        load_state(model, read_state_dict(file), str(file))     # load_state_dict copies to the device
+        if cfg.overrides and path.exists():
+            return _changed_checkpoint(path, cfg.overrides, device).train()
+        model = ckpt.load_model(cfg.model, device=device, dtype=torch.float32)
+        if cfg.overrides:       # a foreign PREFIX:PATH: converted first, then moved into the changed config
+            mcfg = model.config.replace(**cfg.overrides)
+            folder = getattr(model.tokenizer, "path", None)
+            model = ckpt.model_from_state(mcfg, model.state_dict(), cfg.model, device, torch.float32)
+            model.tokenizer = tokenizer_for(mcfg, folder)
         return model.train()
     except (ValueError, CheckpointError) as e:
         raise TrainError(str(e).splitlines()[0]) from None
+
+
+def _changed_checkpoint(path: Path, overrides: dict, device) -> CausalLM:
+    """The checkpoint at ``path`` (a folder or its weights file) in its config changed by
+    ``overrides``: built once, with the tokenizer that config names."""
+    mcfg = read_config(path).replace(**overrides)
+    file = ckpt.weights_file(path)
+    model = ckpt.model_from_state(mcfg, read_state_dict(file), str(file), device, torch.float32)
+    model.tokenizer = tokenizer_for(mcfg, path if path.is_dir() else path.parent)
+    return model
 
 
 def param_groups(model: CausalLM, weight_decay: float) -> list[dict]:
@@ -435,18 +452,16 @@ def batch_loss(model: CausalLM, ids, ans_w, ctx_w, ans, onehot, lm_weight: float
 
 
 # -- the gRet backend on CUDA ------------------------------------------------------------------------
-def check_gret_backend(model: CausalLM, cfg: TrainConfig) -> str:
+def check_gret_backend(model: CausalLM, cfg: TrainConfig) -> tuple[str, str | None]:
     """On CUDA with fla-core, check that its gRet kernels run forward and backward under this
-    autocast and agree with the PyTorch form; if not, force the PyTorch form
-    (``YOCO_GRET_BACKEND=torch``). Returns a line saying which backend trains."""
-    from .kernels.gret import backend_for
-
+    autocast and agree with the PyTorch form. Returns a line saying which backend trains, and the
+    gRet choice training must run under (``backend.override(gret=...)``): ``"torch"`` when
+    fla-core failed its check, else None (the selector's own choice)."""
     dev = torch.device(cfg.device)
     if model.config.arch != "yoco" or model.config.self_decoder != "gret":
-        return "no gated retention in this model"
-    probe = torch.zeros(1, device=dev)
-    if backend_for(probe) != "fla":
-        return "gRet backend: PyTorch chunkwise form"
+        return "no gated retention in this model", None
+    if gret_backend_for(torch.zeros(1, device=dev)) != "fla":
+        return "gRet backend: PyTorch chunkwise form", None
     gen = torch.Generator(device="cpu").manual_seed(1234)
     ids = torch.randint(0, 256, (2, 256), generator=gen).to(dev)
     amp = cfg.use_amp()
@@ -455,18 +470,16 @@ def check_gret_backend(model: CausalLM, cfg: TrainConfig) -> str:
             out_fla = model(ids)
         out_fla.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
-        with mock.patch.dict(os.environ, {"YOCO_GRET_BACKEND": "torch"}), torch.no_grad(), \
+        with backend.override(gret="torch"), torch.no_grad(), \
                 torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             out_ref = model(ids)
         err = float((out_fla.detach().float() - out_ref.float()).norm() / out_ref.float().norm())
         if not math.isfinite(err) or err > 0.1:
             raise RuntimeError(f"fla and PyTorch gRet disagree (relative error {err:.3g})")
-        return f"gRet backend: fla-core (checked against the PyTorch form, rel. err {err:.1e})"
+        return f"gRet backend: fla-core (checked against the PyTorch form, rel. err {err:.1e})", None
     except Exception as e:  # any failure of the fast path: train on the PyTorch form instead
         model.zero_grad(set_to_none=True)
-        os.environ["YOCO_GRET_BACKEND"] = "torch"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"gRet backend: PyTorch chunkwise form (fla-core failed its check: {first[:160]})"
+        return f"gRet backend: PyTorch chunkwise form (fla-core failed its check: {first_line(e)[:160]})", "torch"
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -481,6 +494,20 @@ class TrainResult:
     resumed_from: int = 0
 
 
+@dataclass
+class _Run:
+    """What one ``train`` call works on."""
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    model: CausalLM
+    opt: torch.optim.AdamW
+    data: SyntheticData
+    amp: bool
+    start: int = 0
+    counters: dict = field(default_factory=lambda: {"tokens": 0, "seconds": 0.0})
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
           on_start: Callable[[dict], None] | None = None,
           on_step: Callable[[int], None] | None = None,
@@ -490,8 +517,22 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     ``on_start(info)`` once (model, parameters, resumed step, backend), ``on_step(step)`` after
     every step (no GPU sync), ``on_log(row)`` at every log row. ``stop_at``: end this session after
     that step with a checkpoint (a later ``resume`` continues the same run)."""
-    out = Path(cfg.out)
-    device = torch.device(cfg.device)
+    run = _set_up(cfg, resume)
+    line, gret = check_gret_backend(run.model, cfg) if run.device.type == "cuda" else ("CPU", None)
+    if on_start:
+        m = run.model
+        on_start({"model": m.config.name, "arch": m.config.arch, "params": sum(p.numel() for p in m.parameters()),
+                  "device": str(run.device), "amp": "bf16" if run.amp else "fp32", "start": run.start,
+                  "steps": cfg.steps, "backend": line, "out": str(run.out)})
+    end = cfg.steps if stop_at is None else max(run.start, min(cfg.steps, int(stop_at)))
+    with backend.override(gret=gret):        # the PyTorch gRet form if fla-core failed its check
+        step, last_row = _loop(run, end, on_step, on_log)
+    return _finish(run, step, last_row, line)
+
+
+def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
+    """The model, optimiser and data of a run, at step 0 (seeded) or at its newest checkpoint."""
+    out, device = Path(cfg.out), torch.device(cfg.device)
     found = checkpoints(out)
     if found and not resume:
         raise TrainError(f"{out} already holds checkpoints (step_{found[-1][0]}): use --resume, or another --out")
@@ -499,107 +540,62 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
         torch.set_float32_matmul_precision("high")        # TF32 matmuls outside autocast
         if device.index is not None:
             torch.cuda.set_device(device)
-
     model = make_model(cfg)
-    opt = make_optimizer(model, cfg)
     tok = model.tokenizer
     if model.config.vocab_size < 259 or not hasattr(tok, "pad_id"):
         raise TrainError("the synthetic data needs the byte tokenizer and a vocabulary of >= 259")
-    data = SyntheticData(tok, cfg.seed, cfg.mix)
-
-    start, counters = 0, {"tokens": 0, "seconds": 0.0}
+    run = _Run(cfg, out, device, model, make_optimizer(model, cfg), SyntheticData(tok, cfg.seed, cfg.mix),
+               cfg.use_amp())
     if resume and found:
-        step0, ckpt = found[-1]
-        try:
-            state = json.loads((ckpt / STATE_FILE).read_text())
-            _check_resumable(state["train_config"], cfg, ckpt)
-            load_state(model, read_state_dict(ckpt / "model.safetensors"), str(ckpt))
-            load_optimizer(opt, ckpt / OPTIM_FILE)
-            _set_rng_state(state["rng"], device)
-            start, counters = int(state["step"]), dict(state["counters"])
-        except CheckpointError as e:
-            raise TrainError(str(e)) from None
-        except (OSError, ValueError, KeyError, TypeError) as e:   # JSON, safetensors, missing fields
-            raise TrainError(f"{ckpt}: damaged checkpoint ({first_line(e)})") from None
+        _resume(run, found[-1][1])
     else:
         torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    return run
 
-    backend = check_gret_backend(model, cfg) if device.type == "cuda" else "CPU"
-    info = {"model": model.config.name, "arch": model.config.arch, "params": sum(p.numel() for p in model.parameters()),
-            "device": str(device), "amp": "bf16" if cfg.use_amp() else "fp32", "start": start,
-            "steps": cfg.steps, "backend": backend, "out": str(out)}
-    if on_start:
-        on_start(info)
 
-    end = cfg.steps if stop_at is None else max(start, min(cfg.steps, int(stop_at)))
-    log_f, log_w = _open_log(out, start)
-    last_row: dict = {}
-    prefetch = _Prefetch(data, cfg, start) if start < cfg.steps else None
-    amp = cfg.use_amp()
-    sums = torch.zeros(3 + len(TASKS), device=device)   # loss, answer loss, lm loss, right per task
-    n_task = [0] * len(TASKS)                 # answer tokens per task in the log window
-    window_steps, window_tokens = 0, 0
-    t_window = time.perf_counter()
-    step = start
+def _resume(run: _Run, where: Path) -> None:
+    """Weights, optimiser, RNG states and counters from the checkpoint ``where``."""
+    try:
+        state = json.loads((where / STATE_FILE).read_text())
+        _check_resumable(state["train_config"], run.cfg, where)
+        load_state(run.model, read_state_dict(where / "model.safetensors"), str(where))
+        load_optimizer(run.opt, where / OPTIM_FILE)
+        _set_rng_state(state["rng"], run.device)
+        run.start, run.counters = int(state["step"]), dict(state["counters"])
+    except CheckpointError as e:
+        raise TrainError(str(e)) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:   # JSON, safetensors, missing fields
+        raise TrainError(f"{where}: damaged checkpoint ({first_line(e)})") from None
+
+
+def _loop(run: _Run, end: int, on_step, on_log) -> tuple[int, dict]:
+    """Steps ``run.start`` .. ``end`` with their log rows and checkpoints; Ctrl-C stops after a
+    step with a checkpoint (``_catch_sigint``). Returns the step reached and the last log row."""
+    cfg = run.cfg
+    log_f, log_w = _open_log(run.out, run.start)
+    prefetch = _Prefetch(run.data, cfg, run.start) if run.start < cfg.steps else None
+    window = _Window(run.device)
+    step, last_row = run.start, {}
     interrupted, restore_sigint = _catch_sigint()
     try:
         while step < end:
             s, *tensors, per_task = prefetch.get()
             assert s == step
-            lr = lr_at(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            ids, ans_w, ctx_w, ans, onehot = (t.to(device, non_blocking=True) for t in tensors)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, a_loss, l_loss, right = batch_loss(model, ids, ans_w, ctx_w, ans, onehot, cfg.lm_weight)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            ids, lr, gnorm = _step(run, step, tensors, per_task, window)
             step += 1
-            n_tok = ids.shape[0] * (ids.shape[1] - 1)
-            sums += torch.cat([torch.stack([loss.detach(), a_loss, l_loss]), right])
-            n_task = [a + b for a, b in zip(n_task, per_task)]
-            window_steps += 1
-            window_tokens += n_tok
             if on_step:
                 on_step(step)
             if step % cfg.log_every == 0 or step == end:
-                vals = sums.tolist()                      # the one host sync per log window
-                now = time.perf_counter()
-                dt = now - t_window
-                counters["tokens"] += window_tokens
-                counters["seconds"] += dt
-                last_row = {
-                    "step": step, "length": ids.shape[1] - 1, "batch": ids.shape[0],
-                    "loss": round(vals[0] / window_steps, 5), "answer_loss": round(vals[1] / window_steps, 5),
-                    "lm_loss": round(vals[2] / window_steps, 5),
-                    "answer_acc": round(sum(vals[3:]) / max(1, sum(n_task)), 5),
-                    **{f"{t}_acc": round(vals[3 + i] / n_task[i], 5) if n_task[i] else ""
-                       for i, t in enumerate(TASKS)},
-                    "lr": f"{lr:.4e}",
-                    "grad_norm": round(float(gnorm), 4), "tokens": counters["tokens"],
-                    "seconds": round(counters["seconds"], 3), "tokens_per_s": round(window_tokens / max(dt, 1e-9)),
-                }
+                last_row = window.row(step, ids, lr, gnorm, run.counters)
                 log_w.writerow(last_row)
                 log_f.flush()
                 if on_log:
                     on_log(last_row)
-                sums.zero_()
-                n_task = [0] * len(TASKS)
-                window_steps, window_tokens = 0, 0
-                t_window = now
             stop = interrupted.is_set() and step < cfg.steps
             if (cfg.save_every and step % cfg.save_every == 0) or step == end or stop:
-                t0 = time.perf_counter()
-                if stop:                              # the partial window, so counters stay consistent
-                    counters["tokens"] += window_tokens
-                    counters["seconds"] += t0 - t_window
-                    window_tokens, t_window = 0, t0
-                save_checkpoint(out, model, opt, cfg, data, step, counters)
-                t_window += time.perf_counter() - t0  # saving is not training time
+                _save(run, step, window, partial=stop)
             if stop:
                 raise KeyboardInterrupt
     finally:
@@ -607,22 +603,95 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
         if prefetch:
             prefetch.close()
         log_f.close()
+    return step, last_row
 
+
+def _step(run: _Run, step: int, tensors: list, per_task: list[int], window: "_Window") -> tuple:
+    """One optimiser step on a batch (no host sync); its sums go into ``window``.
+    Returns (the batch's ids on the device, the step's lr, the gradient norm tensor)."""
+    lr = lr_at(run.cfg, step)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    ids, ans_w, ctx_w, ans, onehot = (t.to(run.device, non_blocking=True) for t in tensors)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        loss, a_loss, l_loss, right = batch_loss(run.model, ids, ans_w, ctx_w, ans, onehot, run.cfg.lm_weight)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    window.add(torch.cat([torch.stack([loss.detach(), a_loss, l_loss]), right]), per_task,
+               ids.shape[0] * (ids.shape[1] - 1))
+    return ids, lr, gnorm
+
+
+class _Window:
+    """The steps since the last log row: their sums stay on the device until a log step."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3 + len(TASKS), device=device)   # loss, answer loss, lm loss, right per task
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.sums.zero_()
+        self.n_task = [0] * len(TASKS)           # answer tokens per task
+        self.steps, self.tokens, self.t0 = 0, 0, now
+
+    def add(self, sums: torch.Tensor, per_task: list[int], n_tok: int) -> None:
+        self.sums += sums
+        self.n_task = [a + b for a, b in zip(self.n_task, per_task)]
+        self.steps += 1
+        self.tokens += n_tok
+
+    def row(self, step: int, ids, lr: float, gnorm, counters: dict) -> dict:
+        """The log row of the window ending at ``step`` (the one host sync per window); adds the
+        window to ``counters`` and starts the next one."""
+        vals = self.sums.tolist()
+        now = time.perf_counter()
+        dt = now - self.t0
+        counters["tokens"] += self.tokens
+        counters["seconds"] += dt
+        n, nt = self.steps, self.n_task
+        row = {
+            "step": step, "length": ids.shape[1] - 1, "batch": ids.shape[0],
+            "loss": round(vals[0] / n, 5), "answer_loss": round(vals[1] / n, 5), "lm_loss": round(vals[2] / n, 5),
+            "answer_acc": round(sum(vals[3:]) / max(1, sum(nt)), 5),
+            **{f"{t}_acc": round(vals[3 + i] / nt[i], 5) if nt[i] else "" for i, t in enumerate(TASKS)},
+            "lr": f"{lr:.4e}", "grad_norm": round(float(gnorm), 4), "tokens": counters["tokens"],
+            "seconds": round(counters["seconds"], 3), "tokens_per_s": round(self.tokens / max(dt, 1e-9)),
+        }
+        self._reset(now)
+        return row
+
+
+def _save(run: _Run, step: int, window: _Window, partial: bool) -> None:
+    """A checkpoint at ``step``; ``partial``: count the unlogged window first (a stop between log
+    rows), so the counters stay consistent. Saving is not training time."""
+    t0 = time.perf_counter()
+    if partial:
+        run.counters["tokens"] += window.tokens
+        run.counters["seconds"] += t0 - window.t0
+        window.tokens, window.t0 = 0, t0
+    save_checkpoint(run.out, run.model, run.opt, run.cfg, run.data, step, run.counters)
+    window.t0 += time.perf_counter() - t0
+
+
+def _finish(run: _Run, step: int, last_row: dict, backend_line: str) -> TrainResult:
+    """The result of a session; a finished run also gets ``final/`` and its summary."""
+    cfg, out, counters = run.cfg, run.out, run.counters
+    last_row = last_row or _last_logged(out)
     if step < cfg.steps:                      # stopped early (stop_at): the checkpoint is the result
-        return TrainResult(out, out / f"step_{step}", step, counters["tokens"], counters["seconds"],
-                           last_row or _last_logged(out), start)
+        return TrainResult(out, out / f"step_{step}", step, counters["tokens"], counters["seconds"], last_row,
+                           run.start)
     final = out / "final"
     if final.exists():
         shutil.rmtree(final)
-    save_model(model, final)
-    if not last_row:
-        last_row = _last_logged(out)
-    summary = {"model": model.config.name, "steps": cfg.steps, "tokens": counters["tokens"],
-               "train_seconds": round(counters["seconds"], 1), "last": last_row, "device": device_name(device),
-               "amp": "bf16" if amp else "fp32", "backend": backend, "command": cfg.command,
-               "config": model.config.to_dict(), "train_config": cfg.to_dict()}
+    save_model(run.model, final)
+    summary = {"model": run.model.config.name, "steps": cfg.steps, "tokens": counters["tokens"],
+               "train_seconds": round(counters["seconds"], 1), "last": last_row,
+               "device": device_name(run.device), "amp": "bf16" if run.amp else "fp32", "backend": backend_line,
+               "command": cfg.command, "config": run.model.config.to_dict(), "train_config": cfg.to_dict()}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    return TrainResult(out, final, step, counters["tokens"], counters["seconds"], last_row, start)
+    return TrainResult(out, final, step, counters["tokens"], counters["seconds"], last_row, run.start)
 
 
 def _catch_sigint():
@@ -671,7 +740,7 @@ def ship(out, name: str | None = None, weights_dir: Path | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(torch.bfloat16).contiguous() if v.is_floating_point() else v
              for k, v in load_file(str(final / "model.safetensors")).items()}
-    save_file(state, str(dest / "model.safetensors"), metadata={"format": "yoco", "version": "1", "dtype": "bfloat16"})
+    save_file(state, str(dest / "model.safetensors"), metadata={"format": "yoco", "version": str(ckpt.FORMAT_VERSION), "dtype": "bfloat16"})
     (dest / "config.json").write_text(mcfg.replace(name=name).to_json() + "\n")
     if (out / SUMMARY_FILE).is_file():
         shutil.copyfile(out / SUMMARY_FILE, dest / SUMMARY_FILE)

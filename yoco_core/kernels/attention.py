@@ -10,6 +10,8 @@ causal mask is aligned bottom-right. It dispatches to PyTorch's scaled_dot_produ
   chunks (``causal_attention_split``: each chunk's causal diagonal block plus its unmasked earlier
   keys, two cuDNN calls merged by log-sum-exp), which measured 10% faster than the single call at
   256K on an H100 (724 vs 804 ms per layer, 24 / 8 heads of 128; ``scripts/gpu_diagnose.py``);
+  a device that refuses cuDNN's fused attention is recorded (``backend.refuse``) and from then on
+  takes the single call;
 * otherwise (a prefill chunk after earlier chunks): a lower-right ``CausalBias``, which the fused
   backends take without materialising an ``n x L`` mask. (Plain ``is_causal`` would align top-left.)
 
@@ -27,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from . import backend
 from .decode_attention import decode_attention
 
 
 SPLIT_CHUNK = 65536
-_SPLIT = {"ok": True}      # set False once cuDNN's attention is refused here (then the single call)
 
 
 def attend(q, k, v, length=None):
@@ -42,13 +44,13 @@ def attend(q, k, v, length=None):
     if n == 1:
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     if n == L:
-        if q.is_cuda and n > SPLIT_CHUNK and _SPLIT["ok"]:
+        if q.is_cuda and n > SPLIT_CHUNK and not backend.refused("cudnn_attention", q.device):
             try:
                 return causal_attention_split(q, k, v, SPLIT_CHUNK)
             except torch.OutOfMemoryError:
                 raise
-            except RuntimeError:     # no cuDNN fused attention on this GPU / build
-                _SPLIT["ok"] = False
+            except RuntimeError:     # no cuDNN fused attention on this GPU / build: the single call
+                backend.refuse("cudnn_attention", q.device)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa)
 

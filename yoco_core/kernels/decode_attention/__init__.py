@@ -5,36 +5,23 @@ plain-PyTorch reference elsewhere.
 attends positions ``[0, length)``. On CUDA the split-KV Triton kernel runs (``split_kv.py``); it
 reads ``length`` from a device tensor and never synchronises, so the call can be captured in a CUDA
 graph. It takes head sizes that ``supports_head_dim``. Elsewhere ``decode_attention_ref`` runs, except that
-``YOCO_DECODE_KERNEL=triton`` together with ``TRITON_INTERPRET=1`` (set before this package is
-imported) runs the Triton kernel in the interpreter on the CPU, for tests. ``YOCO_DECODE_KERNEL=torch``
-forces the reference everywhere.
+``YOCO_KERNEL_DECODE=triton`` together with ``TRITON_INTERPRET=1`` runs the Triton kernel in the
+interpreter on the CPU, for tests. ``YOCO_KERNEL_DECODE=torch`` forces the reference everywhere
+(the rule: ``kernels/backend``).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .naive import decode_attention_ref
+from .. import backend
+from .naive import decode_attention_ref, supports_head_dim
 
 __all__ = ["decode_attention", "decode_attention_ref", "decode_attention_triton", "backend_for",
            "supports_head_dim"]
 
 
-def supports_head_dim(d: int) -> bool:
-    """The head sizes the split-KV kernel tiles: a power of two from 16 to 256."""
-    return 16 <= d <= 256 and d & (d - 1) == 0
-
-
 def backend_for(x: torch.Tensor) -> str:
-    want = os.environ.get("YOCO_DECODE_KERNEL", "auto")
-    if want == "torch":
-        return "torch"
-    if x.is_cuda:
-        return "triton"
-    if want == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return "triton"
-    return "torch"
+    return backend.select("decode", x)
 
 
 def decode_attention(q, k, v, length):

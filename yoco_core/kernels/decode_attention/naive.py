@@ -4,10 +4,17 @@ Shapes: q ``[B, H, D]`` (the one new query token of each row), k / v ``[B, H_kv,
 the buffer's capacity, of which positions ``[0, length)`` are filled. ``H`` is a multiple of
 ``H_kv`` (grouped-query attention: query head ``h`` reads KV head ``h // (H // H_kv)``).
 The query is the newest position, so every filled key is visible: no causal mask.
+``supports_head_dim`` (the head sizes the split-KV kernel tiles) lives here too, so that asking it
+imports no triton.
 """
 from __future__ import annotations
 
 import torch
+
+
+def supports_head_dim(d: int) -> bool:
+    """The head sizes the split-KV kernel tiles: a power of two from 16 to 256."""
+    return 16 <= d <= 256 and d & (d - 1) == 0
 
 
 def _lengths(length, B: int, C: int, device) -> torch.Tensor:

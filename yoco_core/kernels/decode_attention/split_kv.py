@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import supports_head_dim
+from .naive import supports_head_dim
 
 __all__ = ["decode_attention_triton", "choose_num_splits", "make_workspace", "DEFAULT_BLOCK_N",
            "DEFAULT_NUM_WARPS", "DEFAULT_NUM_STAGES", "CALLS"]
@@ -47,7 +47,7 @@ COMBINE_CHUNK = 16        # splits merged per step in phase 2
 CALLS = {"triton": 0}     # incremented on every launch: lets the tests prove the kernel ran
 
 
-@triton.jit
+@triton.jit      # one Triton program (a kernel cannot call Python helpers): longer than 60 lines
 def _split_kernel(
     Q, K, V, LEN, PART_O, PART_LSE,
     stride_qb, stride_qh, stride_qd,
@@ -195,18 +195,7 @@ def _length_tensor(length, B: int, device) -> torch.Tensor:
     return length.reshape(-1)
 
 
-def decode_attention_triton(q, k, v, length, num_splits: int | None = None, *, out=None,
-                            workspace=None, block_n: int = DEFAULT_BLOCK_N,
-                            num_warps: int = DEFAULT_NUM_WARPS,
-                            num_stages: int = DEFAULT_NUM_STAGES):
-    """softmax(q k^T * D**-0.5) v over positions ``[0, length)``; returns ``[B, H, D]`` in q's dtype.
-
-    ``length``: a device int32 / int64 tensor of ``[B]``, ``[1]`` or 0-d (clamped to the capacity),
-    or a Python int (eager use only: it is copied to the device). ``out`` (``[B, H, D]``, any
-    strides) and ``workspace`` (from ``make_workspace`` with the same ``num_splits``) may be given
-    preallocated; with both given and a device length tensor, the call allocates nothing and never
-    synchronises, so it can be captured in a CUDA graph.
-    """
+def _check_inputs(q, k, v, block_n: int) -> None:
     if q.dim() != 3 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"expected q [B, H, D], k = v [B, H_kv, C, D]; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -220,6 +209,23 @@ def decode_attention_triton(q, k, v, length, num_splits: int | None = None, *, o
         raise ValueError(f"dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if block_n < 16 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+
+
+def decode_attention_triton(q, k, v, length, num_splits: int | None = None, *, out=None,
+                            workspace=None, block_n: int = DEFAULT_BLOCK_N,
+                            num_warps: int = DEFAULT_NUM_WARPS,
+                            num_stages: int = DEFAULT_NUM_STAGES):
+    """softmax(q k^T * D**-0.5) v over positions ``[0, length)``; returns ``[B, H, D]`` in q's dtype.
+
+    ``length``: a device int32 / int64 tensor of ``[B]``, ``[1]`` or 0-d (clamped to the capacity),
+    or a Python int (eager use only: it is copied to the device). ``out`` (``[B, H, D]``, any
+    strides) and ``workspace`` (from ``make_workspace`` with the same ``num_splits``) may be given
+    preallocated; with both given and a device length tensor, the call allocates nothing and never
+    synchronises, so it can be captured in a CUDA graph.
+    """
+    _check_inputs(q, k, v, block_n)
+    B, H, D = q.shape
+    H_kv, C = k.shape[1], k.shape[2]
     G = H // H_kv
     lens = _length_tensor(length, B, q.device)
     if num_splits is None:

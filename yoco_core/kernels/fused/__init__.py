@@ -3,18 +3,15 @@
 ``rms_norm``, ``rope``, ``silu_mul``, ``head_norm_gate`` and ``gret_decode`` (see
 ``triton_kernels.py`` for what each fuses, ``naive.py`` for the math). The Triton kernels run on
 CUDA tensors when no gradient is needed (they have no backward: training runs the references);
-elsewhere the references run, except that ``YOCO_FUSED_KERNEL=triton`` together with
-``TRITON_INTERPRET=1`` (set before this package is imported) runs the Triton kernels in the
-interpreter on the CPU, for tests. ``YOCO_FUSED_KERNEL=torch`` forces the references everywhere.
+elsewhere the references run, except that ``YOCO_KERNEL_FUSED=triton`` together with
+``TRITON_INTERPRET=1`` runs the Triton kernels in the interpreter on the CPU, for tests.
+``YOCO_KERNEL_FUSED=torch`` forces the references everywhere (the rule: ``kernels/backend``).
 The kernels that tile a head need a power-of-two head size (RoPE: half of it); other head sizes
 (e.g. OpenLLaMA-3B's 100, loaded through ``hf:``) run the references.
 """
 from __future__ import annotations
 
-import os
-
-import torch
-
+from .. import backend
 from .naive import gret_decode_ref, head_norm_gate_ref, rms_norm_ref, rope_ref, silu_mul_ref
 
 __all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "backend_for",
@@ -22,17 +19,7 @@ __all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "bac
 
 
 def backend_for(*tensors) -> str:
-    want = os.environ.get("YOCO_FUSED_KERNEL", "auto")
-    if want == "torch":
-        return "torch"
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return "torch"
-    x = tensors[0]
-    if x.is_cuda:
-        return "triton"
-    if want == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return "triton"
-    return "torch"
+    return backend.select("fused", *tensors)
 
 
 def _pow2(n: int) -> bool:

@@ -4,15 +4,16 @@ fla-core's ``chunk_simple_gla`` implements exactly this recurrence (scalar per-h
 scale on q) in the same ``[B, T, H, K]`` layout, so on a CUDA device with fla-core installed it runs
 the prefill; everywhere else the chunkwise PyTorch form does. A single decoding step is the
 recurrent form in plain PyTorch (``gret_step``) on every device.
-Set ``YOCO_GRET_BACKEND=torch`` to force the PyTorch forms.
+Set ``YOCO_KERNEL_GRET=torch`` (or run inside ``kernels.backend.override(gret="torch")``) to force
+the PyTorch forms.
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
+from .. import backend
 from .chunk import gret_chunk, gret_step
 from .naive import gret_parallel_ref, gret_recurrent_ref
 
@@ -34,10 +35,7 @@ def fla_available() -> bool:
 
 
 def backend_for(x: torch.Tensor) -> str:
-    want = os.environ.get("YOCO_GRET_BACKEND", "auto")
-    if want == "torch" or not x.is_cuda:
-        return "torch"
-    return "fla" if fla_available() else "torch"
+    return backend.select("gret", x, available=fla_available)
 
 
 def gated_retention(q, k, v, g, scale: float, initial_state=None):

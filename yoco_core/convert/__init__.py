@@ -1,0 +1,74 @@
+"""Foreign checkpoints, read from local files only (no hub, no ``trust_remote_code``).
+
+* ``load_model("hf:PATH")``: a transformers directory, by its ``config.json``'s ``model_type``:
+  ``llama`` (``hf_llama``: into the ``Transformer``) or ``yoco`` (``fla_yoco``: a
+  flash-linear-attention ``YOCOForCausalLM`` with a gated-retention or SWA self-decoder, into ``YOCO``).
+* ``load_model("unilm:PATH")``: an official YOCO checkpoint (``unilm_yoco``: ``params.json`` plus a
+  state dict).
+
+A family is one module: ``TAG`` (the converted config's name is ``TAG:<folder name>``), ``PREFIXES``
+(stripped from their tensor names), a key ``Table`` (the mapping, ``remap``),
+``config_map(their_config, source, name) -> ModelConfig``, which holds the refusals (one-line
+``CheckpointError``) and needs no weights, so it runs before any weight is read, and
+``finish(cfg, state, source) -> (ModelConfig, Table)`` for what only the weights tell (FLA's FFN
+width, unilm's vocabulary size and tying). A folder with a ``tokenizer.json`` converts with
+``tokenizer: "folder"`` (``save_model`` copies those files along); without one, ``"bytes"``.
+Importing this package registers both loaders.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, model_from_state, register_loader
+from ..model import CausalLM
+from ..tokenizer import FOLDER
+from . import fla_yoco, hf_llama, unilm_yoco
+from .remap import Table, interleaved_to_half, read_json, read_weights, remap, strip_prefixes
+
+__all__ = ["load_hf", "load_unilm", "convert_folder", "Table", "remap", "interleaved_to_half", "FAMILIES",
+           "hf_llama", "fla_yoco", "unilm_yoco"]
+
+FAMILIES = {"llama": hf_llama, "yoco": fla_yoco}     # model_type -> family of hf:PATH
+
+
+def convert_folder(family, their_config: dict, folder: Path, source: str, device="cpu", dtype=None) -> CausalLM:
+    """The weights of ``folder`` in ``family``'s format as our model (without a tokenizer:
+    ``load_model`` attaches it). The config and its refusals come first: a refused checkpoint
+    reads no weights."""
+    cfg = family.config_map(their_config, source, f"{family.TAG}:{folder.name}")
+    state = strip_prefixes(read_weights(folder), family.PREFIXES)
+    cfg, table = family.finish(cfg, state, source)
+    if (folder / "tokenizer.json").is_file():
+        cfg = cfg.replace(tokenizer=FOLDER)
+    return model_from_state(cfg, remap(state, table, cfg, source), source, device, dtype or torch.float32)
+
+
+def load_hf(path: str, device="cpu", dtype=None) -> CausalLM:
+    """``hf:PATH``: a local transformers directory (Llama, or FLA YOCO)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"hf:{path}: not a directory (only local paths; no hub is reachable)")
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"hf:{path}: no config.json")
+    hf = read_json(cfg_file)
+    kind = hf.get("model_type")
+    family = FAMILIES.get(kind) if isinstance(kind, str) else None
+    if family is None:
+        raise CheckpointError(f"hf:{path}: model_type {kind!r} is not supported ({' or '.join(FAMILIES)})")
+    return convert_folder(family, hf, folder, str(folder), device, dtype)
+
+
+def load_unilm(path: str, device="cpu", dtype=None) -> CausalLM:
+    """``unilm:PATH``: a folder with ``params.json`` and one state dict (.pt/.bin/.safetensors)."""
+    folder = Path(path).expanduser()
+    source = f"unilm:{path}"
+    if not (folder / "params.json").is_file():
+        raise CheckpointError(f"{source}: no params.json (microsoft/unilm YOCOArgs)")
+    return convert_folder(unilm_yoco, read_json(folder / "params.json"), folder, source, device, dtype)
+
+
+register_loader("hf", load_hf)
+register_loader("unilm", load_unilm)

@@ -1,0 +1,162 @@
+"""The cost model of ``yoco profile``: pure functions of a ``ModelConfig`` (``b`` = bytes per element
+of the model dtype, ``B`` = batch, ``T`` = context tokens, ``d`` = dim, ``f`` = FFN width,
+``V`` = vocabulary, ``kv`` = ``n_kv_heads * head_dim``, ``L`` = layers, ``L/2`` = self- and
+cross-decoder depth):
+
+* **Prefill FLOPs** (multiply-add = 2 FLOPs), split in four parts (``prefill_flops``):
+
+  - ``linear``: every weight matrix a token goes through, ``2 * B * T * P_token``, where
+    ``P_token`` is the linear weights run per prompt token: for the Transformer every layer
+    (``2 d^2 + 2 d kv + 3 d f`` each); for YOCO the self-decoder layers and the global K/V
+    projections, plus ``2 * B * P_cross`` for the cross-decoder, which runs for the last position
+    only (early exit). Embedding lookups are not FLOPs; norms and activations are left out.
+  - ``lm_head``: ``2 * B * d * V``, the last position only.
+  - ``attention``: softmax attention, ``4 * d * B * K`` with ``K`` the (query, key) pairs a layer
+    scores (``QK^T`` and ``AV``, ``d`` = heads x head dim). Causal over ``T``:
+    ``K = T (T + 1) / 2`` per layer (about ``2 T^2 d`` FLOPs per layer and sequence); a sliding
+    window ``w``: ``K = sum_p min(p + 1, w)``; YOCO's cross-decoder at the last position: ``K = T``.
+  - ``mixer``: gated retention in its chunkwise form (chunks of ``C = 64``, the size fla-core's
+    kernel and our PyTorch form use), per self-decoder layer ``4 B T' C d + 4 B T' d h``
+    (intra-chunk scores and their product with V, then the state read and update; ``h`` = head
+    dim, ``T'`` = T rounded up to a multiple of C), plus ``2 B P d h`` for the state carry between
+    chunks done as a matmul (``P`` = pairs of chunks within blocks of 256 chunks; negligible).
+
+* **Decode bytes per step** (``decode_bytes``): what one step must read from memory: every weight
+  once (all parameters but the embedding table, of which only ``B`` rows are read) plus the cache:
+  for YOCO the global KV once per cross-decoder layer, ``L/2 * 2 B T kv b``, plus each self-decoder
+  layer's state (gRet: ``B H h^2`` float32; SWA: its last ``w - 1`` keys and values); for the
+  Transformer every layer's KV, ``L * 2 B T kv b``.
+
+* **Memory** (``estimate_memory``): weights ``P b`` + the cache as allocated for ``T + reserve``
+  tokens (``cache_bytes``, equal to ``cache.nbytes()`` of our models) + the activation peak of one
+  prefill chunk of ``c`` tokens (``activation_bytes``): ``B c (3 f + 3 d) b`` (SwiGLU's gate, up
+  and product, the residual stream and the normed input) + for gRet the chunkwise form's float32
+  chunk states and score blocks ``2 B ceil(c / 64) H_s (64^2 + h^2) 4`` + the last position's
+  logits ``2 B V 4``. An estimate, good to tens of percent, used to mark cells that cannot fit.
+"""
+from __future__ import annotations
+
+from ..config import ModelConfig
+from ..kernels.gret.chunk import CARRY_BLOCK, CHUNK
+
+
+def _kv_dim(cfg: ModelConfig) -> int:
+    return cfg.n_kv_heads * cfg.head_dim
+
+
+def linear_params(cfg: ModelConfig) -> dict[str, int]:
+    """Linear weights by how often prefill runs them: ``token`` (every prompt token), ``last``
+    (YOCO's cross-decoder: the last position only), ``head`` (lm_head, the last position)."""
+    d, f, kv = cfg.dim, cfg.ffn_dim, _kv_dim(cfg)
+    ffn = 3 * d * f
+    if cfg.arch == "transformer":
+        return {"token": cfg.n_layers * (2 * d * d + 2 * d * kv + ffn), "last": 0, "head": d * cfg.vocab_size}
+    half = cfg.n_layers // 2
+    mixer = 5 * d * d + d * cfg.n_self_heads if cfg.self_decoder == "gret" else 4 * d * d
+    return {"token": half * (mixer + ffn) + 2 * d * kv, "last": half * (2 * d * d + ffn),
+            "head": d * cfg.vocab_size}
+
+
+def _causal_pairs(T: int) -> int:
+    return T * (T + 1) // 2
+
+
+def _window_pairs(T: int, w: int) -> int:
+    """(query, key) pairs of causal attention limited to the last ``w`` keys: sum_p min(p+1, w)."""
+    if T <= w:
+        return _causal_pairs(T)
+    return _causal_pairs(w) + (T - w) * w
+
+
+def prefill_flops(cfg: ModelConfig, ctx: int, batch: int = 1) -> dict[str, float]:
+    """FLOPs of one prefill of ``ctx`` tokens (parts and ``total``; see the module docstring)."""
+    B, T, d = batch, ctx, cfg.dim
+    p = linear_params(cfg)
+    out = {"linear": 2.0 * B * (T * p["token"] + p["last"]), "lm_head": 2.0 * B * p["head"],
+           "attention": 0.0, "mixer": 0.0}
+    if cfg.arch == "transformer":
+        out["attention"] = 4.0 * d * B * cfg.n_layers * _causal_pairs(T)
+    else:
+        half = cfg.n_layers // 2
+        out["attention"] = 4.0 * d * B * half * T                  # cross-decoder, last position
+        if cfg.self_decoder == "swa":
+            out["attention"] += 4.0 * d * B * half * _window_pairs(T, cfg.window)
+        else:
+            C = min(CHUNK, T)
+            Tp = -(-T // C) * C
+            N, blk = Tp // C, CARRY_BLOCK
+            carry = sum(min(blk, N - s) ** 2 for s in range(0, N, blk))    # chunk pairs of the state carry
+            out["mixer"] = half * (4.0 * B * Tp * C * d + 4.0 * B * Tp * d * cfg.self_head_dim
+                                   + 2.0 * B * carry * d * cfg.self_head_dim)
+    out["total"] = sum(out.values())
+    return out
+
+
+def state_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> int:
+    """Bytes of the self-decoder states after ``ctx`` tokens (0 for the Transformer)."""
+    if cfg.arch == "transformer":
+        return 0
+    half = cfg.n_layers // 2
+    if cfg.self_decoder == "gret":
+        return half * batch * cfg.n_self_heads * cfg.self_head_dim ** 2 * 4   # float32 state
+    keep = min(ctx, cfg.window - 1)
+    return half * 2 * batch * keep * cfg.dim * elem
+
+
+def cache_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, reserve: int = 0) -> dict[str, int]:
+    """The cache of our models after a prefill of ``ctx`` tokens with room for ``reserve`` more:
+    ``kv`` (= ``cache.kv_nbytes()``) and ``state`` (= ``cache.state_nbytes()``)."""
+    cap = max(1, ctx + reserve)
+    one = 2 * batch * cap * _kv_dim(cfg) * elem
+    kv = one if cfg.arch == "yoco" else cfg.n_layers * one
+    return {"kv": kv, "state": state_bytes(cfg, ctx, batch, elem)}
+
+
+def weight_bytes_read(cfg: ModelConfig, elem: int) -> int:
+    """Weights one decode step reads: every parameter but the (untied) embedding table."""
+    emb = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
+    return (cfg.n_params() - emb) * elem
+
+
+def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> dict[str, int]:
+    """Bytes one decode step at context ``ctx`` must read: ``weights``, ``cache``, ``total``."""
+    kv_layer = 2 * batch * ctx * _kv_dim(cfg) * elem
+    layers = cfg.n_layers // 2 if cfg.arch == "yoco" else cfg.n_layers
+    out = {"weights": weight_bytes_read(cfg, elem),
+           "cache": layers * kv_layer + state_bytes(cfg, ctx, batch, elem)}
+    out["total"] = out["weights"] + out["cache"]
+    return out
+
+
+def activation_bytes(cfg: ModelConfig, chunk: int, batch: int, elem: int) -> int:
+    """Activation peak of one prefill chunk of ``chunk`` tokens (see the module docstring)."""
+    B, c = batch, chunk
+    act = B * c * (3 * cfg.ffn_dim + 3 * cfg.dim) * elem + 2 * B * cfg.vocab_size * 4
+    if cfg.arch == "yoco" and cfg.self_decoder == "gret":
+        n_chunks = -(-c // CHUNK)
+        act += 2 * B * n_chunks * cfg.n_self_heads * (CHUNK ** 2 + cfg.self_head_dim ** 2) * 4
+    return act
+
+
+def estimate_memory(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int | None = None,
+                    reserve: int = 0) -> dict[str, int]:
+    """Memory a cell needs: ``weights`` + ``cache`` + ``activations`` = ``total`` (bytes)."""
+    c = effective_chunk(chunk, ctx) or ctx
+    cache = cache_bytes(cfg, ctx, batch, elem, reserve)
+    out = {"weights": cfg.n_params() * elem, "cache": cache["kv"] + cache["state"],
+           "activations": activation_bytes(cfg, c, batch, elem)}
+    out["total"] = sum(out.values())
+    return out
+
+
+def effective_chunk(chunk_size: int | None, ctx: int) -> int:
+    """The chunk prefill uses for ``ctx`` tokens; 0 = unchunked (one piece)."""
+    return int(chunk_size) if chunk_size and chunk_size < ctx else 0
+
+
+def cell_analytics(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int,
+                   reserve: int) -> dict[str, float]:
+    """The analytic numbers of one cell: prefill FLOPs, decode bytes, memory estimate."""
+    return {"flops": prefill_flops(cfg, ctx, batch)["total"],
+            "decode_bytes": decode_bytes(cfg, ctx, batch, elem)["total"],
+            "est_bytes": estimate_memory(cfg, ctx, batch, elem, chunk, reserve)["total"]}

@@ -1,0 +1,154 @@
+"""The machine a measurement runs on: its name, memory and library versions, a clock (CUDA events
+or ``perf_counter``), releasing memory between cells, and the measured ceilings (dense matmul rate,
+device copy bandwidth) that achieved rates are reported against."""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu ({model or platform.machine() or 'unknown'}, {os.cpu_count()} cores)"
+
+
+def device_memory(device) -> int | None:
+    """Total memory of the device in bytes (physical RAM for the CPU); None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    try:
+        import triton
+
+        tv = triton.__version__
+    except Exception:  # not installed, or its import fails on this platform
+        tv = ""
+    return {"torch": torch.__version__, "triton": tv}
+
+
+def use_device(device) -> torch.device:
+    """Make ``device`` the current CUDA device (events, streams and ``cuda:N`` all agree)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
+class Clock:
+    """CUDA events on a GPU (timestamps taken on the stream), ``perf_counter`` on the CPU."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def seconds(self, a, b) -> float:
+        if self.cuda:
+            b.synchronize()
+            return a.elapsed_time(b) / 1e3
+        return b - a
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+def release(device) -> None:
+    """Give back what the last cell held: collect cycles, empty the CUDA caching allocator."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def reset_memory(device) -> None:
+    """``release``, then start the peak-memory counters afresh (between a warm-up and its timing,
+    and after each cell)."""
+    release(device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+@dataclass
+class Ceilings:
+    matmul_tflops: float          # measured dense matmul rate in the run's dtype
+    copy_tbs: float               # measured device copy bandwidth, bytes read + written, TB/s
+    matmul_n: int = 0
+
+
+def median_seconds(clock: Clock, fn, reps: int, warm: int) -> float:
+    """The median time of ``fn`` over ``reps`` runs after ``warm`` untimed ones."""
+    for _ in range(warm):
+        fn()
+    clock.sync()
+    times = []
+    for _ in range(reps):
+        a = clock.mark()
+        fn()
+        b = clock.mark()
+        times.append(clock.seconds(a, b))
+    return statistics.median(times)
+
+
+def _matmul_seconds(clock: Clock, n: int, dtype, gen, reps: int) -> float:
+    a = torch.randn(n, n, device=clock.device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=clock.device, dtype=dtype, generator=gen)
+    out = torch.empty(n, n, device=clock.device, dtype=dtype)
+    return median_seconds(clock, lambda: torch.mm(a, b, out=out), reps, warm=3 if clock.cuda else 1)
+
+
+def _copy_seconds(clock: Clock, numel: int, gen, reps: int) -> float:
+    src = torch.rand(numel, device=clock.device, dtype=torch.float32, generator=gen)
+    dst = torch.empty_like(src)
+    return median_seconds(clock, lambda: dst.copy_(src), reps, warm=2 if clock.cuda else 1)
+
+
+@torch.inference_mode()
+def measure_ceilings(device, dtype: torch.dtype, matmul_n: int | None = None,
+                     copy_bytes: int | None = None, reps: int | None = None) -> Ceilings:
+    """The matmul rate (``n^3`` products of random normal matrices, median of ``reps``) and the
+    device-to-device copy bandwidth (counting the bytes read and the bytes written).
+
+    Defaults: on CUDA ``n = 8192`` and 1 GiB copied; on the CPU ``n = 1024`` and 64 MiB."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    n = matmul_n or (8192 if cuda else 1024)
+    nbytes = copy_bytes or ((1 << 30) if cuda else (64 << 20))
+    reps = reps or (10 if cuda else 3)
+    clock = Clock(device)
+    gen = torch.Generator(device=device).manual_seed(1234)
+    tflops = 2.0 * n ** 3 / _matmul_seconds(clock, n, dtype, gen, reps) / 1e12
+    numel = nbytes // 4
+    tbs = 2.0 * numel * 4 / _copy_seconds(clock, numel, gen, reps) / 1e12
+    release(device)
+    return Ceilings(matmul_tflops=tflops, copy_tbs=tbs, matmul_n=n)

@@ -1,0 +1,428 @@
+"""One ``yoco profile`` sweep: timing a cell, and the policy around the cells (skip by estimate,
+out-of-memory blockers, one runner per model, the result record).
+
+Timing (``measure_cell``): random token ids; a warm-up (the same prefill and a few decode steps,
+so that compilation, Triton autotuning and cuDNN's per-length attention builds fall outside the
+timing: a 4K warm-up left them inside the Transformer's timed 128K prefill); prefill
+timed with CUDA events (``perf_counter`` on the CPU) around the whole prefill, the median of at
+least ``repeats`` runs, and of up to ``MAX_PREFILL_REPEATS`` while their total stays under
+``PREFILL_BUDGET_S`` (a single 4K prefill after the warm-up measured 2-3x its steady time, so short
+cells are repeated; a long one is timed once); then ``gen_tokens``
+greedy decode steps, each timed on its own, the median reported. Peak memory
+(``torch.cuda.max_memory_allocated/reserved``) is reset before the prefill, so it covers prefill
+and decode. ``run_cell`` turns an out-of-memory error into a result (status ``oom``), releases the
+memory, and returns; any other error becomes status ``error`` with its first line.
+
+The sweep (``Plan``, ``sweep``): the cells are (arch, size, batch, ctx) in that nesting order. A
+cell whose analytic memory estimate exceeds the device's memory, or that is at least as large in
+context and batch as a cell of the same model that already ran out of memory (``Blockers``), is
+``skipped`` without building anything; the others are measured, one runner built per model and
+closed before the next. Every cell gives one ``Record`` (a ``profile.csv`` row).
+
+Fault injection for tests: ``YOCO_PROFILE_INJECT_OOM="arch:ctx:batch[,arch:ctx:batch...]"`` makes
+those cells raise ``torch.OutOfMemoryError`` right after their prefill (cache allocated), so the
+whole OOM path, clean-up included, runs without needing the memory to run out.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..dtypes import canonical, element_size, name_of
+from ..errors import first_line
+from .analytic import cell_analytics, effective_chunk
+from .hardware import Ceilings, Clock, device_memory, device_name, release, reset_memory, use_device, versions
+from .runners import Runner, build_runner, model_name, size_config
+
+DEFAULT_YOCO_CHUNK = 8192            # prefill chunk of ``--chunk-size auto`` for our yoco (see default_chunk)
+WARMUP_TOKENS = 4096                 # warm-up cache length for decode-only cells
+WARMUP_STEPS = 3                     # warm-up decode steps
+PREFILL_BUDGET_S = 1.0               # short prefills are timed again while their total stays under this
+MAX_PREFILL_REPEATS = 5              # ... up to this many times (the median is reported)
+INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
+
+OOM_ERRORS: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
+
+
+# -- one cell --------------------------------------------------------------------------------
+def default_chunk(arch: str) -> int | None:
+    """The prefill chunk of ``--chunk-size auto``: 8K tokens for our YOCO (YOCO-3B at 1M on an H100:
+    12.48 GB peak and 6.01 s with 8K chunks, 12.55 GB and 5.93 s with 16K; its prefill memory is
+    then bounded); unchunked for the Transformers (as users run them) and for fla's YOCO, whose
+    cache takes only one new token per call after the first (measured: a second prefill chunk
+    fails with "only support q_len == 1 for decoding" in flash-linear-attention 0.6.0)."""
+    return DEFAULT_YOCO_CHUNK if arch == "yoco" else None
+
+
+def _inject_oom(arch: str, ctx: int, batch: int) -> None:
+    spec = os.environ.get(INJECT_ENV, "")
+    cells = {c.strip() for c in spec.split(",") if c.strip()}
+    if f"{arch}:{ctx}:{batch}" in cells:
+        raise OOM_ERRORS[0](f"injected out-of-memory ({INJECT_ENV}) at {arch} ctx {ctx} batch {batch}")
+
+
+@dataclass
+class CellResult:
+    status: str                       # ok, oom or error
+    prefill_s: float | None = None
+    decode_ms: float | None = None
+    peak_alloc: int | None = None
+    peak_reserved: int | None = None
+    cache_bytes: int | None = None
+    note: str = ""
+
+
+def decode_reserve(gen_tokens: int) -> int:
+    """Cache positions reserved beyond the context: the timed steps, the warm-up steps, one spare.
+    The memory estimate and the cache a cell allocates both use it."""
+    return gen_tokens + WARMUP_STEPS + 1
+
+
+def _cell_generator(dev, seed: int, ctx: int, batch: int) -> torch.Generator:
+    """The random token ids of one cell: the same for every arch, different per cell."""
+    return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ctx * 131 + batch)
+
+
+def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
+                 repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
+    """Time one cell (raises on out-of-memory; ``run_cell`` catches). See the module docstring.
+    ``decode_only``: no prefill; decoding starts from ``runner.random_cache`` (prefill_s is None)."""
+    if decode_only:
+        return _measure_decode_only(runner, ctx, batch, gen_tokens, seed)
+    dev = runner.device
+    clock = Clock(dev)
+    reserve = decode_reserve(gen_tokens)
+    chunk = effective_chunk(chunk_size, ctx) or None
+    ids = torch.randint(0, runner.config.vocab_size, (batch, ctx), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
+
+    with torch.inference_mode():
+        # warm-up: a whole prefill and a few decode steps at this batch. The whole length, because
+        # kernels are built per length: cuDNN's attention per sequence length (a 4K warm-up left
+        # its build inside the Transformer's timed 128K prefill), fla's Triton kernels per length
+        # (4-7 s of compilation at 8K-16K), the last position's attention over the whole cache
+        logits, cache = runner.prefill(ids, chunk, WARMUP_STEPS + 1)
+        for _ in range(WARMUP_STEPS):
+            logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
+        logits = cache = None
+        runner.end_cell()             # the warm-up's decoder (graph, cache) must not outlive it
+        reset_memory(dev)
+
+        prefill_times = []
+        while True:
+            logits = cache = None          # free the previous cache before the next prefill
+            a = clock.mark()
+            logits, cache = runner.prefill(ids, chunk, reserve)
+            b = clock.mark()
+            prefill_times.append(clock.seconds(a, b))
+            n = len(prefill_times)
+            if n >= max(1, repeats) and (n >= MAX_PREFILL_REPEATS or sum(prefill_times) >= PREFILL_BUDGET_S):
+                break
+        res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, gen_tokens)
+    res.prefill_s = statistics.median(prefill_times)
+    return res
+
+
+def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int, gen_tokens: int) -> CellResult:
+    """The part every cell shares once its cache is filled: the injected OOM (tests), the cache
+    bytes, the decoder set-up, ``gen_tokens`` individually timed greedy steps, the memory peaks."""
+    _inject_oom(runner.arch, ctx, batch)
+    nbytes = runner.cache_nbytes(cache)
+    runner.prepare_decode(cache)
+    marks = []
+    for _ in range(gen_tokens):
+        a = clock.mark()
+        logits, cache = runner.decode(tok, cache)
+        tok = logits.argmax(-1, keepdim=True)
+        b = clock.mark()
+        marks.append((a, b))
+    clock.sync()
+    steps = [clock.seconds(a, b) for a, b in marks]
+    res = CellResult(status="ok", decode_ms=statistics.median(steps) * 1e3 if steps else None, cache_bytes=nbytes)
+    if clock.cuda:
+        res.peak_alloc = torch.cuda.max_memory_allocated(runner.device)
+        res.peak_reserved = torch.cuda.max_memory_reserved(runner.device)
+    return res
+
+
+def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, seed: int) -> CellResult:
+    dev = runner.device
+    clock = Clock(dev)
+    tok = torch.randint(0, runner.config.vocab_size, (batch, 1), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
+    with torch.inference_mode():
+        cache = runner.random_cache(batch, min(ctx, WARMUP_TOKENS), WARMUP_STEPS + 1, seed)   # warm-up
+        for _ in range(WARMUP_STEPS):
+            _, cache = runner.decode(tok, cache)
+        cache = None
+        runner.end_cell()
+        reset_memory(dev)
+        cache = runner.random_cache(batch, ctx, decode_reserve(gen_tokens), seed)
+        res = _timed_decode(runner, clock, tok, cache, ctx, batch, gen_tokens)
+    res.note = "decode only: cache of random values, no prefill"
+    return res
+
+
+def is_oom(e: BaseException) -> bool:
+    if isinstance(e, OOM_ERRORS):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in msg or "out of memory" in msg.lower())
+
+
+def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
+             repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
+    """``measure_cell`` with out-of-memory as a result: on OOM (or any other error) the cell's
+    tensors are dropped with the exception, the allocator is emptied, and the status says so."""
+    try:
+        res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only)
+    except Exception as e:  # noqa: BLE001 - every failure of a cell is recorded, the sweep goes on
+        res = CellResult(status="oom" if is_oom(e) else "error", note=first_line(e))
+    reset_memory(runner.device)
+    return res
+
+
+def shares(analytic: dict, res: CellResult, ceil: Ceilings | None) -> dict[str, float | None]:
+    """Achieved TFLOP/s and the shares of the measured ceilings (None where not measurable)."""
+    out: dict[str, float | None] = {"prefill_tflops": None, "prefill_share": None, "decode_share": None}
+    if res.prefill_s:
+        out["prefill_tflops"] = analytic["flops"] / res.prefill_s / 1e12
+        if ceil and ceil.matmul_tflops > 0:
+            out["prefill_share"] = out["prefill_tflops"] / ceil.matmul_tflops
+    if res.decode_ms and ceil and ceil.copy_tbs > 0:
+        out["decode_share"] = analytic["decode_bytes"] / (res.decode_ms / 1e3) / (ceil.copy_tbs * 1e12)
+    return out
+
+
+# -- the sweep -------------------------------------------------------------------------------
+AUTO_CHUNK = -1                      # Plan.chunk: each arch's default_chunk
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Cell:
+    arch: str
+    size: str
+    model: str                       # model_name: profile.csv's model column, what blockers key on
+    batch: int
+    ctx: int
+
+
+@dataclass
+class Plan:
+    """What one ``yoco profile`` run measures: every (arch, size, batch, ctx) of these lists."""
+    archs: list[str]
+    sizes: list[str]
+    ctxs: list[int]
+    batches: list[int]
+    gen_tokens: int = 128
+    chunk: int | None = AUTO_CHUNK   # prefill chunk in tokens; None: unchunked; AUTO_CHUNK: per arch
+    self_decoder: str = "gret"       # of arch yoco
+    repeats: int = 1
+    seed: int = 0
+    decode_only: bool = False
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def dtype_name(self) -> str:
+        return name_of(self.dtype)
+
+    @property
+    def reserve(self) -> int:
+        return decode_reserve(self.gen_tokens)
+
+    @property
+    def max_tokens(self) -> int:
+        return max(self.ctxs) + self.reserve
+
+    def cells(self) -> list[Cell]:
+        return [Cell(a, s, model_name(a, s, self.self_decoder), b, c)
+                for a in self.archs for s in self.sizes for b in self.batches for c in self.ctxs]
+
+    def chunk_for(self, cell: Cell) -> int:
+        """The prefill chunk of a cell; 0: unchunked (and for decode-only cells, which have none)."""
+        if self.decode_only:
+            return 0
+        return effective_chunk(default_chunk(cell.arch) if self.chunk == AUTO_CHUNK else self.chunk, cell.ctx)
+
+
+@dataclass
+class Machine:
+    """The device a sweep runs on, as its records name it."""
+    name: str
+    memory: int | None                       # bytes; a cell estimated above it is skipped
+    torch: str                               # versions
+    triton: str
+    ceilings: Ceilings | None = None         # measured by the caller when there are cells to run
+
+    @classmethod
+    def of(cls, device) -> Machine:
+        """Make ``device`` the current one and describe it."""
+        use_device(device)
+        return cls(device_name(device), device_memory(device), **versions())
+
+
+@dataclass
+class Record:
+    """One cell's result, field for field a ``profile.csv`` row (None: empty); the CLI's schema
+    orders, validates and writes it, and stamps ``date``."""
+    arch: str
+    model: str
+    size: str
+    params: int
+    ctx: int
+    batch: int
+    status: str = ""
+    prefill_s: float | None = None
+    decode_ms: float | None = None
+    decode_tok_s: float | None = None
+    peak_alloc_gb: float | None = None
+    peak_reserved_gb: float | None = None
+    cache_gb: float | None = None
+    est_gb: float | None = None
+    prefill_tflops: float | None = None
+    prefill_share: float | None = None
+    decode_gb_per_token: float | None = None
+    decode_share: float | None = None
+    matmul_tflops: float | None = None
+    copy_tbs: float | None = None
+    gen_tokens: int | None = None
+    chunk_size: int | None = None
+    device: str = ""
+    dtype: str = ""
+    torch: str = ""
+    triton: str = ""
+    date: str = ""
+    note: str = ""
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+class Blockers:
+    """The cells that ran out of memory, per model: a cell of that model at least as large in
+    context and batch is skipped. Keyed by the model name, so that a gRet and an SWA YOCO of one
+    size never block each other."""
+
+    def __init__(self):
+        self._oom: dict[str, list[tuple[int, int]]] = {}
+
+    @classmethod
+    def from_rows(cls, rows, dtype_name: str) -> Blockers:
+        """Seeded from the rows of an existing ``profile.csv`` (``--resume``), those in this dtype."""
+        out = cls()
+        for r in rows:
+            if r["status"] == "oom" and canonical(r["dtype"]) == dtype_name:
+                out.add(r["model"], int(r["ctx"]), int(r["batch"]))
+        return out
+
+    def add(self, model: str, ctx: int, batch: int) -> None:
+        self._oom.setdefault(model, []).append((ctx, batch))
+
+    def blocker(self, cell: Cell) -> tuple[int, int] | None:
+        """The (ctx, batch) that rules ``cell`` out, if any."""
+        return next(((c, b) for c, b in self._oom.get(cell.model, []) if cell.ctx >= c and cell.batch >= b), None)
+
+
+class _Models:
+    """One runner at a time: built at the first measured cell of a model, closed at the next model.
+    A model that fails to build fails each of its cells with the same status and note."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.model, self.runner = plan, None, None
+        self.failure = ("error", "")
+
+    def runner_for(self, cell: Cell, emit) -> Runner | None:
+        if cell.model != self.model:
+            self.close()
+            self.model = cell.model
+            emit("build", cell)
+            p = self.plan
+            try:
+                self.runner = build_runner(cell.arch, cell.size, p.device, p.dtype, max_tokens=p.max_tokens,
+                                           self_decoder=p.self_decoder, seed=p.seed)
+            except Exception as e:  # noqa: BLE001 - recorded on each of its cells
+                self.failure = ("oom" if is_oom(e) else "error", "building the model: " + first_line(e))
+                release(p.device)
+            emit("cell", cell)
+        return self.runner
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+def sweep(plan: Plan, cells: list[Cell], machine: Machine, blockers: Blockers,
+          on_event: Callable[[str, Cell], None] | None = None,
+          tokens: Callable[[int], str] = str) -> Iterator[Record]:
+    """Measure ``cells`` (those of ``plan`` still to do) in order and yield each one's ``Record`` as
+    soon as it is known; ``blockers`` gains the cells that run out of memory. ``on_event(phase,
+    cell)`` reports progress (phase ``cell``: measuring it, ``build``: building its model);
+    ``tokens`` writes a token count in a note (the CLI's ``4k``)."""
+    emit = on_event or (lambda phase, cell: None)
+    models = _Models(plan)
+    try:
+        for cell in cells:
+            emit("cell", cell)
+            yield _measure(plan, cell, machine, blockers, models, emit, tokens)
+    finally:
+        models.close()
+
+
+def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, models: _Models, emit,
+             tokens) -> Record:
+    cfg = size_config(cell.arch, cell.size, plan.self_decoder)
+    chunk = plan.chunk_for(cell)
+    analytic = cell_analytics(cfg, cell.ctx, cell.batch, element_size(plan.dtype),
+                              1 if plan.decode_only else chunk, plan.reserve)
+    ceil = machine.ceilings
+    rec = Record(arch=cell.arch, model=cell.model, size=cell.size, params=cfg.n_params(), ctx=cell.ctx,
+                 batch=cell.batch, est_gb=analytic["est_bytes"] / GB,
+                 decode_gb_per_token=analytic["decode_bytes"] / GB,
+                 matmul_tflops=ceil.matmul_tflops if ceil else None, copy_tbs=ceil.copy_tbs if ceil else None,
+                 gen_tokens=plan.gen_tokens, chunk_size=chunk, device=machine.name, dtype=plan.dtype_name,
+                 torch=machine.torch, triton=machine.triton)
+    skip = _skip_note(cell, analytic["est_bytes"], machine.memory, blockers, tokens)
+    if skip:
+        rec.status, rec.note = "skipped", skip
+        return rec
+    runner = models.runner_for(cell, emit)
+    if runner is None:
+        rec.status, rec.note = models.failure
+        return rec
+    rec.params = runner.params
+    res = run_cell(runner, cell.ctx, cell.batch, plan.gen_tokens, chunk or None, plan.repeats, plan.seed,
+                   plan.decode_only)
+    rec.status, rec.note = res.status, res.note
+    if res.status == "oom":
+        blockers.add(cell.model, cell.ctx, cell.batch)
+    if res.status == "ok":
+        _add_measured(rec, res, analytic, ceil)
+    return rec
+
+
+def _skip_note(cell: Cell, est: float, memory: int | None, blockers: Blockers, tokens) -> str:
+    """Why ``cell`` is not run (empty: it is)."""
+    if memory is not None and est > memory:
+        return f"estimate {est / GB:.1f} GB exceeds the device's {memory / GB:.1f} GB"
+    blocker = blockers.blocker(cell)
+    if blocker is not None:
+        return f"ctx {tokens(blocker[0])} batch {blocker[1]} already ran out of memory"
+    return ""
+
+
+def _gb(n: int | None) -> float | None:
+    return None if n is None else n / GB
+
+
+def _add_measured(rec: Record, res: CellResult, analytic: dict, ceil: Ceilings | None) -> None:
+    rec.prefill_s, rec.decode_ms = res.prefill_s, res.decode_ms
+    rec.decode_tok_s = rec.batch * 1e3 / res.decode_ms if res.decode_ms else None
+    rec.peak_alloc_gb, rec.peak_reserved_gb = _gb(res.peak_alloc), _gb(res.peak_reserved)
+    rec.cache_gb = _gb(res.cache_bytes)
+    sh = shares(analytic, res, ceil)
+    rec.prefill_tflops, rec.prefill_share, rec.decode_share = sh["prefill_tflops"], sh["prefill_share"], sh["decode_share"]
