@@ -110,3 +110,24 @@ def test_evaluation_does_not_load_the_profiler(module):
 
     loaded = reach(module, set())
     assert not {"yoco_core.perf.runners", "yoco_core.perf.sweep", "yoco_core.perf.analytic"} & loaded, loaded
+
+
+def test_reading_results_loads_no_torch():
+    """``yoco report`` reads CSVs (schemas, the dtype spelling table) without torch or the model:
+    importing yoco_core loads nothing until a name is used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, yoco_cli.main, yoco_cli.schemas, yoco_core.dtypes; "
+            "from yoco_cli.schemas import NEEDLE; NEEDLE.key_of({'dtype': 'bfloat16'}); "
+            "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'yoco_core.model'))); "
+            "print(loaded); sys.exit(1 if loaded else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_package_names_resolve():
+    import yoco_core
+
+    for name in yoco_core.__all__:
+        assert getattr(yoco_core, name) is not None, name

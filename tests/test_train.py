@@ -216,8 +216,11 @@ def test_a_checkpoint_with_overrides_is_built_once_with_the_changed_tokenizer(tm
     first = tr.make_model(micro_cfg(tmp_path))
     save_model(first, tmp_path / "ckpt")
     built = []
-    real = checkpoint.build_model
-    monkeypatch.setattr(checkpoint, "build_model", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    from yoco_core import state
+
+    real = state.build_model
+    for module in (checkpoint, state):
+        monkeypatch.setattr(module, "build_model", lambda *a, **kw: built.append(1) or real(*a, **kw))
     monkeypatch.setattr(tr, "build_model", lambda *a, **kw: built.append(1) or real(*a, **kw))
     cfg = micro_cfg(tmp_path, model=str(tmp_path / "ckpt"), overrides={"tokenizer": f"hf:{BYTE_TOKENIZER_DIR}"})
     model = tr.make_model(cfg)

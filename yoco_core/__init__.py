@@ -1,18 +1,35 @@
-"""yoco_core: the compact YOCO / Transformer model core of the yoco toolkit."""
-from .cache import KVBuffer, TransformerCache, YOCOCache
-from .checkpoint import CheckpointError, load_model, model_from_state, register_loader, save_model
-from .config import PRESETS, ModelConfig, get_config
-from .generate import Generation, generate
-from .model import YOCO, CausalLM, Transformer, build_model
-from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, tokenizer_for
+"""yoco_core: the compact YOCO / Transformer model core of the yoco toolkit.
 
-from . import convert  # noqa: E402  (registers the hf: and unilm: loaders)
+The names below are imported on first use (PEP 562), so that ``import yoco_core.dtypes`` (what
+``yoco report`` needs to read a CSV) loads neither torch nor the model, while
+``from yoco_core import load_model`` works as usual.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ModelConfig", "PRESETS", "get_config", "build_model", "load_model", "save_model", "model_from_state",
-    "CheckpointError", "register_loader", "convert", "CausalLM", "YOCO", "Transformer", "YOCOCache",
-    "TransformerCache", "KVBuffer", "Tokenizer", "ByteTokenizer", "HFTokenizer", "tokenizer_for",
-    "generate", "Generation", "__version__",
-]
+_EXPORTS = {
+    "cache": ("Cache", "KVBuffer", "TransformerCache", "YOCOCache"),
+    "checkpoint": ("load_model", "register_loader", "save_model"),
+    "state": ("CheckpointError", "model_from_state"),
+    "config": ("PRESETS", "ModelConfig", "get_config"),
+    "generate": ("Generation", "generate"),
+    "model": ("YOCO", "CausalLM", "Transformer", "build_model"),
+    "tokenizer": ("ByteTokenizer", "HFTokenizer", "Tokenizer", "tokenizer_for"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE) + ["convert", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif name == "convert":
+        value = importlib.import_module(".convert", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value

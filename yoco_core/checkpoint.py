@@ -7,14 +7,15 @@
 * a directory with ``config.json`` and ``model.safetensors`` (what ``save_model`` writes), or
   with a ``.pt`` / ``.bin`` state dict, read with ``torch.load(..., weights_only=True)``;
 * a path to a ``.safetensors`` / ``.pt`` / ``.bin`` file with ``config.json`` beside it;
-* ``PREFIX:PATH`` for a registered foreign format (see ``register_loader``; ``yoco_core.convert``
-  registers ``hf:`` and ``unilm:``).
+* ``PREFIX:PATH`` for a foreign format: ``hf:`` and ``unilm:`` (``yoco_core.convert``), or one
+  added with ``register_loader``.
 
 The model comes back with ``model.tokenizer`` attached: the one its config names, read from the
 checkpoint's folder (``tokenizer.tokenizer_for``). ``save_model`` copies that tokenizer's files into
 the checkpoint, so a checkpoint folder is self-contained and can be moved.
 
-Every failure a user can cause raises ``CheckpointError`` with a one-line message.
+Reading and loading state dicts lives in ``state`` (shared with ``convert``). Every failure a
+user can cause raises ``CheckpointError`` with a one-line message.
 """
 from __future__ import annotations
 
@@ -25,19 +26,17 @@ from typing import Callable
 import torch
 
 from .config import PRESETS, ModelConfig, get_config
+from .convert import LOADERS
 from .dtypes import default_dtype
-from .model import CausalLM, build_model, fuse_state_dict
+from .model import CausalLM, build_model
+from .state import CheckpointError, model_from_state, read_state_dict
 from .tokenizer import FOLDER, copy_tokenizer_files, tokenizer_for
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable, or does not fit its config."""
-
-
-_LOADERS: dict[str, Callable[..., CausalLM]] = {}
+_LOADERS: dict[str, Callable[..., CausalLM]] = dict(LOADERS)     # hf:, unilm: and any registered
 
 
 def register_loader(prefix: str, fn: Callable[..., CausalLM]) -> None:
@@ -88,64 +87,6 @@ def weights_file(path: Path) -> Path:
         if found:
             return found[0]
     raise CheckpointError(f"no weights (.safetensors, .pt or .bin) in {path}")
-
-
-def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(file))
-        if file.suffix in (".pt", ".bin", ".pth"):
-            state = torch.load(str(file), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-                state = state["model"]
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise CheckpointError(f"{file} does not hold a state dict of tensors")
-            return state
-    except CheckpointError:
-        raise
-    except Exception as e:  # corrupt or foreign file: safetensors / pickle errors of many kinds
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read weights {file}: {first}") from None
-    raise CheckpointError(f"unsupported weights file {file} (use .safetensors, .pt or .bin)")
-
-
-def load_state(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> CausalLM:
-    """Load ``state`` (our names; projections fused or named one by one) into ``model``, with a
-    one-line ``CheckpointError`` for missing, unexpected or misshapen tensors."""
-    state = fuse_state_dict(model, state)
-    expected = model.state_dict()
-    if model.config.tie_embeddings:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
-        raise CheckpointError(f"{source} does not match its config: {'; '.join(parts)}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, config wants {tuple(expected[k].shape)}")
-    model.load_state_dict(state, strict=not model.config.tie_embeddings)
-    return model
-
-
-def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str, device, dtype) -> CausalLM:
-    """``cfg`` with the weights ``state`` (our names), in eval mode and without a tokenizer.
-
-    Allocated once, in the target dtype on the target device (built on ``meta``, then
-    ``to_empty``): ``load_state_dict`` copies across device and dtype, so the peak is the model plus
-    the state, not a float32 copy besides. What every loader (directories, ``yoco_core.convert``) uses."""
-    model = build_model(cfg, device="meta", dtype=dtype).to_empty(device=device)
-    load_state(model, state, source)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    return model.eval()
 
 
 def load_model(name_or_path: str, device="cpu", dtype: torch.dtype | None = None, seed: int = 0) -> CausalLM:

@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .checkpoint import CheckpointError, load_state, read_config, read_state_dict, save_model
+from .checkpoint import read_config, save_model
+from .state import CheckpointError, load_state, model_from_state, read_state_dict
 from .config import PRESETS, ModelConfig, get_config
 from .errors import first_line
 from .kernels import backend
@@ -222,7 +223,7 @@ def make_model(cfg: TrainConfig) -> CausalLM:
         if cfg.overrides:       # a foreign PREFIX:PATH: converted first, then moved into the changed config
             mcfg = model.config.replace(**cfg.overrides)
             folder = getattr(model.tokenizer, "path", None)
-            model = ckpt.model_from_state(mcfg, model.state_dict(), cfg.model, device, torch.float32)
+            model = model_from_state(mcfg, model.state_dict(), cfg.model, device, torch.float32)
             model.tokenizer = tokenizer_for(mcfg, folder)
         return model.train()
     except (ValueError, CheckpointError) as e:
@@ -234,7 +235,7 @@ def _changed_checkpoint(path: Path, overrides: dict, device) -> CausalLM:
     ``overrides``: built once, with the tokenizer that config names."""
     mcfg = read_config(path).replace(**overrides)
     file = ckpt.weights_file(path)
-    model = ckpt.model_from_state(mcfg, read_state_dict(file), str(file), device, torch.float32)
+    model = model_from_state(mcfg, read_state_dict(file), str(file), device, torch.float32)
     model.tokenizer = tokenizer_for(mcfg, path if path.is_dir() else path.parent)
     return model
 

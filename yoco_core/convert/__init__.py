@@ -13,7 +13,7 @@ A family is one module: ``TAG`` (the converted config's name is ``TAG:<folder na
 ``finish(cfg, state, source) -> (ModelConfig, Table)`` for what only the weights tell (FLA's FFN
 width, unilm's vocabulary size and tying). A folder with a ``tokenizer.json`` converts with
 ``tokenizer: "folder"`` (``save_model`` copies those files along); without one, ``"bytes"``.
-Importing this package registers both loaders.
+``LOADERS`` is the table ``checkpoint.load_model`` dispatches ``PREFIX:PATH`` names on.
 """
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, model_from_state, register_loader
+from ..state import CheckpointError, model_from_state
 from ..model import CausalLM
 from ..tokenizer import FOLDER
 from . import fla_yoco, hf_llama, unilm_yoco
 from .remap import Table, interleaved_to_half, read_json, read_weights, remap, strip_prefixes
 
-__all__ = ["load_hf", "load_unilm", "convert_folder", "Table", "remap", "interleaved_to_half", "FAMILIES",
+__all__ = ["LOADERS", "load_hf", "load_unilm", "convert_folder", "Table", "remap", "interleaved_to_half", "FAMILIES",
            "hf_llama", "fla_yoco", "unilm_yoco"]
 
 FAMILIES = {"llama": hf_llama, "yoco": fla_yoco}     # model_type -> family of hf:PATH
@@ -70,5 +70,4 @@ def load_unilm(path: str, device="cpu", dtype=None) -> CausalLM:
     return convert_folder(unilm_yoco, read_json(folder / "params.json"), folder, source, device, dtype)
 
 
-register_loader("hf", load_hf)
-register_loader("unilm", load_unilm)
+LOADERS = {"hf": load_hf, "unilm": load_unilm}     # load_model's PREFIX:PATH formats

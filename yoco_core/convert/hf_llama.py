@@ -6,7 +6,7 @@ other than hidden / heads, a non-SiLU activation, rope scalings other than llama
 """
 from __future__ import annotations
 
-from ..checkpoint import CheckpointError
+from ..state import CheckpointError
 from ..config import ModelConfig
 from .remap import Table
 

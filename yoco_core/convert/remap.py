@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, read_state_dict
+from ..state import CheckpointError, read_state_dict
 from ..config import ModelConfig
 
 HEAD = "lm_head.weight"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ..checkpoint import CheckpointError
+from ..state import CheckpointError
 from ..config import ModelConfig
 from .remap import Table
 
