@@ -141,6 +141,10 @@ def test_folder_tokenizer_needs_its_files(tmp_path):
     save_model(model, tmp_path / "b")
     cfg = (tmp_path / "b" / "config.json").read_text().replace('"tokenizer": "bytes"', '"tokenizer": "folder"')
     (tmp_path / "b" / "config.json").write_text(cfg)
+    with pytest.raises(CheckpointError, match=r"^no tokenizer in .*--tokenizer PATH") as e:
+        load_model(str(tmp_path / "b"))             # never the byte tokenizer silently
+    assert "\n" not in str(e.value)
+    (tmp_path / "b" / "tokenizer.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"^cannot read .*tokenizer\.json: ") as e:
         load_model(str(tmp_path / "b"))
     assert "\n" not in str(e.value)

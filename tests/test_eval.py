@@ -25,9 +25,11 @@ TEXT = ("The river runs past the old mill and on toward the hills. A light wind 
 
 
 def _lm(kind="yoco-gret", **kw):
+    """A YOCOLM without a BOS of its own: the direct computations below put lm-eval's prefix token
+    (the same BOS) in front themselves."""
     model = small_model(kind, n_layers=2)
     model.tokenizer = tokenizer_for(model.config)       # build_model attaches none
-    return YOCOLM(pretrained=kind, model=model, **kw)
+    return YOCOLM(pretrained=kind, model=model, **{"add_bos_token": False, **kw})
 
 
 def _direct_rolling(model, tokens, prefix, window):
@@ -120,7 +122,26 @@ def test_passkey_scoring_is_exact_match():
     assert passkey_utils.process_results(doc, [""])["exact_match"] == 0.0
 
 
+def _agree(out):
+    """eval.csv and the per-(model, task) JSON files hold the same numbers, one row per metric."""
+    from yoco_cli.eval import result_file
+
+    df = schemas.EVAL.read(schemas.EVAL.path(out))
+    assert not df.duplicated(["model", "task", "metric"]).any()
+    files = set((out / "results").rglob("*.json"))
+    want = set()
+    for (model, task), rows in df.groupby(["model", "task"]):
+        path = result_file(out, model, task)
+        want.add(path)
+        metrics = json.loads(path.read_text())["results"][task]
+        assert {m: metrics[f"{m},none"] for m in rows["metric"]} == dict(zip(rows["metric"], rows["value"]))
+        assert json.loads(path.read_text())["config"]["limit"] == rows["limit"].iloc[0]
+    assert files == want
+    return df
+
+
 def test_yoco_eval_cli_writes_csv_json_and_rejects_unknown_task(tiny_dir, tmp_path, capsys):
+    from yoco_cli.eval import result_file
     from yoco_cli.main import main
 
     out = tmp_path / "ev"
@@ -130,15 +151,86 @@ def test_yoco_eval_cli_writes_csv_json_and_rejects_unknown_task(tiny_dir, tmp_pa
     # one line, the closest task first (lm-eval's own index may add more after it)
     (line,) = err.strip().splitlines()
     assert re.fullmatch(r"error: unknown task 'yoco_paskey' \(did you mean yoco_passkey(, [\w-]+)*\?\)", line), line
-    rc = main(["eval", "--tasks", "yoco_kv_choice", "--model", str(tiny_dir), "--limit", "2",
-               "--num-fewshot", "1", "--batch-size", "2", "--device", "cpu", "--out", str(out)])
-    assert rc == 0
-    df = schemas.EVAL.read(schemas.EVAL.path(out))
-    assert set(df["metric"]) == {"acc", "acc_norm"} and set(df["task"]) == {"yoco_kv_choice"}
-    assert (df["num_fewshot"] == 1).all() and (df["limit"] == 2).all()
-    results = json.loads((out / "results.json").read_text())
-    assert results["results"]["yoco_kv_choice"]["acc,none"] == pytest.approx(df.loc[df.metric == "acc", "value"].iloc[0])
-    assert "eval" in (out / "commands.txt").read_text()
+    base = ["eval", "--model", str(tiny_dir), "--num-fewshot", "1", "--batch-size", "2", "--device", "cpu",
+            "--out", str(out)]
+    assert main([*base, "--tasks", "yoco_kv_choice,yoco_passkey", "--limit", "1", "--log-samples"]) == 0
+    df = _agree(out)
+    assert set(df["metric"]) == {"acc", "acc_norm", "exact_match"} and (df["num_fewshot"] == 1).all()
+    samples = {t: result_file(out, str(tiny_dir), t).with_name(f"samples_{t}.jsonl")
+               for t in ("yoco_kv_choice", "yoco_passkey")}
+    assert all(len(p.read_text().splitlines()) == 1 for p in samples.values())
+    # a re-run of one task into the same --out replaces that task's rows and file, keeps the other's;
+    # the samples of the earlier run of that task go (they would not match), the other's stay
+    assert main([*base, "--tasks", "yoco_kv_choice", "--limit", "2"]) == 0
+    df = _agree(out)
+    assert len(df) == 3 and dict(zip(df["task"], df["limit"])) == {"yoco_kv_choice": 2, "yoco_passkey": 1}
+    assert not samples["yoco_kv_choice"].exists() and samples["yoco_passkey"].exists()
+    commands = (out / "commands.txt").read_text().splitlines()
+    assert [ln.split("\t")[1].split()[:2] for ln in commands] == [["yoco", "eval"]] * 2
+
+
+def _one_line(capsys, argv, start, after_work=False):
+    """Exit 2, no traceback, the error one line starting ``error: START`` (the only stderr line,
+    or with ``after_work`` the last one, after the progress output of the work done)."""
+    from yoco_cli.main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines() if not after_work else [ln for ln in err.splitlines() if "error:" in ln]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith(f"error: {start}"), err
+    return lines[0]
+
+
+def test_eval_output_refused_before_any_work(tmp_path, capsys):
+    """--out a file, a damaged eval.csv in it, a folder another live run holds: one line each, before
+    lm-eval indexes the tasks (the unknown task would be the error otherwise), nothing written."""
+    argv = ["eval", "--tasks", "no_such_task", "--device", "cpu", "--out"]
+    (tmp_path / "file").write_text("x")
+    _one_line(capsys, [*argv, str(tmp_path / "file")], f"--out {tmp_path / 'file'}: exists and is not a folder")
+    (tmp_path / "dir" / "x").mkdir(parents=True)
+    _one_line(capsys, [*argv, str(tmp_path / "dir" / "x" / "..")], "unknown task")   # a usable folder
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "eval.csv").write_text("task,metric\nx\n")
+    _one_line(capsys, [*argv, str(bad)], f"{bad / 'eval.csv'}: not a eval.csv")
+    busy = tmp_path / "busy"
+    with schemas.lock_results(busy, "yoco eval --tasks other"):          # this live process holds it
+        err = _one_line(capsys, ["eval", "--tasks", "yoco_passkey", "--device", "cpu", "--out", str(busy)],
+                        f"{busy} is being written by pid {os.getpid()}")
+    assert "yoco eval --tasks other" in err and not schemas.EVAL.path(busy).exists()
+
+
+def _register_failing(prefix, tiny_dir, exc):
+    """A loader for ``PREFIX:PATH`` whose model fails with ``exc`` (injected: at load time when
+    ``exc`` is a MemoryError, else at its first forward)."""
+    from yoco_core import load_model, register_loader
+
+    def load(path, device="cpu", dtype=None):
+        if isinstance(exc, MemoryError):
+            raise exc
+        model = load_model(path, device=device, dtype=dtype)
+
+        def fail(*_):
+            raise exc
+        model.register_forward_pre_hook(fail)
+        return model
+    register_loader(prefix, load)
+    return f"{prefix}:{tiny_dir}"
+
+
+@pytest.mark.parametrize("exc,where", [
+    (MemoryError(), "loading"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 4294967296 bytes."), "evaluating"),
+])
+def test_allocation_failure_is_one_line(exc, where, tiny_dir, tmp_path, capsys):
+    """``ulimit -v`` and a full RAM surface as MemoryError or the allocator's RuntimeError, while
+    loading or running: one line naming the model, exit 2, nothing written."""
+    name = _register_failing(f"oom{where}", tiny_dir, exc)
+    out = tmp_path / "ev"
+    _one_line(capsys, ["eval", "--tasks", "yoco_kv_choice", "--limit", "1", "-m", name, "--device", "cpu",
+                       "--out", str(out)], f"{where} {name}: out of memory", after_work=True)
+    assert not schemas.EVAL.path(out).exists() and not (out / ".yoco.lock").exists()
 
 
 def test_lm_eval_cli_through_wrapper(tiny_dir, tmp_path):

@@ -41,7 +41,7 @@ def _llama_dir(tmp_path, scaling=None, tie=False, **over):
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_hf_llama_logits_match_transformers(tmp_path, scaling, tie):
     ref = _llama_dir(tmp_path, None if scaling is None else dict(scaling), tie)
-    ours = load_model(f"hf:{tmp_path}", dtype=torch.float32)
+    ours = load_model(f"hf:{tmp_path}", dtype=torch.float32, tokenizer="bytes")
     assert ours.config.arch == "transformer" and ours.config.tie_embeddings == tie
     assert ours.config.rope_scaling == (None if scaling is None else LLAMA3)
     ids = torch.randint(0, 320, (2, 96), generator=torch.Generator().manual_seed(1))
@@ -173,7 +173,7 @@ def test_unilm_key_mapping(tmp_path, kind, tie):
                         embed_scale=math.sqrt(64) if tie else 1.0)
     assert model.config.self_head_dim != model.config.head_dim
     torch.save({"model": _inverse_unilm(model)}, tmp_path / "model.pt")
-    ours = load_model(f"unilm:{tmp_path}", dtype=torch.float32)
+    ours = load_model(f"unilm:{tmp_path}", dtype=torch.float32, tokenizer="bytes")
     assert (ours.config.self_decoder, ours.config.window, ours.config.tie_embeddings) == \
         (model.config.self_decoder, model.config.window, tie)
     ids = torch.randint(0, 320, (2, 40))
@@ -270,7 +270,7 @@ def test_fla_yoco_key_mapping(tmp_path, kind):
         "intermediate_size": cfg.ffn_dim, "self_decoder_attn": self_attn,
         "cross_decoder_attn": {"num_heads": cfg.n_heads, "num_kv_heads": cfg.n_kv_heads}}))
     save_file({k: v.contiguous() for k, v in out.items()}, str(tmp_path / "model.safetensors"))
-    ours = load_model(f"hf:{tmp_path}", dtype=torch.float32)
+    ours = load_model(f"hf:{tmp_path}", dtype=torch.float32, tokenizer="bytes")
     assert (ours.config.self_decoder, ours.config.window) == (cfg.self_decoder, cfg.window)
     ids = torch.randint(0, 320, (2, 40))
     torch.testing.assert_close(ours(ids), model(ids), atol=1e-4, rtol=1e-4)

@@ -1,9 +1,12 @@
-"""The cached paths (prefill, chunked prefill, decode) give the full forward's logits."""
+"""The cached paths (prefill, chunked prefill, decode) give the full forward's logits; configs are checked when made."""
+import json
+
 import pytest
 import torch
 
 from conftest import small_model
 from yoco_core import YOCOCache, build_model, get_config
+from yoco_core.config import ModelConfig
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -212,3 +215,67 @@ def test_add_linear_adds_into_the_residual_stream_without_gradients():
     torch.testing.assert_close(out.detach(), want)
     out.sum().backward()
     assert xg.grad is not None and lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+# -- config values are type-checked field by field, from the dataclass's annotations -------------
+@pytest.mark.parametrize("key,value,expected", [
+    ("cross_rope", "false", "true or false"),         # a string "false" would be truthy
+    ("cross_rope", 0, "true or false"),
+    ("tie_embeddings", None, "true or false"),
+    ("dim", True, "an integer"),                      # bools are not ints
+    ("dim", 64.0, "an integer"),
+    ("dim", "64", "an integer"),
+    ("cross_logn", 1.5, "an integer"),
+    ("rope_theta", "abc", "a finite number"),
+    ("rope_theta", float("nan"), "a finite number"),
+    ("norm_eps", float("inf"), "a finite number"),
+    ("embed_scale", False, "a finite number"),
+    ("arch", "llama", "one of 'yoco', 'transformer'"),
+    ("self_decoder", "GRET", "one of 'gret', 'swa'"),
+    ("rope_scaling", [1, 2], "an object or null"),
+    ("rope_scaling", "llama3", "an object or null"),
+    ("tokenizer", 5, "a string"),
+])
+def test_config_values_of_the_wrong_type_are_refused_naming_the_key(key, value, expected):
+    d = get_config("yoco-tiny").to_dict()
+    with pytest.raises(ValueError) as e:
+        ModelConfig.from_dict({**d, key: value})
+    assert str(e.value) == f"config key {key}: expected {expected}, not {value!r}"
+    with pytest.raises(ValueError, match=f"config key {key}: expected"):
+        get_config("yoco-tiny").replace(**{key: value})
+
+
+def test_config_ints_are_accepted_as_floats():
+    cfg = ModelConfig.from_dict({**get_config("yoco-tiny").to_dict(), "rope_theta": 500000, "norm_eps": 0})
+    assert cfg.rope_theta == 500000.0 and isinstance(cfg.rope_theta, float) and isinstance(cfg.norm_eps, float)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _saved_checkpoint(tmp_path, **changes):
+    from yoco_core import save_model
+
+    folder = tmp_path / "ckpt"
+    save_model(build_model(get_config("yoco-tiny").replace(dim=32, n_layers=2, n_heads=2, n_kv_heads=1,
+                                                           ffn_dim=64)), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"cross_rope": "false"}, "config key cross_rope: expected true or false, not 'false'"),
+    ({"rope_theta": "abc"}, "config key rope_theta: expected a finite number, not 'abc'"),
+])
+def test_a_checkpoint_config_of_the_wrong_type_is_one_line_in_load_model_and_the_cli(tmp_path, capsys,
+                                                                                       changes, message):
+    from yoco_cli.main import main
+    from yoco_core import CheckpointError, load_model
+
+    folder = _saved_checkpoint(tmp_path, **changes)
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(folder))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    code = main(["needle", "-m", str(folder), "--ctx", "256", "--device", "cpu", "--out", str(tmp_path / "n")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "n" / "needle.csv").exists()

@@ -8,7 +8,7 @@ from yoco_cli import schemas
 from yoco_cli.main import main
 from yoco_core import ByteTokenizer, build_model, get_config, save_model, tokenizer_for
 from yoco_core import needle as nd
-from yoco_core.generate import Generation, generate as real_generate
+from yoco_core.generation import Generation, generate as real_generate
 
 
 class PairTokenizer:
@@ -19,8 +19,10 @@ class PairTokenizer:
     bos_id, eos_id, pad_id = 256, 257, 258
 
     def encode(self, text, add_bos=False):
-        b = text.encode("utf-8")
-        ids = [259 + b[i] * 256 + b[i + 1] if i + 1 < len(b) else b[i] for i in range(0, len(b), 2)]
+        ids = []                                  # pairs of bytes within words, split as GPT-2 splits
+        for word in re.findall(r" ?\S+|\s+(?!\S)|\s+", text):
+            b = word.encode("utf-8")
+            ids += [259 + b[i] * 256 + b[i + 1] if i + 1 < len(b) else b[i] for i in range(0, len(b), 2)]
         return [self.bos_id] + ids if add_bos else ids
 
     def decode(self, ids):

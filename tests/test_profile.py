@@ -195,7 +195,7 @@ def test_decode_only_sweep_has_no_prefill_and_refuses_peers(tmp_path, capsys):
 
 def test_cells_over_memory_by_estimate_are_skipped_unbuilt(tmp_path, monkeypatch):
     est = analytic.estimate_memory(get_config("yoco-tiny"), 96, 1, 4, reserve=sweep.decode_reserve(2))["total"]
-    monkeypatch.setattr(sweep, "device_memory", lambda device: est - 1)
+    monkeypatch.setattr(sweep, "available_memory", lambda device: est - 1)
     monkeypatch.setattr(sweep, "build_runner", lambda *a, **k: pytest.fail("built a model for skipped cells"))
     assert main(["profile", "--arch", "yoco", "--size", "tiny", "--ctx", "96,192", "--batch", "1",
                  "--gen-tokens", "2", "--device", "cpu", "--out", str(tmp_path)]) == 0
@@ -278,6 +278,74 @@ def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys
     new = {(r["arch"], r["ctx"], r["batch"]): r["status"] for r in rows[12:]}
     assert new == {("yoco", "256", "1"): "skipped", ("yoco", "256", "2"): "skipped",
                    ("transformer", "256", "1"): "ok", ("transformer", "256", "2"): "ok"}
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """The (ctx, batch) of every cell measured; the ceilings not measured (not what is tested)."""
+    from yoco_cli import profile
+    from yoco_core.perf.hardware import Ceilings
+
+    monkeypatch.setattr(profile, "_ceilings", lambda plan: Ceilings(1.0, 1.0))
+    calls, real = [], sweep.measure_cell
+    monkeypatch.setattr(sweep, "measure_cell", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    return calls
+
+
+ONE_CELL = ["profile", "--arch", "yoco", "--size", "tiny", "--ctx", "64", "--batch", "1", "--gen-tokens", "2",
+            "--device", "cpu"]
+
+
+def test_resume_measures_the_cells_of_another_setting(tmp_path, measured, monkeypatch):
+    """--decode-only, --gen-tokens and --chunk-size change what a cell measures: a --resume with
+    another one measures its cells; with the same one (or a chunk that comes to the same effective
+    chunk) it measures nothing. An out-of-memory of one setting blocks nothing of another."""
+    argv = [*ONE_CELL, "--out", str(tmp_path)]
+    monkeypatch.setenv(sweep.INJECT_ENV, "yoco:64:1")
+    assert main(argv) == 0 and len(measured) == 1
+    monkeypatch.delenv(sweep.INJECT_ENV)
+    assert main([*argv, "--resume", "--ctx", "64,128"]) == 0 and len(measured) == 1   # 128 blocked by the oom
+    for other in (["--gen-tokens", "3"], ["--chunk-size", "32"], ["--decode-only"]):
+        n = len(measured)
+        assert main([*argv, "--resume", *other]) == 0 and len(measured) == n + 1, other
+        assert main([*argv, "--resume", *other]) == 0 and len(measured) == n + 1, other
+    assert main([*argv, "--resume", "--chunk-size", "0"]) == 0 and len(measured) == 4    # auto at 64: unchunked
+    assert main([*argv, "--resume", "--gen-tokens", "3", "--ctx", "64,128"]) == 0
+    assert measured[4:] == [(128, 1)]               # the oom at --gen-tokens 2 does not block it
+    rows = _rows(tmp_path)
+    got = {(r["mode"], r["gen_tokens"], r["chunk_size"], r["ctx"]): r["status"] for r in rows}
+    assert got == {("full", "2", "0", "64"): "oom", ("full", "2", "0", "128"): "skipped",
+                   ("full", "3", "0", "64"): "ok", ("full", "2", "32", "64"): "ok",
+                   ("decode-only", "2", "0", "64"): "ok", ("full", "3", "0", "128"): "ok"}
+
+
+def _drop_column(path, column: str) -> None:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [c for c in rows[0] if c != column]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_an_old_csv_without_the_mode_column_resumes_and_is_upgraded(tmp_path, measured):
+    """profile.csv files written before the mode column: decode-only rows are those whose note
+    starts "decode only"; both kinds resume as done, and the first append rewrites the file in
+    the new layout with those values."""
+    argv = [*ONE_CELL, "--out", str(tmp_path)]
+    assert main(argv) == 0 and main([*argv, "--resume", "--decode-only"]) == 0 and len(measured) == 2
+    path = schemas.PROFILE.path(tmp_path)
+    _drop_column(path, "mode")
+    assert "mode" not in path.read_text().splitlines()[0].split(",")
+    assert list(schemas.PROFILE.read(path)["mode"]) == ["full", "decode-only"]
+    assert main([*argv, "--resume"]) == 0 and main([*argv, "--resume", "--decode-only"]) == 0
+    assert len(measured) == 2
+    assert main([*argv, "--resume", "--ctx", "64,128"]) == 0 and measured[2:] == [(128, 1)]
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == schemas.PROFILE.names
+    assert [r["mode"] for r in _rows(path.parent)] == ["full", "decode-only", "full"]
+    assert (tmp_path / "profile_memory.png").exists()
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -281,3 +281,16 @@ def test_exit_codes_of_commands_come_back_from_main(tmp_path, monkeypatch, capsy
         monkeypatch.setattr(report, "build", fn)
         assert main(argv) == code
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_an_old_profile_csv_without_the_mode_column_is_reported(tmp_path):
+    """profile.csv files written before the mode column still report (read as full runs)."""
+    path = write_profile(tmp_path / "run", ctxs=(1024, 4096))
+    lines = path.read_text().splitlines()
+    col = lines[0].split(",").index("mode")
+    path.write_text("\n".join(",".join(f for i, f in enumerate(line.split(",")) if i != col) for line in lines) + "\n")
+    assert "mode" not in path.read_text().splitlines()[0].split(",")
+    before = path.read_bytes()
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0
+    assert "## Profile" in (tmp_path / "rep" / "report.md").read_text()
+    assert path.read_bytes() == before                   # report reads, never rewrites

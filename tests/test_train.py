@@ -1,6 +1,12 @@
 """`yoco train`: the synthetic data, the loss going down, exact resume, the CLI, the shipped weights."""
 import csv
+import json
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,10 +88,38 @@ def test_bad_mix_and_overrides_are_one_line_errors():
         syn.parse_mix("needle=1,bogus=2")
     with pytest.raises(tr.TrainError, match="unknown model setting"):
         tr.parse_overrides(["nonsense=1"])
-    with pytest.raises(tr.TrainError, match="cross_rope wants a bool"):
+    with pytest.raises(tr.TrainError, match="config key cross_rope: expected true or false, not .maybe."):
         tr.parse_overrides(["cross_rope=maybe"])
     assert tr.parse_overrides(["cross_rope=false", "dim=64", "rope_theta=5e5"]) == \
         {"cross_rope": False, "dim": 64, "rope_theta": 5e5}
+
+
+@pytest.mark.parametrize("pair,expected", [
+    ("cross_rope=maybe", "true or false, not 'maybe'"),
+    ("dim=1.5", "an integer, not '1.5'"),
+    ("dim=true", "an integer, not 'true'"),
+    ("rope_theta=abc", "a finite number, not 'abc'"),
+    ("rope_theta=nan", "a finite number, not nan"),
+    ("norm_eps=inf", "a finite number, not inf"),
+    ("arch=llama", "one of 'yoco', 'transformer', not 'llama'"),
+    ("rope_scaling=[1]", "an object or null, not [1]"),
+])
+def test_set_values_are_checked_by_the_config_annotations(pair, expected):
+    key = pair.partition("=")[0]
+    with pytest.raises(tr.TrainError) as e:
+        tr.parse_overrides([pair])
+    assert str(e.value) == f"bad --set {pair!r}: config key {key}: expected {expected}"
+
+
+@pytest.mark.parametrize("kw", [dict(lr=float("inf")), dict(lr=float("nan")), dict(lm_weight=float("nan")),
+                                dict(weight_decay=float("nan")), dict(grad_clip=float("inf")),
+                                dict(min_lr_ratio=float("nan")), dict(betas=(0.9, float("nan"))),
+                                dict(mix={"needle": float("inf")})])
+def test_non_finite_hyperparameters_are_refused_naming_the_option(kw):
+    (key, value), = kw.items()
+    with pytest.raises(tr.TrainError, match=rf"{key}.*(finite|nan|inf)") as e:
+        tr.TrainConfig(**kw)
+    assert "\n" not in str(e.value)
 
 
 def test_schedule_and_curriculum():
@@ -135,6 +169,81 @@ def test_resume_is_exact(tmp_path, arch):
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
 
 
+def _last_line(err: str) -> str:
+    """The last line on stderr, after the progress lines of a run that started: it must be the
+    only error line, and no traceback."""
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and sum(line.startswith("error:") for line in lines) <= 1, err
+    return lines[-1]
+
+
+class _Killed(Exception):
+    """Stands in for a SIGKILL: the run ends where it is, nothing more written."""
+
+
+def test_counters_of_a_checkpoint_inside_a_log_window_resume_to_the_same_tokens(tmp_path):
+    """--save-every 2 with --log-every 3: step_4 is written inside the window 4..6; a run killed
+    after it and resumed counts the same tokens as one run straight through."""
+    kw = dict(steps=6, log_every=3, save_every=2, keep=5, curriculum=[96, 128], batch_tokens=300)
+    straight = tr.train(micro_cfg(tmp_path / "a", **kw))
+
+    def kill_after_step_4_is_saved(step):
+        if step == 5:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        tr.train(micro_cfg(tmp_path / "b", **kw), on_step=kill_after_step_4_is_saved)
+    assert [s for s, _ in tr.checkpoints(tmp_path / "b" / "run")] == [2, 4]
+    resumed = tr.train(micro_cfg(tmp_path / "b", **kw), resume=True)
+    assert resumed.resumed_from == 4
+    assert resumed.tokens == straight.tokens == sum(                     # every step's tokens, once
+        tr.batch_size_at(straight_cfg := micro_cfg(tmp_path / "a", **kw), s) * tr.length_at(straight_cfg, s)
+        for s in range(6))
+    summary = [json.loads((r.out / tr.SUMMARY_FILE).read_text())["tokens"] for r in (straight, resumed)]
+    assert summary[0] == summary[1] == straight.tokens
+    assert _log(straight.out)[-1]["tokens"] == _log(resumed.out)[-1]["tokens"]
+
+
+def _nan_from_step(monkeypatch, first_bad: int):
+    """The loss of every step from ``first_bad`` (1-based) on is NaN: a fault injected into the
+    real loss (the model and the optimiser run as always)."""
+    real, calls = tr.batch_loss, []
+
+    def batch_loss(*args):
+        calls.append(1)
+        loss, *rest = real(*args)
+        return (loss * float("nan") if len(calls) >= first_bad else loss), *rest
+
+    monkeypatch.setattr(tr, "batch_loss", batch_loss)
+
+
+def test_a_non_finite_loss_stops_training_keeping_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    _nan_from_step(monkeypatch, 3)
+    run = tmp_path / "run"
+    code = main(["train", "--model", "transformer-tiny", "--steps", "6", "--out", str(run), "--device", "cpu",
+                 "--batch-tokens", "256", "--curriculum", "96", "--log-every", "1", "--save-every", "2", *MICRO_SET])
+    last = _last_line(capsys.readouterr().err)
+    assert code == 2 and last.startswith("error: training stopped:"), last
+    assert "not finite at step 3" in last and "last good checkpoint step_2 kept" in last
+    assert [s for s, _ in tr.checkpoints(run)] == [2]                  # nothing from step 3 on
+    assert not (run / "final").exists() and not (run / tr.SUMMARY_FILE).exists()
+    assert [r["step"] for r in _log(run)] == ["1", "2"]
+    weights = load_file(str(run / "step_2" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_ship_refuses_non_finite_weights(tmp_path):
+    from yoco_core import save_model
+
+    model = tr.make_model(micro_cfg(tmp_path))
+    with torch.no_grad():
+        model.norm.weight[0] = float("inf")
+    save_model(model, tmp_path / "run" / "final")
+    with pytest.raises(tr.TrainError, match="non-finite values .*norm.weight.*not shipped"):
+        tr.ship(tmp_path / "run", weights_dir=tmp_path / "weights")
+    assert not (tmp_path / "weights").exists()
+
+
 # -- the CLI ---------------------------------------------------------------------------------------
 def test_cli_trains_resumes_and_ships(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path / "weights")
@@ -154,6 +263,13 @@ def test_cli_trains_resumes_and_ships(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "damaged checkpoint" in err and len(err.strip().splitlines()) == 1
     state_file.write_text(good)
+    optim = state_file.parent / tr.OPTIM_FILE
+    whole = optim.read_bytes()
+    optim.write_bytes(whole[: len(whole) // 2])                # a truncated optimizer state: the same
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged optimizer state" in err and len(err.strip().splitlines()) == 1, err
+    optim.write_bytes(whole)
     assert main(args + ["--resume", "--ship"]) == 0
     err = capsys.readouterr().err
     assert "done: step 4/4" in err and "shipped" in err
@@ -175,11 +291,68 @@ def test_cli_trains_resumes_and_ships(tmp_path, monkeypatch, capsys):
     (["--mix", "needle=0"], "weight 0"),
     (["--batch-tokens", "lots"], "bad size"),
     (["--model", "no-such-model"], "neither a preset"),
+    (["--set", "cross_rope=nope"], "config key cross_rope: expected true or false, not 'nope'"),
+    (["--set", "rope_theta=abc"], "config key rope_theta: expected a finite number, not 'abc'"),
+    (["--lr", "inf"], "lr must be a finite number, not inf"),
+    (["--lr", "nan"], "lr must be a finite number, not nan"),
+    (["--lm-weight", "nan"], "lm_weight must be a finite number, not nan"),
+    (["--weight-decay", "nan"], "weight_decay must be a finite number, not nan"),
+    (["--weight-decay", "-1"], "weight_decay must be >= 0"),
+    (["--min-lr-ratio", "nan"], "min_lr_ratio must be a finite number"),
+    (["--mix", "needle=inf"], "must be a finite number"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, bad, message):
     code = main(["train", "--steps", "2", "--out", str(tmp_path / "r"), "--device", "cpu", *bad])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    assert main(["train", "--steps", "2", "--out", str(out), "--device", "cpu", *MICRO_SET]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert out.read_text() == "not a folder"
+
+
+def test_cli_refuses_a_run_folder_another_live_run_holds(tmp_path, capsys):
+    from yoco_cli import schemas
+
+    run = tmp_path / "run"
+    with schemas.lock_results(run, "yoco train --out run (the other one)"):
+        assert main(["train", "--steps", "2", "--out", str(run), "--device", "cpu", *MICRO_SET]) == 2
+    err = capsys.readouterr().err
+    assert "the other one" in err and len(err.strip().splitlines()) == 1, err
+    assert not tr.checkpoints(run) and not (run / tr.LOG_FILE).exists()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_keeps_a_checkpoint_at_the_end_of_the_step_and_resume_continues(tmp_path, capsys, signum, code):
+    """`yoco train` in a child process, sent SIGTERM (or SIGINT) mid-run: it finishes the step,
+    writes step_N, says so in one line and exits 143 (130); --resume then continues from step_N."""
+    run = tmp_path / "run"
+    args = ["train", "--model", "transformer-tiny", "--steps", "500", "--out", str(run), "--device", "cpu",
+            "--batch-tokens", "128", "--curriculum", "64", "--log-every", "1", "--save-every", "0", *MICRO_SET]
+    child = subprocess.Popen([sys.executable, "-m", "yoco_cli.main", *args], stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / tr.LOG_FILE).is_file() and len(_log(run)) >= 2) and time.monotonic() < deadline:
+            assert child.poll() is None, child.stderr.read()
+            time.sleep(0.2)
+        child.send_signal(signum)
+        err = child.communicate(timeout=120)[1]
+    finally:
+        child.kill()
+    match = re.search(r"interrupted: checkpoint step_(\d+) kept, --resume continues", err)
+    assert child.returncode == code and match and "Traceback" not in err, err
+    step = int(match.group(1))
+    assert [s for s, _ in tr.checkpoints(run)] == [step] and 2 <= step < 500
+    assert not (run / ".yoco.lock").exists()
+    assert main(args + ["--resume", "--stop-at", str(step + 1)]) == 0
+    assert f"resuming at step {step}" in capsys.readouterr().err
+    assert [s for s, _ in tr.checkpoints(run)][-1] == step + 1
 
 
 # -- the shipped weights ---------------------------------------------------------------------------

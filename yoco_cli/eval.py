@@ -1,15 +1,22 @@
 """`yoco eval`: lm-evaluation-harness tasks on YOCO and Transformer models, offline.
 
 The model goes to lm-eval as the ``yoco`` model class (``yoco_cli.lm_eval_model``); tasks come from
-lm-eval plus the project's ``tasks/`` folder (``TaskManager(include_path=...)``). Writes lm-eval's
-results JSON (``DIR/results.json``), a flat ``DIR/eval.csv`` (``schemas.EVAL``) and
-``DIR/commands.txt``, and prints a table.
+lm-eval plus the project's ``tasks/`` folder (``TaskManager(include_path=...)``). Writes one
+lm-eval results JSON per model and task (``DIR/results/<model>/<task>.json``, ``result_file``), a
+flat ``DIR/eval.csv`` (``schemas.EVAL``) and ``DIR/commands.txt``, and prints a table. A re-run
+of a (model, task) replaces its JSON and its eval.csv rows, so the two always hold the same
+numbers; other models' and tasks' results stay.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import difflib
 import fnmatch
+import io
 import json
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import schemas
-from .options import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, command_line, console, fail
+from .options import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, command_line, console, fail, slug
 
 TasksOpt = Annotated[str, typer.Option("--tasks", "-t", help="Comma list of lm-eval task names (or groups, tags, globs).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Documents per task (default: all).")]
@@ -74,9 +81,7 @@ def eval_command(
     out: OutOpt = Path("results/eval"),
 ) -> None:
     """Run lm-evaluation-harness tasks (lm-eval's and the project's tasks/) on a model."""
-    from yoco_core.dtypes import name_of
-
-    from .options import load_model_or_fail, resolve_device, resolve_dtype
+    from .options import ensure_fits, ensure_out_dir, model_config, resolve_device, resolve_dtype
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
@@ -84,6 +89,23 @@ def eval_command(
     extra_meta = _metadata(metadata)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    out = ensure_out_dir(out)
+    _read_csv(out)                       # a damaged eval.csv is refused before any work
+    # the prompt lengths are the tasks' (unknown here): the weights, and --max-length tokens if given
+    ensure_fits(model_config(model), max_length or 1, batch_size, dev, torch_dtype)
+    with schemas.lock_results(out, command_line()):      # a second run into OUT: one line (main)
+        results = _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length,
+                            num_fewshot, limit, log_samples, seed)
+        rows = _write(out, results, model, num_fewshot, limit, dev)
+    _print_table(model, rows, out)
+
+
+def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length, num_fewshot, limit,
+              log_samples, seed) -> dict:
+    """lm-eval's results (``samples`` included with ``log_samples``); its complaints one line."""
+    from yoco_core.dtypes import name_of
+
+    from .options import load_model_or_fail
 
     with console.status("loading lm-eval and indexing tasks"):
         from .lm_eval_model import YOCOLM, synthetic_tokenizer_for, tasks_dir  # sets the offline env
@@ -105,17 +127,29 @@ def eval_command(
             log_samples=log_samples, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
             fewshot_random_seed=seed, bootstrap_iters=1000, metadata=meta,
         )
-    except (KeyError, ValueError) as e:  # lm-eval's own complaints about task configs or names
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(f"lm-eval: {first}")
-    except ImportError as e:             # a task whose extra is not installed (RULER: lm-eval[ruler])
-        fail(f"lm-eval: a task needs a package that is not installed ({e.name or e}); "
-             f"e.g. RULER tasks need lm-eval[ruler]")
+    except Exception as e:
+        line = _lm_eval_error(e, model)          # re-raises what is not one of these
+        console.print()                          # lm-eval's progress bar may have left its line open
+        fail(line)
     if results is None:
         fail("lm-eval returned no results")
+    return results
 
-    rows = _write(out, results, log_samples, model, num_fewshot, limit, dev)
-    _print_table(model, rows, out)
+
+def _lm_eval_error(e: Exception, model: str) -> str:
+    """The one line for what ``simple_evaluate`` raised: an allocation failure, lm-eval's own
+    complaints about task configs or names, a task's missing extra; anything else is re-raised."""
+    from .options import memory_error_line
+
+    if (line := memory_error_line(e)) is not None:
+        return f"evaluating {model}: {line}"
+    if isinstance(e, (KeyError, ValueError)):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"lm-eval: {first}"
+    if isinstance(e, ImportError):       # RULER needs lm-eval[ruler]
+        return (f"lm-eval: a task needs a package that is not installed ({e.name or e}); "
+                f"e.g. RULER tasks need lm-eval[ruler]")
+    raise e
 
 
 def _metadata(metadata: str | None) -> dict:
@@ -131,34 +165,97 @@ def _metadata(metadata: str | None) -> dict:
     return extra_meta
 
 
-def _write(out: Path, results: dict, log_samples: bool, model: str, num_fewshot: int | None,
-           limit: int | None, dev: str) -> list[tuple[str, str, float, float | None]]:
-    """results.json, each task's samples (with --log-samples), eval.csv and commands.txt; returns
-    the metric rows."""
+# -- results on disk: one JSON per model and task, eval.csv holding the same numbers ---------------
+def result_file(out: Path, model: str, task: str) -> Path:
+    """``OUT/results/<model>/<task>.json``: lm-eval's results JSON cut down to that task. A run
+    replaces the files of the (model, task) pairs it evaluated, and their rows of ``eval.csv``."""
+    return Path(out) / "results" / _file_name(model) / f"{_file_name(task)}.json"
+
+
+def _file_name(text: str) -> str:
+    """``text`` where it is a safe file name, else its slug and a hash (two names, two files)."""
+    import hashlib
+
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", text):
+        return text
+    return f"{slug(text)[:80]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _task_part(results: dict, task: str, tasks: set[str]) -> dict:
+    """lm-eval's results with every per-task section (``results``, ``configs``, ``n-shot``, ...:
+    a dict keyed by task names) cut down to ``task``; the rest (model config, versions) as is."""
+    part = {}
+    for key, value in results.items():
+        if isinstance(value, dict) and value and set(value) <= tasks:
+            value = {task: value[task]} if task in value else {}
+        part[key] = value
+    return part
+
+
+def _write(out: Path, results: dict, model: str, num_fewshot: int | None, limit: int | None,
+           dev: str) -> list[tuple[str, str, float, float | None]]:
+    """Each task's result file (and samples with --log-samples), eval.csv, commands.txt; returns
+    the metric rows. The JSON files are written first, then eval.csv replaced in one rename."""
     from lm_eval.utils import handle_non_serializable
 
     from yoco_core.perf.hardware import device_name
 
-    out.mkdir(parents=True, exist_ok=True)
-    samples = results.pop("samples", None)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=handle_non_serializable,
-                                                 ensure_ascii=False) + "\n")
-    if log_samples and samples:
-        for task, rows in samples.items():
-            with (out / f"samples_{task}.jsonl").open("w") as f:
-                for r in rows:
-                    f.write(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    samples = results.pop("samples", None) or {}
+    done = list(results.get("results", {}))
+    tasks = set(done) | set(samples) | set(results.get("configs", {}))
+    for task in done:
+        path = result_file(out, model, task)
+        _write_atomic(path, json.dumps(_task_part(results, task, tasks), indent=2,
+                                       default=handle_non_serializable, ensure_ascii=False) + "\n")
+        kept = path.with_name(f"samples_{path.stem}.jsonl")
+        if task in samples:
+            _write_atomic(kept, "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False)
+                                        + "\n" for r in samples[task]))
+        else:
+            kept.unlink(missing_ok=True)          # an earlier run's samples would not match
+    date, n_shot, rows = schemas.utc_now(), results.get("n-shot", {}), _rows(results)
+    new = [{"task": task, "metric": metric, "value": value, "stderr": "" if err is None else err,
+            "model": model, "num_fewshot": n_shot.get(task, "" if num_fewshot is None else num_fewshot),
+            "limit": "" if limit is None else limit, "device": device_name(dev), "date": date}
+           for task, metric, value, err in rows]
+    old = [r for r in _read_csv(out) if (r["model"], r["task"]) not in {(model, t) for t in done}]
+    _write_csv(out, old + new)
     schemas.write_command(out, command_line())
-    date = schemas.utc_now()
-    n_shot = results.get("n-shot", {})
-    rows = _rows(results)
-    for task, metric, value, err in rows:
-        schemas.EVAL.append_row(out, {
-            "task": task, "metric": metric, "value": value, "stderr": "" if err is None else err,
-            "model": model, "num_fewshot": n_shot.get(task, num_fewshot if num_fewshot is not None else ""),
-            "limit": "" if limit is None else limit, "device": device_name(dev), "date": date,
-        })
     return rows
+
+
+def _read_csv(out: Path) -> list[dict]:
+    """The rows of ``OUT/eval.csv`` as written (validated first; a damaged file is one line)."""
+    path = schemas.EVAL.path(out)
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    try:
+        schemas.EVAL.read(path)
+        with path.open(newline="") as f:
+            return [{k: r.get(k, "") for k in schemas.EVAL.names} for r in csv.DictReader(f)]
+    except schemas.SchemaError as e:
+        fail(f"{e} (--out holds it; move it aside or choose another --out)")
+
+
+def _write_csv(out: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=schemas.EVAL.names, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    _write_atomic(schemas.EVAL.path(out), buf.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file and a rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:                 # disk full, read-only: one line (main), the old file intact
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise schemas.WriteError(f"{path}: cannot write ({e.strerror or type(e).__name__})") from None
 
 
 def _print_table(model: str, rows, out: Path) -> None:
@@ -170,4 +267,5 @@ def _print_table(model: str, rows, out: Path) -> None:
     for task, metric, value, err in rows:
         table.add_row(task, metric, f"{value:.4f}", "" if err is None else f"{err:.4f}")
     Console().print(table)               # results to stdout, as needle and profile do
-    console.print(f"wrote {out / 'results.json'} and {schemas.EVAL.path(out)}", highlight=False, markup=False)
+    console.print(f"wrote {result_file(out, model, 'task').parent}/ (one JSON per task) and "
+                  f"{schemas.EVAL.path(out)}", highlight=False, markup=False)

@@ -8,11 +8,12 @@
 * ``loglikelihood_rolling``: disjoint windows of ``max_length`` tokens (lm-eval's
   ``get_rolling_token_windows`` + ``make_disjoint_window``), scored as above and summed.
 * ``generate_until``: greedy through the model's ``prefill`` + ``decode``
-  (``yoco_core.generate``), stop strings honoured; rows with the same prompt length and
+  (``yoco_core.generation``), stop strings honoured; rows with the same prompt length and
   generation settings go together in one batch.
 
-lm-eval 0.4.13 finds models only in its own registry (no plugin entry points), so its CLI knows
-``yoco`` only once this module is imported. Run lm-eval's own command through this module, which
+lm-eval 0.4.13 finds models only in its own registry, so its CLI knows ``yoco`` only once this
+module is imported; the package also declares the entry point ``lm_eval.models: yoco`` (pyproject),
+which lm-eval's next release reads by itself. Run lm-eval's own command through this module, which
 registers the model, adds the project's ``tasks/`` folder and the local byte tokenizer, then hands
 over to lm-eval's CLI unchanged::
 
@@ -21,8 +22,15 @@ over to lm-eval's CLI unchanged::
 Model args: ``pretrained`` (preset, path, ``hf:PATH`` or ``unilm:PATH``; default yoco-tiny), ``device``,
 ``dtype`` (auto, fp32, bf16, fp16), ``batch_size``, ``max_length`` (default: the model's
 ``max_seq_len``), ``max_gen_toks`` (default 256), ``chunk_size`` (prefill chunking),
-``add_bos_token`` (default false), ``tokenizer`` (ignored by the model; read by lm-eval's synthetic
-tasks to size prompts).
+``add_bos_token`` (default: as the model's tokenizer adds it, the same BOS as ``yoco needle``),
+``tokenizer`` (``bytes`` or a PATH: a folder, a ``tokenizer.json``, a ``.tiktoken`` rank file, used
+instead of the model's own; also what lm-eval's synthetic tasks size prompts with),
+``chat_template`` (``auto``: the model folder's, ``none``, or a jinja file; what
+``--apply_chat_template`` applies, through transformers' ``apply_chat_template``). ``device`` may be
+given in ``--model_args`` and by lm-eval's ``--device`` at once (the model args win).
+
+A prompt longer than ``max_length`` is cut from the left only with a warning naming the tokens
+dropped (lm-eval's own models do the same); ``truncated`` counts the requests cut.
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ from lm_eval.api.registry import model_registry, register_model  # noqa: E402
 
 from yoco_core import generate, load_model  # noqa: E402  (importing yoco_core registers hf:, unilm:)
 from yoco_core.dtypes import from_name as dtype_from_name  # noqa: E402
-from yoco_core.tokenizer import BYTE_TOKENIZER_DIR  # noqa: E402
+from yoco_core.tokenizer import BYTE_TOKENIZER_DIR, chat_template_for, render_chat  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +80,27 @@ class YOCOLM(TemplateLM):
     backend = "causal"
 
     def __init__(self, pretrained="yoco-tiny", device=None, dtype="auto", batch_size=1, max_length=None,
-                 max_gen_toks=256, chunk_size=None, add_bos_token=False, tokenizer=None, model=None,
-                 max_batch_size=None, **kwargs):
+                 max_gen_toks=256, chunk_size=None, add_bos_token=None, tokenizer=None, model=None,
+                 max_batch_size=None, chat_template="auto", **kwargs):
         super().__init__()
         if kwargs:
             log.warning("yoco model: ignoring unknown model args %s", sorted(kwargs))
         if model is not None:                      # an already-built CausalLM (yoco eval, tests)
             self.model = model
             self.model_name = str(pretrained)
+            if tokenizer is not None:
+                from yoco_core.tokenizer import check_vocab, load_tokenizer
+
+                self.model.tokenizer = load_tokenizer(tokenizer)
+                check_vocab(self.model.tokenizer, self.model.config.vocab_size, self.model_name)
         else:
             dev = str(device or "auto")
             if dev == "auto" or (dev.startswith("cuda") and not torch.cuda.is_available()):
                 if dev.startswith("cuda"):   # lm-eval's CLI defaults to cuda
                     log.warning("yoco model: CUDA is not available; running on cpu")
                 dev = "cuda" if torch.cuda.is_available() else "cpu"
-            self.model = load_model(str(pretrained), device=dev, dtype=dtype_from_name(dtype, dev))
+            self.model = load_model(str(pretrained), device=dev, dtype=dtype_from_name(dtype, dev),
+                                    tokenizer=tokenizer)
             self.model_name = str(pretrained)
         self.model.eval()
         self.tok = self.model.tokenizer
@@ -96,8 +110,23 @@ class YOCOLM(TemplateLM):
         self._max_length = int(max_length) if max_length else int(self.model.config.max_seq_len)
         self.max_gen_toks = int(max_gen_toks)
         self.chunk_size = int(chunk_size) if chunk_size else None
-        self.add_bos_token = _as_bool(add_bos_token)
+        self.add_bos_token = None if add_bos_token in (None, "", "None") else _as_bool(add_bos_token)
         self.synthetic_tokenizer = tokenizer
+        self._template, self.template_name = chat_template_for(self.tok, chat_template or "auto")
+        self.truncated = 0
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """``--model_args`` and lm-eval's own settings (``--device``, ``--batch_size``): one value
+        per name, the model args winning (lm-eval's base class passes both: a TypeError)."""
+        args = lm_utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     # -- what lm-eval asks about ----------------------------------------------------------------
     @property
@@ -118,14 +147,53 @@ class YOCOLM(TemplateLM):
 
     @property
     def tokenizer_name(self) -> str:
-        return getattr(self.tok, "name", "bytes")
+        """The tokenizer and template, for lm-eval's request cache (no path separators)."""
+        where = getattr(self.tok, "path", None)
+        name = f"{self.tok.name}-{where}" if where is not None else self.tok.name
+        return f"{name}-{self.template_name}".replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The template ``--apply_chat_template`` applies: the model arg's (``chat_template=``),
+        or the value lm-eval passes when it is a spec (``auto``, ``none``, a jinja file)."""
+        if chat_template is False or chat_template is None:
+            return None
+        if isinstance(chat_template, str):
+            return chat_template_for(self.tok, chat_template)[0]
+        return self._template
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm-eval's chat history as text, by transformers' ``apply_chat_template``; the template
+        writes its own BOS, so ``tok_encode`` adds none in front of a text that starts with it."""
+        if self._template is None:
+            raise ValueError(f"{self.model_name} has no chat template: pass chat_template=PATH in --model_args "
+                             "(a jinja file), or leave --apply_chat_template out")
+        return render_chat(self.tok, chat_history, self._template, add_generation_prompt=add_generation_prompt,
+                           continue_final_message=not add_generation_prompt)
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        add = self.add_bos_token if add_special_tokens is None else (add_special_tokens and self.add_bos_token)
-        return self.tok.encode(string, add_bos=add)
+        """``string``'s ids; by default with the special tokens the model's tokenizer adds (its BOS),
+        none when ``string`` already starts with the BOS text (a chat template wrote it)."""
+        if add_special_tokens is None:
+            bos_text = getattr(self.tok, "bos_token", "")
+            add_special_tokens = not (bos_text and string.startswith(bos_text))
+        if not add_special_tokens or self.add_bos_token is False:
+            return self.tok.encode(string)
+        if self.add_bos_token and not getattr(self.tok, "adds_bos", False):
+            return self.tok.encode(string, add_bos=True)
+        return self.tok.encode(string, add_special_tokens=True)
 
     def tok_decode(self, tokens, **kwargs) -> str:
         return self.tok.decode(tokens)
+
+    def _cut(self, ids: list[int], limit: int, what: str) -> list[int]:
+        """``ids`` cut from the left to ``limit`` tokens, with a warning (never silently)."""
+        if len(ids) <= limit:
+            return ids
+        self.truncated += 1
+        log.warning("yoco model: a %s request of %d tokens exceeds max_length %d; its first %d tokens are "
+                    "dropped (%d requests cut so far)", what, len(ids), self.max_length, len(ids) - limit,
+                    self.truncated)
+        return ids[-limit:]
 
     # -- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -138,7 +206,7 @@ class YOCOLM(TemplateLM):
                 raise ValueError("empty continuation")
             if len(cont) > self.max_length:
                 raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length {self.max_length}")
-            whole = (list(ctx) + list(cont))[-(self.max_length + 1):]
+            whole = self._cut(list(ctx) + list(cont), self.max_length + 1, desc)
             rows.append((i, whole[:-1], len(cont)))
         rows.sort(key=lambda r: -len(r[1]))
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
@@ -204,7 +272,7 @@ class YOCOLM(TemplateLM):
                 log.warning("yoco model: sampling was asked for; decoding greedily")
                 warned = True
             ids = self.tok_encode(context) if context else [self.prefix_token_id]
-            ids = ids[-max(1, self.max_length - max_new):]
+            ids = self._cut(ids, max(1, self.max_length - max_new), "generate_until")
             groups.setdefault((len(ids), tuple(until), max_new), []).append((i, ids, until, max_new))
         out: list[str | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm)
@@ -251,13 +319,13 @@ def cli(argv: list[str] | None = None) -> None:
         if folder is not None and "--include_path" not in args:
             args += ["--include_path", str(folder)]
         if "--metadata" not in args:
-            pretrained = "yoco-tiny"
+            given = {"pretrained": "yoco-tiny"}
             if "--model_args" in args and args.index("--model_args") + 1 < len(args):
                 for part in args[args.index("--model_args") + 1].split(","):
                     key, _, value = part.partition("=")
-                    if key.strip() == "pretrained":
-                        pretrained = value.strip()
-            args += ["--metadata", json.dumps({"tokenizer": synthetic_tokenizer_for(pretrained)})]
+                    given[key.strip()] = value.strip()
+            source = given.get("tokenizer") or given["pretrained"]
+            args += ["--metadata", json.dumps({"tokenizer": synthetic_tokenizer_for(source)})]
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm_eval"] + args

@@ -7,8 +7,9 @@ import typer
 from rich.markup import escape
 
 from . import eval as eval_cmd
-from . import needle, profile, report, train
+from . import interrupts, needle, profile, report, train
 from .options import UserError, console, set_argv
+from .schemas import SchemaError
 
 app = typer.Typer(
     name="yoco",
@@ -24,23 +25,29 @@ app.command("report")(report.report)
 app.command("train")(train.train)
 
 
-INTERRUPTED = 130      # typer turns Ctrl-C inside a command into Exit(130)
+INTERRUPTED = (130, 143)   # Ctrl-C (typer turns it into Exit(130)) and SIGTERM: 128 + the signal
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``yoco`` command; returns its exit code. With ``standalone_mode=False`` click
     returns the code of a ``typer.Exit`` / ``ctx.exit`` (Ctrl-C included) instead of raising it,
-    and a command's own return value (None: success)."""
+    and a command's own return value (None: success). A ``SchemaError`` (a damaged results file,
+    a disk full, a folder another run holds) is one line and exit 2, like bad input."""
     set_argv(argv)
+    interrupts.take_reported()
     try:
         rc = app(args=argv, standalone_mode=False)
-    except UserError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return 2
+    except (UserError, SchemaError) as e:
+        return _one_line(str(e))
     except Exception as e:
         if _is_setting_error(e):     # a bad YOCO_KERNEL_* variable, refused when the kernels load
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            return 2
+            return _one_line(str(e))
+        if isinstance(e, (MemoryError, RuntimeError)):     # an allocation failure while running
+            from .options import memory_error_line
+
+            line = memory_error_line(e)
+            if line is not None:
+                return _one_line(line)
         # click's usage errors (typer vendors its own click, so match the interface, not a class):
         # the message and usage, exit 2; bare `yoco` has already printed the help
         if type(e).__name__ == "NoArgsIsHelpError":
@@ -51,10 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "Abort":
             return 1
         raise
-    if rc == INTERRUPTED:
+    if rc in INTERRUPTED and not interrupts.take_reported():
         console.print("[yellow]interrupted[/]: what was measured is on disk "
                       "(needle, profile, train: run again with --resume)")
     return rc if isinstance(rc, int) else 0
+
+
+def _one_line(message: str) -> int:
+    """The one line a refusal prints (user text never read as markup or emoji codes: ``cuda:x``)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+    return 2
 
 
 def _is_setting_error(e: BaseException) -> bool:

@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import schemas
-from .options import (DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console, fail,
-                      format_size, load_model_or_fail, parse_chunk, parse_float_list, parse_size_list,
-                      resolve_device, resolve_dtype)
+from . import interrupts, schemas
+from .options import (DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console,
+                      ensure_fits, ensure_out_dir, fail, format_size, load_model_or_fail, model_config, parse_chunk,
+                      parse_float_list, parse_size_list, resolve_device, resolve_dtype)
 
 DEFAULT_CHUNK = 32768
 
@@ -70,29 +70,36 @@ def needle(
     chunk = parse_chunk(chunk_size, auto=DEFAULT_CHUNK)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    try:
+    answer = nd.answer_tokens(nd.n_expected(task, n))
+    ensure_fits(model_config(model), max(ctxs), 1, dev, torch_dtype, chunk=chunk, reserve=answer)
+    out = ensure_out_dir(out)
+    with schemas.lock_results(out, command_line()), interrupts.graceful():
         done = schemas.NEEDLE.open_sweep(out, resume)
-    except schemas.SchemaError as e:
-        fail(str(e))
-    lm = load_model_or_fail(model, dev, torch_dtype)
-    try:
-        hay = nd.make_haystack(haystack, lm.tokenizer, seed=0)
-    except ValueError as e:
-        fail(str(e))
-    _check_lengths(lm, ctxs, task, n)
+        lm = load_model_or_fail(model, dev, torch_dtype)
+        try:
+            hay = nd.make_haystack(haystack, lm.tokenizer, seed=0)
+        except ValueError as e:
+            fail(str(e))
+        _check_lengths(lm, ctxs, task, n)
 
-    sweep = _Sweep(model, lm, task, n, hay, seed, chunk, out)
-    cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
-    todo = [cell for cell in cells if sweep.key(*cell) not in done]
-    schemas.write_command(out, command_line())
-    msg = (f"needle: {model} ({lm.config.arch}) on {sweep.device}, task {task}, {n} needle(s), "
-           f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)")
+        sweep = _Sweep(model, lm, task, n, hay, seed, chunk, out)
+        cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
+        todo = [cell for cell in cells if sweep.key(*cell) not in done]
+        schemas.write_command(out, command_line())
+        _announce(sweep, resume, len(cells) - len(todo), len(cells),
+                  f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)")
+        kept = _measure(sweep, todo)
+        if interrupts.stop_requested():
+            interrupts.finish(len(done) + kept, interrupts.stop_requested())
+        _report(sweep, ctxs, depth_list, trials)
+
+
+def _announce(sweep: _Sweep, resume: bool, n_done: int, n_cells: int, grid: str) -> None:
+    msg = (f"needle: {sweep.model} ({sweep.lm.config.arch}) on {sweep.device}, task {sweep.task}, "
+           f"{sweep.n} needle(s), {grid}")
     if resume:
-        msg += f"; {len(cells) - len(todo)} of {len(cells)} prompts already in {sweep.csv_path}"
+        msg += f"; {n_done} of {n_cells} prompts already in {sweep.csv_path}"
     console.print(msg, highlight=False, markup=False, soft_wrap=True)
-
-    _measure(sweep, todo)
-    _report(sweep, ctxs, depth_list, trials)
 
 
 def _check_lengths(lm, ctxs: list[int], task: str, n: int) -> None:
@@ -141,8 +148,9 @@ class _Sweep:
                                   device=self.device, dtype=self.dtype)
 
 
-def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> None:
-    """Run the cells still to do, appending each row to needle.csv as soon as it is measured."""
+def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> int:
+    """Run the cells still to do, appending each row to needle.csv as soon as it is measured;
+    a SIGINT / SIGTERM stops it before the next cell. Returns the rows written."""
     import torch
 
     from yoco_core import needle as nd
@@ -151,7 +159,9 @@ def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> None:
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console,
                   transient=False) as progress:
         bar = progress.add_task("needle", total=len(todo), last="")
-        for c, d, t in todo:
+        for i, (c, d, t) in enumerate(todo):
+            if interrupts.stop_requested():
+                return i
             progress.update(bar, description=f"ctx {format_size(c)} depth {d:g} trial {t}")
             try:
                 cell = nd.run_cell(sweep.lm, c, d, sweep.task, sweep.n, t, sweep.seed, sweep.hay, sweep.chunk)
@@ -160,6 +170,7 @@ def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> None:
                      f"try a smaller --chunk-size or --dtype bf16, then --resume")
             schemas.NEEDLE.append_row(sweep.out, sweep.row(cell))
             progress.update(bar, advance=1, last=f"score {cell.score:g}  prefill {cell.prefill_seconds:.2f}s")
+    return len(todo)
 
 
 def _report(sweep: _Sweep, ctxs: list[int], depth_list: list[float], trials: int) -> None:
@@ -168,7 +179,8 @@ def _report(sweep: _Sweep, ctxs: list[int], depth_list: list[float], trials: int
 
     df = schemas.NEEDLE.read(sweep.csv_path)
     df = df[(df["task"] == sweep.task) & (df["n_needles"] == sweep.n) & (df["haystack"] == sweep.hay.name)]
-    pngs = needle_heatmap(df, Path(sweep.out) / "needle_heatmap.png")
+    with schemas.writing(sweep.out, "the heatmap"):
+        pngs = needle_heatmap(df, Path(sweep.out) / "needle_heatmap.png")
     mine = df[(df["model"] == sweep.model) & (df["seed"] == sweep.seed) & df["ctx_requested"].isin(ctxs)
               & df["depth"].round(4).isin(depth_list) & (df["trial"] < trials)]
     _summary(mine, sweep.model, sweep.task, sweep.n, sweep.csv_path, pngs)

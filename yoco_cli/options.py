@@ -1,8 +1,11 @@
 """What every subcommand shares: option aliases, size parsing, devices, and one-line errors."""
 from __future__ import annotations
 
+import math
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -78,7 +81,14 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def slug(text) -> str:
+    """A file-name-safe spelling: ``meta-llama/Llama 3`` -> ``meta-llama-llama-3``."""
+    s = re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-.").lower()
+    return s or "model"
+
+
 def parse_float_list(text: str, name: str, lo: float | None = None, hi: float | None = None) -> list[float]:
+    """A comma list of finite numbers (nan and inf refused), each within ``[lo, hi]`` where given."""
     out = []
     for p in str(text).split(","):
         if not p.strip():
@@ -87,12 +97,33 @@ def parse_float_list(text: str, name: str, lo: float | None = None, hi: float | 
             x = float(p)
         except ValueError:
             fail(f"bad {name} {p.strip()!r}: not a number")
+        if not math.isfinite(x):
+            fail(f"bad {name} {p.strip()!r}: must be a finite number")
         if (lo is not None and x < lo) or (hi is not None and x > hi):
-            fail(f"bad {name} {x:g}: must be between {lo:g} and {hi:g}")
+            bounds = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                      else f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+            fail(f"bad {name} {x:g}: must be {bounds}")
         out.append(x)
     if not out:
         fail(f"empty {name} list")
     return out
+
+
+def ensure_out_dir(path, option: str = "--out") -> Path:
+    """The results folder ``path``, created; refused (one line) before any work where it is a file
+    or cannot be created or written (probed with a temporary file, which root's read-only
+    file systems fail too)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        fail(f"{option} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".yoco-write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        fail(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})")
+    return path
 
 
 def resolve_device(name: str) -> str:
@@ -122,6 +153,58 @@ def resolve_dtype(name: str, device: str):
         fail(str(e))
 
 
+def model_config(name: str):
+    """The ``ModelConfig`` that ``load_model(name)`` would build, read without the weights (a
+    preset's, or a checkpoint's ``config.json``; a bad one is one line); None for ``PREFIX:PATH``
+    foreign checkpoints (their config is derived while converting) and for names that are neither
+    (``load_model_or_fail`` then says so)."""
+    from yoco_core import CheckpointError, PRESETS
+    from yoco_core.checkpoint import WEIGHTS_DIR, read_config
+    from yoco_core.config import get_config
+
+    prefix, sep, _ = name.partition(":")
+    path = Path(name).expanduser()
+    if sep and len(prefix) > 1 and not path.exists():
+        return None
+    try:
+        if name.lower() in PRESETS:
+            shipped = WEIGHTS_DIR / name.lower()
+            return read_config(shipped) if (shipped / "config.json").is_file() else get_config(name)
+        return read_config(path) if path.exists() else None
+    except CheckpointError as e:
+        fail(str(e))
+
+
+def ensure_fits(config, ctx: int, batch: int, device: str, dtype, *, chunk: int | None = None,
+                reserve: int = 0) -> None:
+    """Refuse (one line) a model whose analytic memory (``analytic.estimate_memory``: weights, the
+    cache for ``ctx + reserve`` tokens, the activations of one ``chunk``-token prefill piece; the
+    whole prompt when None) exceeds what ``device`` has (``hardware.available_memory``)."""
+    from yoco_core.dtypes import element_size, name_of
+    from yoco_core.perf.analytic import estimate_memory
+    from yoco_core.perf.hardware import available_memory
+
+    have = None if config is None else available_memory(device)
+    if have is None:
+        return
+    need = estimate_memory(config, ctx, batch, element_size(dtype), chunk, reserve)["total"]
+    if need > have:
+        where = "the GPU has" if str(device).startswith("cuda") else "this machine has"
+        fail(f"{config.name} needs about {need / 1e9:.1f} GB ({name_of(dtype)} weights, and the cache and "
+             f"activations of {format_size(ctx)} tokens x batch {batch}); {device}: {where} {have / 1e9:.1f} GB "
+             f"available (try a smaller model, --ctx or --dtype bf16)")
+
+
+def memory_error_line(e: BaseException) -> str | None:
+    """The one line for an allocation failure (``hardware.is_out_of_memory``), else None."""
+    from yoco_core.perf.hardware import is_out_of_memory
+
+    if not is_out_of_memory(e):
+        return None
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return f"out of memory ({first[:200]}); try a smaller model, --ctx or --batch-size, or --dtype bf16"
+
+
 def load_model_or_fail(name: str, device: str, dtype):
     from yoco_core import CheckpointError, load_model
 
@@ -129,6 +212,10 @@ def load_model_or_fail(name: str, device: str, dtype):
         return load_model(name, device=device, dtype=dtype)
     except CheckpointError as e:
         fail(str(e))
+    except (MemoryError, RuntimeError) as e:       # ulimit -v, a full RAM: one line
+        if (line := memory_error_line(e)) is None:
+            raise
+        fail(f"loading {name}: {line}")
 
 
 _ARGV: list[str] | None = None   # set by main() to the arguments it was given

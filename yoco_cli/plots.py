@@ -9,7 +9,6 @@ backend and returns the paths it wrote. Nothing is shown on screen. Several runs
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .options import format_size  # noqa: E402
+from .options import format_size, slug  # noqa: E402  (slug: plots.slug, file names of figures)
 
 DPI = 120
 BASELINES = ("transformer", "hf", "fla")        # what YOCO is compared against, in this order
@@ -48,12 +47,6 @@ RATIO_METRICS = (
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def slug(text) -> str:
-    """A file-name-safe spelling: ``meta-llama/Llama 3`` -> ``meta-llama-llama-3``."""
-    s = re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-.").lower()
-    return s or "model"
-
-
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +162,9 @@ def _needle_one(g: pd.DataFrame, name: str, out: Path) -> Path:
 
 # -- profile ---------------------------------------------------------------------------------
 def _series_cols(df: pd.DataFrame) -> list[str]:
-    return ["arch", "size", "batch", *_varying(df, ("device", "dtype"))]
+    """One line per (arch, size, batch) and per whatever else varies in the file: the mode (full or
+    decode-only cells), the decode steps timed, the device, the dtype."""
+    return ["arch", "size", "batch", *_varying(df, ("mode", "gen_tokens", "device", "dtype"))]
 
 
 def _series_label(cols, key) -> str:
@@ -282,7 +277,7 @@ def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
     """
     cols = ["size", "batch", "ctx", "device", "dtype", "baseline", "yoco_status", "base_status",
             "memory_saved", "prefill_speedup", "throughput_gain", "note"]
-    keys = ["size", "batch", "ctx", "device", "dtype"]
+    keys = ["size", "batch", "ctx", "device", "dtype", *(["mode"] if "mode" in df.columns else [])]
     df = df[df["ctx"].notna()]
     df = _last_per(df, ["arch", *keys])
     yoco = df[df["arch"] == "yoco"]

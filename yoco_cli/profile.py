@@ -2,7 +2,9 @@
 against the Transformer (and the HF / fla peers) over contexts and batch sizes.
 
 One row per (arch, size, ctx, batch) cell is appended to ``OUT/profile.csv`` (``schemas.PROFILE``)
-as soon as the cell is measured; ``--resume`` skips cells already there. Out-of-memory is a
+as soon as the cell is measured; ``--resume`` skips cells already there with the same setting
+(dtype, mode, decode steps, chunk, device: ``schemas.PROFILE.key``). One run per ``--out`` at a
+time (``schemas.lock_results``); Ctrl-C / SIGTERM stop after the cell in flight (``interrupts``). Out-of-memory is a
 result: the cell is recorded as ``oom`` with the memory it would have needed, and the sweep goes
 on; a cell whose analytic estimate exceeds the device's memory, or that is at least as large in
 context and batch as a cell of the same model that already ran out of memory, is recorded as
@@ -17,9 +19,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from . import schemas
-from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console, fail,
-                      format_size, parse_chunk, parse_size_list, resolve_device, resolve_dtype)
+from . import interrupts, schemas
+from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console, ensure_out_dir,
+                      fail, format_size, parse_chunk, parse_size_list, resolve_device, resolve_dtype)
 
 CTX_DOUBLING_FROM = 4096
 DEFAULT_CTX = {"cuda": "4k,16k,64k,256k,1m", "cpu": "1k,4k,16k"}
@@ -82,28 +84,28 @@ def profile(
     seed: SeedOpt = 0,
 ) -> None:
     """Profile prefill, decode and memory over contexts and batch sizes (CSV + plots)."""
-    from pathlib import Path
-
     from yoco_core.perf import sweep
 
     plan = _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device,
                  dtype, seed)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a folder")
-    rows = _existing_rows(out, resume)
-    done = {schemas.PROFILE.key_of(r) for r in rows}
-    cells = plan.cells()
-    todo = [c for c in cells if _key(plan, c) not in done]
-
-    schemas.write_command(out, command_line())
-    machine = sweep.Machine.of(plan.device)
-    console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in {schemas.PROFILE.path(out)}), "
-                  f"device {machine.name}, {plan.dtype_name}", highlight=False, markup=False)
-    if todo:
-        machine.ceilings = _ceilings(plan)
-        _run(plan, todo, machine, sweep.Blockers.from_rows(rows, plan.dtype_name), out)
-    _report(out, {_key(plan, c) for c in cells})
+    out = ensure_out_dir(out)
+    with schemas.lock_results(out, command_line()), interrupts.graceful():
+        machine = sweep.Machine.of(plan.device)
+        rows = _existing_rows(out, resume)
+        cells = {_key(plan, machine, c): c for c in plan.cells()}
+        done = {schemas.PROFILE.key_of(r) for r in rows}
+        todo = [c for k, c in cells.items() if k not in done]
+        schemas.write_command(out, command_line())
+        console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in "
+                      f"{schemas.PROFILE.path(out)}), device {machine.name}, {plan.dtype_name}",
+                      highlight=False, markup=False)
+        kept = 0
+        if todo:
+            machine.ceilings = _ceilings(plan)
+            kept = _run(plan, todo, machine, _blockers(plan, machine, rows), out)
+        if interrupts.stop_requested():
+            interrupts.finish(len(rows) + kept, interrupts.stop_requested())
+        _report(out, set(cells))
 
 
 def _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device, dtype,
@@ -141,26 +143,41 @@ def _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats,
                       dtype=torch_dtype)
 
 
-def _key(plan, cell) -> tuple[str, ...]:
-    """The resume key of a cell of ``plan`` (``schemas.PROFILE``'s)."""
+def _key(plan, machine, cell) -> tuple[str, ...]:
+    """The resume key of a cell of ``plan`` on ``machine`` (``schemas.PROFILE``'s: what the row
+    of that cell will say in each key column)."""
     from dataclasses import asdict
 
-    return schemas.PROFILE.key_of({**asdict(cell), "dtype": plan.dtype_name})
+    return schemas.PROFILE.key_of({**asdict(cell), "dtype": plan.dtype_name, "mode": plan.mode,
+                                   "gen_tokens": plan.gen_tokens, "chunk_size": plan.chunk_for(cell),
+                                   "device": machine.name})
+
+
+def _blockers(plan, machine, rows: list[dict]):
+    """The out-of-memory blockers of the rows measured as this plan measures (same dtype, mode,
+    decode steps, chunk and device): an OOM with another setting says nothing about this one."""
+    from yoco_core.perf import sweep
+
+    def same_setting(r) -> bool:
+        cell = sweep.Cell(str(r["arch"]), str(r["size"]), str(r["model"]), int(r["batch"]), int(r["ctx"]))
+        return schemas.PROFILE.key_of(r) == _key(plan, machine, cell)
+
+    return sweep.Blockers.from_rows([r for r in rows if r["status"] == "oom" and same_setting(r)],
+                                    plan.dtype_name)
 
 
 def _existing_rows(out, resume: bool) -> list[dict]:
     """The rows already in ``OUT/profile.csv``, read once: with ``--resume`` the sweep continues
-    them (skips their cells, keeps their out-of-memory blockers); without it the file is refused."""
+    them (skips their cells, keeps their out-of-memory blockers; a cut-off last row is repaired
+    first); without it the file is refused."""
+    if not resume:
+        schemas.PROFILE.open_sweep(out, resume=False)      # refuses a file already there
+        return []
+    schemas.PROFILE.repair(out)
     path = schemas.PROFILE.path(out)
-    try:
-        if not resume:
-            schemas.PROFILE.open_sweep(out, resume=False)      # refuses a file already there
-            return []
-        if not path.exists() or path.stat().st_size == 0:
-            return []
-        return schemas.PROFILE.read(path).to_dict("records")
-    except schemas.SchemaError as e:
-        fail(str(e))
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    return schemas.PROFILE.read(path).to_dict("records")
 
 
 def _ceilings(plan):
@@ -173,8 +190,9 @@ def _ceilings(plan):
     return ceil
 
 
-def _run(plan, todo, machine, blockers, out) -> None:
-    """The sweep behind a progress bar: each record appended to the CSV as soon as it is known."""
+def _run(plan, todo, machine, blockers, out) -> int:
+    """The sweep behind a progress bar: each record appended to the CSV as soon as it is known;
+    a SIGINT / SIGTERM stops it before the next cell. Returns the rows written."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from yoco_core.perf import sweep
@@ -188,14 +206,21 @@ def _run(plan, todo, machine, blockers, out) -> None:
             progress.update(task, description=f"building {cell.arch} {cell.size}" if phase == "build"
                             else f"{cell.arch} {cell.size} ctx {format_size(cell.ctx)} batch {cell.batch}")
 
-        for rec in sweep.sweep(plan, todo, machine, blockers, on_event=show, tokens=format_size):
-            rec.date = schemas.utc_now()
-            schemas.PROFILE.append_row(out, rec.row())
-            if rec.status != "ok":
-                colour = "red" if rec.status == "error" else "yellow"
-                progress.console.print(f"[{colour}]{rec.status}[/] {rec.arch} {rec.size} ctx {format_size(rec.ctx)} "
-                                       f"batch {rec.batch}: {escape(rec.note)}", highlight=False)
-            progress.advance(task)
+        records, kept = sweep.sweep(plan, todo, machine, blockers, on_event=show, tokens=format_size), 0
+        try:
+            while not interrupts.stop_requested() and (rec := next(records, None)) is not None:
+                rec.date = schemas.utc_now()
+                schemas.PROFILE.append_row(out, rec.row())
+                kept += 1
+                if rec.status != "ok":
+                    colour = "red" if rec.status == "error" else "yellow"
+                    progress.console.print(f"[{colour}]{rec.status}[/] {rec.arch} {rec.size} ctx "
+                                           f"{format_size(rec.ctx)} batch {rec.batch}: {escape(rec.note)}",
+                                           highlight=False)
+                progress.advance(task)
+        finally:
+            records.close()             # the runner of the model in use is closed
+    return kept
 
 
 def _report(out, wanted: set) -> None:
@@ -209,7 +234,8 @@ def _report(out, wanted: set) -> None:
 
     from .plots import profile_figures, ratio_figures
 
-    written = list(profile_figures(df, out)) + list(ratio_figures(df, out))
+    with schemas.writing(out, "the figures"):
+        written = list(profile_figures(df, out)) + list(ratio_figures(df, out))
     console.print(f"wrote {path}" + (f" and {len(written)} figures: " + ", ".join(p.name for p in written)
                                      if written else ""), highlight=False, markup=False)
 

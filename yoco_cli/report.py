@@ -11,6 +11,7 @@ and ``yoco`` commands (``commands.txt``) of each folder. The same cell measured 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import html
 import os
 import re
@@ -23,7 +24,7 @@ import typer
 from rich.markup import escape
 
 from . import plots, schemas
-from .options import OutOpt, command_line, console, fail, format_size
+from .options import OutOpt, command_line, console, ensure_out_dir, fail, format_size
 
 DEFAULT_OUT = Path("runs/report")
 KINDS = (schemas.PROFILE, schemas.NEEDLE, schemas.EVAL)
@@ -40,7 +41,7 @@ class Run:
     commands: list[tuple[str, str]] = field(default_factory=list)   # (UTC time, command line)
 
 
-def find_csvs(dirs: list[Path], skip: Path | None = None) -> list[Path]:
+def find_csvs(dirs: list[Path]) -> list[Path]:
     """Every profile/needle/eval CSV under ``dirs`` (a CSV may also be named directly)."""
     names = {s.name for s in KINDS}
     found: dict[Path, None] = {}
@@ -54,12 +55,9 @@ def find_csvs(dirs: list[Path], skip: Path | None = None) -> list[Path]:
             continue
         for root, subdirs, files in os.walk(d):
             subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
-            rootp = Path(root)
-            if skip is not None and rootp.resolve() == skip:
-                continue
             for f in sorted(files):
                 if f in names:
-                    found[(rootp / f).resolve()] = None
+                    found[(Path(root) / f).resolve()] = None
     return list(found)
 
 
@@ -98,8 +96,19 @@ def read_commands(folder: Path) -> list[tuple[str, str]]:
     return out
 
 
+def check_out(out: Path) -> None:
+    """The report never writes into a results folder (it would replace the figures its command
+    drew, which ``yoco profile`` and ``yoco report`` name alike, and mix with its files)."""
+    held = [s.name for s in KINDS if s.path(out).is_file()]
+    if held:
+        fail(f"--out {out}: holds {held[0]}, a results folder the report would write over; "
+             f"choose a folder of its own (e.g. {out / 'report'})")
+
+
 def load_runs(dirs: list[Path], out: Path) -> list[Run]:
-    csvs = find_csvs(dirs, skip=out.resolve())
+    """The results folders under ``dirs``, every CSV validated; ``out`` must not be one (``check_out``)."""
+    check_out(out)
+    csvs = find_csvs(dirs)
     if not csvs:
         fail(f"no {', '.join(s.name for s in KINDS)} found under {', '.join(map(str, dirs))}")
     runs: dict[Path, Run] = {}
@@ -381,9 +390,8 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
     profile, needle, ev = (combine(runs, s) for s in KINDS)
 
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in _OUR_FIGURES:        # figures of an earlier report in this folder
-        for old in out.glob(pattern):
-            old.unlink()
+    for old in earlier_figures(out):     # a re-run with fewer models or sizes leaves none stale
+        old.unlink(missing_ok=True)
 
     blocks = _overview(runs, (profile, needle, ev), generated_by)
     figures: list[Path] = []
@@ -412,6 +420,16 @@ def build(dirs: list[Path], out: Path, generated_by: str) -> dict[str, object]:
     md.write_text(to_markdown(title, blocks))
     page.write_text(to_html(title, blocks))
     return {"md": md, "html": page, "figures": figures, "tables": tables, "runs": runs}
+
+
+def earlier_figures(out: Path) -> list[Path]:
+    """The figures the report already in ``out`` shows (its ``report.md``'s images, by the names
+    this module gives them): the only files a new report there removes."""
+    md = out / "report.md"
+    if not md.is_file():
+        return []
+    names = re.findall(r"^!\[.*\]\(([^()/\\]+\.png)\)$", md.read_text(errors="replace"), re.M)
+    return [out / n for n in dict.fromkeys(names) if any(fnmatch.fnmatch(n, p) for p in _OUR_FIGURES)]
 
 
 def _overview(runs: list[Run], frames, generated_by: str) -> list[Block]:
@@ -499,8 +517,7 @@ def report(
     out: OutOpt = DEFAULT_OUT,
 ) -> None:
     """Figures, report.md and a self-contained report.html from one or more results folders."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out}: exists and is not a folder")
+    out = ensure_out_dir(out)
     res = build(list(dirs), out, command_line())
     schemas.write_command(out, command_line())
     console.print(f"[green]report[/]: {escape(str(res['html']))} and {escape(str(res['md']))} "

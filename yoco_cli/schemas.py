@@ -4,12 +4,29 @@
 ``yoco report``; every writer and reader goes through ``Schema`` so the columns cannot drift.
 Rows are appended as they are measured (``append_row``), so an interrupted sweep keeps what it
 measured and ``--resume`` can skip the cells already present (``done_keys``).
+
+Faults an append survives (``append_row``): a last line left without its line ending by a crash
+is repaired first (a complete row gets its newline; a partial one, fewer fields than the header,
+a broken quote or a field that is not its type, is moved to ``<csv>.partial`` with a one-line
+warning); a write that fails (disk full) is cut back to the bytes before it and raises
+``WriteError``, so the file holds only complete rows. A file of an older layout, without a column
+added since (``Schema.legacy``), is read with the value old runs implied, and rewritten in the new
+layout at the first append. One writer per results folder: ``lock_results``.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import errno
+import io
+import json
+import os
+import re
+import socket
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -18,11 +35,26 @@ class SchemaError(Exception):
     """A CSV that is not the schema it claims to be (foreign, damaged, or truncated)."""
 
 
+class WriteError(SchemaError):
+    """A results file that could not be written (disk full, read-only, ...): one line; the rows
+    written before are kept, the failed write is removed."""
+
+
+class LockedError(SchemaError):
+    """A results folder another live run is writing (``lock_results``)."""
+
+
+LOCK_NAME = ".yoco.lock"
+_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
 @dataclass(frozen=True)
 class Schema:
     name: str                      # file name, e.g. "needle.csv"
     columns: tuple[tuple[str, str, str], ...]   # (column, dtype: str|int|float|bool, meaning)
     key: tuple[str, ...]           # columns that identify one cell (for --resume)
+    # columns added after files were written without them: column -> its value in an old row
+    # (a dict of the row's strings); such a file still reads, resumes and reports
+    legacy: dict[str, Callable[[dict], str]] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -32,32 +64,129 @@ class Schema:
         return Path(folder) / self.name
 
     def append_row(self, folder, row: dict) -> None:
-        """Append one row (unknown keys are an error; missing ones are written empty)."""
+        """Append one row (unknown keys are an error; missing ones are written empty), after
+        ``repair`` and ``upgrade``; a failed write is cut back off the file (``WriteError``)."""
         extra = set(row) - set(self.names)
         if extra:
             raise ValueError(f"{self.name}: unknown columns {sorted(extra)}")
         path = self.path(folder)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"{path.parent}: cannot create the results folder ({e.strerror})") from None
+        self.repair(folder)
+        self.upgrade(folder)
         new = not path.exists() or path.stat().st_size == 0
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.names)
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in self.names})
-            f.flush()
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=self.names)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in self.names})
+        _append_bytes(path, text.getvalue().encode("utf-8"))
+
+    def repair(self, folder) -> None:
+        """A last line without its line ending (a crash, a full disk): a complete row gets its
+        newline; a partial one is moved to ``<csv>.partial`` (appended) with a warning on stderr."""
+        path = self.path(folder)
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+        data = path.read_bytes()
+        start, complete = self._last_record(data)
+        if complete:
+            _append_bytes(path, b"\n" if data.endswith(b"\r") else b"\r\n")
+            return
+        partial = path.with_name(path.name + ".partial")
+        _append_bytes(partial, data[start:].rstrip(b"\r") + b"\n")
+        try:
+            os.truncate(path, start)
+        except OSError as e:
+            raise WriteError(f"{path}: cannot remove its partial last row ({e.strerror})") from None
+        print(f"warning: {path}: its last row was cut off (a crash or a full disk); moved it to {partial}",
+              file=sys.stderr, flush=True)
+
+    def _last_record(self, data: bytes) -> tuple[int, bool]:
+        """Where the last record of ``data`` starts (a byte offset), and whether it is a whole row:
+        as many fields as the header, quotes closed, its numbers and dates whole (else a cut write)."""
+        text = data.decode("utf-8", errors="surrogateescape")
+        records = _records(text)
+        if not records:
+            return 0, False
+        start, last = records[-1]
+        if len(records) == 1:               # the header itself lost its line ending, or was cut
+            return 0, last in (self.names, [c for c in self.names if c not in self.legacy])
+        offset = len(text[:start].encode("utf-8", errors="surrogateescape"))
+        try:
+            (last,) = list(csv.reader(io.StringIO(text[start:], newline=""), strict=True))
+        except (csv.Error, ValueError):         # a quote left open, or not one record
+            return offset, False
+        return offset, self._whole(records[0][1], last)
+
+    def _whole(self, header: list[str], fields: list[str]) -> bool:
+        if len(fields) != len(header):
+            return False
+        kinds = {c: k for c, k, _ in self.columns}
+        for col, v in zip(header, fields):
+            if v and kinds.get(col) in ("int", "float") and not _is_number(v):
+                return False
+            if v and col == "date" and not _DATE.fullmatch(v):
+                return False
+        return True
+
+    def upgrade(self, folder) -> None:
+        """Rewrite a file of an older layout (the ``legacy`` columns missing) in this one, old rows
+        given their implied values; written beside it and renamed over it, so it is never half."""
+        path = self.path(folder)
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        if header == self.names:
+            return
+        old = [c for c in self.names if c not in self.legacy]
+        if sorted(header) != sorted(old):
+            raise SchemaError(f"{path}: not a {self.name} of this or an older layout; choose another --out")
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=self.names)
+        w.writeheader()
+        w.writerows(self._fill_legacy(rows))
+        tmp = path.with_name(path.name + ".upgrading")
+        try:
+            tmp.write_bytes(text.getvalue().encode("utf-8"))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise WriteError(f"{path}: cannot rewrite it in the new layout ({e.strerror}); it is unchanged") from None
+
+    def _fill_legacy(self, rows: list[dict]) -> list[dict]:
+        for r in rows:
+            for col, implied in self.legacy.items():
+                if col not in r:
+                    r[col] = implied(r)
+        return rows
 
     def read(self, path) -> pd.DataFrame:
         """Read and validate; a foreign or damaged file raises ``SchemaError`` (one line). The
-        ``dtype`` column comes back in the one spelling of ``yoco_core.dtypes.canonical``."""
+        ``dtype`` column comes back in the one spelling of ``yoco_core.dtypes.canonical``; a
+        ``legacy`` column an older file lacks comes back with the values old runs implied."""
         path = Path(path)
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
         except Exception as e:
             raise SchemaError(f"{path}: not a readable CSV ({type(e).__name__})") from None
-        missing = [c for c in self.names if c not in df.columns]
+        missing = [c for c in self.names if c not in df.columns and c not in self.legacy]
         if missing:
             raise SchemaError(f"{path}: not a {self.name} (missing columns: {', '.join(missing[:5])})")
         self._check_fields(path)
+        for col, implied in self.legacy.items():
+            if col not in df.columns:
+                df[col] = [implied(r) for r in df.to_dict("records")] if len(df) else pd.Series(dtype=str)
+        df = df[self.names + [c for c in df.columns if c not in self.names]]
         for col, kind, _ in self.columns:
             if kind in ("int", "float"):
                 vals = pd.to_numeric(df[col].replace("", None), errors="coerce")
@@ -94,10 +223,13 @@ class Schema:
 
     def open_sweep(self, folder, resume: bool) -> set[tuple[str, ...]]:
         """Where a sweep starts: a results file already there is continued with ``resume`` (the
-        keys it holds are returned, to skip) and refused without it, so two runs never mix."""
+        keys it holds are returned, to skip; a cut-off last row repaired first) and refused
+        without it, so two runs never mix."""
         path = self.path(folder)
         if path.exists() and path.stat().st_size and not resume:
             raise SchemaError(f"{path} already exists: add --resume to continue it, or choose another --out")
+        if resume:
+            self.repair(folder)
         return self.done_keys(folder) if resume else set()
 
     def done_keys(self, folder) -> set[tuple[str, ...]]:
@@ -115,6 +247,63 @@ class Schema:
         return tuple(canonical(row.get(k, "")) if k == "dtype" else _norm(row.get(k, "")) for k in self.key)
 
 
+def _records(text: str) -> list[tuple[int, list[str]]]:
+    """Each CSV record of ``text`` with the offset (in characters) where it starts; a quoted field
+    may hold line breaks, so records are counted by the lines the reader took for each."""
+    lines = io.StringIO(text, newline="").readlines()
+    taken = 0
+
+    def feed():
+        nonlocal taken
+        for line in lines:
+            taken += len(line)
+            yield line
+
+    reader, out = csv.reader(feed()), []
+    while True:
+        start = taken
+        try:
+            out.append((start, next(reader)))
+        except (StopIteration, csv.Error):
+            return out
+
+
+def _is_number(v: str) -> bool:
+    try:
+        f = float(v)
+    except ValueError:
+        return False
+    return f == f and f not in (float("inf"), float("-inf"))
+
+
+def _write_all(f, data: bytes) -> None:
+    """Write every byte of ``data`` to the unbuffered file ``f`` (a short write is continued)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
+
+
+def _append_bytes(path: Path, data: bytes) -> None:
+    """Append ``data`` whole or not at all: a failed write (disk full, ...) is cut back to the
+    file's size before it and raises ``WriteError`` (one line)."""
+    try:
+        f = path.open("ab", buffering=0)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror})") from None
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        try:
+            _write_all(f, data)
+        except OSError as e:
+            try:
+                f.truncate(size)
+            except OSError:
+                pass                  # the next append sets the partial row aside (repair)
+            what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+            raise WriteError(f"{path}: {what} while writing a row; the rows before it are kept, "
+                             "free some space and run again with --resume") from None
+
+
 def _norm(v) -> str:
     """One spelling per value: 4096, 4096.0 and "4096" all give "4096"; 0.5 and "0.5" give "0.5"."""
     try:
@@ -126,6 +315,13 @@ def _norm(v) -> str:
     return str(int(f)) if f == int(f) else repr(f)
 
 
+# needle.csv's cell: what changes the answer the model gives. --model, --task, --needles
+# (n_needles), --haystack, --ctx (ctx_requested), the depth, the trial, --seed (the needle values)
+# and --dtype (another precision can change a greedy answer). Not in it: --device and
+# --chunk-size, which change how fast a prompt is prefilled, not the answer (the same function
+# evaluated in pieces or on another chip); a --resume with another one continues the same grid
+# (the device column still tells the rows' prefill_seconds apart), instead of measuring every
+# prompt a second time and counting it twice in the accuracy.
 NEEDLE = Schema(
     name="needle.csv",
     columns=(
@@ -150,6 +346,14 @@ NEEDLE = Schema(
     key=("model", "task", "haystack", "ctx_requested", "depth", "n_needles", "trial", "seed", "dtype"),
 )
 
+# profile.csv's cell: every option that changes what is timed. --arch, the model (--size,
+# --self-decoder: yoco-swa-* in model), --ctx, --batch, --dtype; mode (--decode-only: no prefill,
+# another cache), --gen-tokens (the decode steps, and the cache reserved for them), chunk_size
+# (--chunk-size, as the effective chunk of the cell: auto and an explicit 8k that come to the same
+# chunk are one cell) and device (the chip's name: a --resume on another GPU measures anew).
+# Not in it: --repeats (more samples of the same prefill) and --seed (other random token ids of
+# the same length). Files written before the mode column read as: decode-only where the note
+# starts "decode only" (what measured decode-only rows say), else full.
 PROFILE = Schema(
     name="profile.csv",
     columns=(
@@ -173,6 +377,7 @@ PROFILE = Schema(
         ("decode_share", "float", "decode bytes/s over the measured copy bandwidth"),
         ("matmul_tflops", "float", "measured matmul ceiling of this run, in the run's dtype (bf16 on GPU)"),
         ("copy_tbs", "float", "measured device copy bandwidth of this run, TB/s"),
+        ("mode", "str", "full (prefill, then decode) or decode-only (--decode-only: decode from a random cache)"),
         ("gen_tokens", "int", "decode steps timed"),
         ("chunk_size", "int", "prefill chunk size (0 = unchunked)"),
         ("device", "str", "device name"),
@@ -182,7 +387,8 @@ PROFILE = Schema(
         ("date", "str", "UTC time the row was measured"),
         ("note", "str", "error text or remark"),
     ),
-    key=("arch", "model", "size", "ctx", "batch", "dtype"),
+    key=("arch", "model", "size", "ctx", "batch", "dtype", "mode", "gen_tokens", "chunk_size", "device"),
+    legacy={"mode": lambda row: "decode-only" if str(row.get("note", "")).startswith("decode only") else "full"},
 )
 
 EVAL = Schema(
@@ -223,6 +429,106 @@ def utc_now() -> str:
 def write_command(folder, command: str) -> None:
     """Record the command line that produced a results folder (appended: one line per run)."""
     path = Path(folder) / "commands.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(f"{utc_now()}\t{command}\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{path.parent}: cannot create the results folder ({e.strerror})") from None
+    _append_bytes(path, f"{utc_now()}\t{command}\n".encode("utf-8"))
+
+
+@contextmanager
+def writing(folder, what: str) -> Iterator[None]:
+    """Around writing ``what`` (figures, ...) into a results folder: a failure to write (disk
+    full, read-only) is ``WriteError``, one line, instead of a traceback; the CSV rows stay."""
+    try:
+        yield
+    except OSError as e:
+        reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+        raise WriteError(f"{folder}: cannot write {what} ({reason}); the measured rows are kept") from None
+
+
+# -- one writer per results folder -----------------------------------------------------------
+@contextmanager
+def lock_results(folder, command: str) -> Iterator[Path]:
+    """Hold ``folder/.yoco.lock`` (this process's pid, host and ``command``) while a run writes
+    the folder. Another live holder: ``LockedError`` at once, naming its pid and command; a lock
+    whose process is gone (killed, crashed) is taken over. Removed on the way out, whatever
+    ends the run (an error, Ctrl-C). The check and the write happen under an ``flock`` of the
+    folder, so two runs starting together cannot both take it."""
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{folder}: cannot create the results folder ({e.strerror})") from None
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": utc_now()}
+    with _folder_mutex(folder):
+        holder = _lock_holder(path)
+        if holder is not None and _alive(holder):
+            where = "" if holder.get("host") == me["host"] else f" on {holder.get('host')}"
+            raise LockedError(f"{folder} is being written by pid {holder.get('pid')}{where} "
+                              f"({holder.get('command', '?')}); wait for it, or remove {path} if no such run is going")
+        if holder is not None:
+            print(f"warning: {folder}: took over the lock of pid {holder.get('pid')}, which is no longer running",
+                  file=sys.stderr, flush=True)
+        tmp = folder / f"{LOCK_NAME}.{os.getpid()}"
+        try:
+            tmp.write_text(json.dumps(me) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise WriteError(f"{folder}: cannot write {LOCK_NAME} ({e.strerror})") from None
+    try:
+        yield path
+    finally:
+        with _folder_mutex(folder):
+            if (_lock_holder(path) or {}).get("pid") == me["pid"]:
+                path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _folder_mutex(folder: Path):
+    """An exclusive ``flock`` of the folder for a few milliseconds (released by the kernel if the
+    process dies); where the file system has none, no mutex."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(path: Path) -> dict | None:
+    """The lock file's record; an unreadable or foreign one counts as a dead holder's."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return {"pid": "?"}
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {"pid": "?"}
+    return holder if isinstance(holder, dict) else {"pid": "?"}
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's process still runs. One on another host cannot be checked: alive."""
+    if holder.get("host") not in (None, socket.gethostname()):
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

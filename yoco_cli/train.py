@@ -13,9 +13,10 @@ from typing import Annotated, List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .options import (DeviceOpt, DtypeOpt, ModelOpt, SeedOpt, command_line, console, fail, format_size,
-                      parse_size, parse_size_list, resolve_device, resolve_dtype)
-from .schemas import write_command
+from .interrupts import exit_interrupted
+from .options import (DeviceOpt, DtypeOpt, ModelOpt, SeedOpt, command_line, console, ensure_out_dir, fail,
+                      format_size, parse_size, parse_size_list, resolve_device, resolve_dtype)
+from .schemas import lock_results, write_command
 
 
 def _amp(dtype: str) -> str:
@@ -68,15 +69,9 @@ def train(
                   save_every=save_every, keep=keep, stop_at=stop_at)
     from yoco_core import train as tr
 
-    write_command(Path(cfg.out), command_line())
-    display = _Display(cfg)
-    try:
-        result = tr.train(cfg, resume=resume, stop_at=stop_at, on_start=display.on_start, on_step=display.on_step,
-                          on_log=display.on_log)
-    except tr.TrainError as e:
-        fail(str(e))
-    finally:
-        display.progress.stop()
+    with lock_results(cfg.out, command_line()):        # one writer per run folder
+        write_command(Path(cfg.out), command_line())
+        result = _run(cfg, resume, stop_at)
     _print_summary(result, cfg)
     if ship:
         if result.step < cfg.steps:
@@ -86,6 +81,24 @@ def train(
         except tr.TrainError as e:
             fail(str(e))
         console.print(f"shipped: {dest} (load_model({dest.name!r}) now loads these weights)", highlight=False, markup=False)
+
+
+def _run(cfg, resume: bool, stop_at):
+    """Train with the progress bar; a refusal is one line (exit 2), SIGINT / SIGTERM keep a
+    checkpoint and exit 130 / 143."""
+    from yoco_core import train as tr
+
+    display = _Display(cfg)
+    try:
+        return tr.train(cfg, resume=resume, stop_at=stop_at, on_start=display.on_start, on_step=display.on_step,
+                        on_log=display.on_log)
+    except tr.TrainError as e:
+        fail(str(e))
+    except tr.Interrupted as e:
+        display.progress.stop()
+        exit_interrupted(f"checkpoint step_{e.step} kept, --resume continues", e.signum)
+    finally:
+        display.progress.stop()
 
 
 def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup, weight_decay, batch_tokens,
@@ -118,8 +131,7 @@ def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup,
             keep=keep, command=command_line())
     except tr.TrainError as e:
         fail(str(e))
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out}: exists and is not a folder")
+    ensure_out_dir(out)
     return cfg
 
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "checkpoint": ("load_model", "register_loader", "save_model"),
     "state": ("CheckpointError", "model_from_state"),
     "config": ("PRESETS", "ModelConfig", "get_config"),
-    "generate": ("Generation", "generate"),
+    "generation": ("Generation", "generate"),
     "model": ("YOCO", "CausalLM", "Transformer", "build_model"),
     "tokenizer": ("ByteTokenizer", "HFTokenizer", "Tokenizer", "tokenizer_for"),
 }

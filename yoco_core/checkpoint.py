@@ -11,8 +11,10 @@
   added with ``register_loader``.
 
 The model comes back with ``model.tokenizer`` attached: the one its config names, read from the
-checkpoint's folder (``tokenizer.tokenizer_for``). ``save_model`` copies that tokenizer's files into
-the checkpoint, so a checkpoint folder is self-contained and can be moved.
+checkpoint's folder (``tokenizer.tokenizer_for``), or the one ``tokenizer=`` names (``bytes``, a
+folder, a ``tokenizer.json`` or a ``.tiktoken`` rank file: ``tokenizer.load_tokenizer``). A
+tokenizer with more ids than the model's embedding is refused. ``save_model`` copies that
+tokenizer's files into the checkpoint, so a checkpoint folder is self-contained and can be moved.
 
 Reading and loading state dicts lives in ``state`` (shared with ``convert``). Every failure a
 user can cause raises ``CheckpointError`` with a one-line message.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -30,7 +33,7 @@ from .convert import LOADERS
 from .dtypes import default_dtype
 from .model import CausalLM, build_model
 from .state import CheckpointError, model_from_state, read_state_dict
-from .tokenizer import FOLDER, copy_tokenizer_files, tokenizer_for
+from .tokenizer import FOLDER, check_vocab, copy_tokenizer_files, has_tokenizer_files, tokenizer_for
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FORMAT_VERSION = 1
@@ -53,11 +56,11 @@ def save_model(model: CausalLM, path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg, tok = model.config, getattr(model, "tokenizer", None)
-    if getattr(tok, "path", None) is not None:           # an HFTokenizer: its files travel along
-        copy_tokenizer_files(tok.path, path)
+    if getattr(tok, "path", None) is not None:           # read from files: they travel along
+        copy_tokenizer_files(tok, path)
     if tok is not None:
         cfg = cfg.replace(tokenizer=tok.name)
-    if cfg.tokenizer == FOLDER and not (path / "tokenizer.json").is_file():
+    if cfg.tokenizer == FOLDER and not has_tokenizer_files(path):
         raise CheckpointError(f"{path}: the config names tokenizer files, but the model holds no tokenizer "
                               "to copy them from (attach one: model.tokenizer = tokenizer_for(config, folder))")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -89,35 +92,60 @@ def weights_file(path: Path) -> Path:
     raise CheckpointError(f"no weights (.safetensors, .pt or .bin) in {path}")
 
 
-def load_model(name_or_path: str, device="cpu", dtype: torch.dtype | None = None, seed: int = 0) -> CausalLM:
+def load_model(name_or_path: str, device="cpu", dtype: torch.dtype | None = None, seed: int = 0,
+               tokenizer=None) -> CausalLM:
     """A preset, a checkpoint folder / file, or ``PREFIX:PATH`` (module docstring), with
-    ``model.tokenizer`` attached."""
+    ``model.tokenizer`` attached: its own, or ``tokenizer`` (``bytes`` or a PATH) when given. The
+    tokenizer is read before the weights wherever its config is known without them (a refused
+    tokenizer reads no weights)."""
     dtype = dtype or default_dtype(device)
     name = str(name_or_path)
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _LOADERS and len(prefix) > 1:  # (a one-letter prefix is a Windows drive)
-        return _with_tokenizer(_LOADERS[prefix](rest, device=device, dtype=dtype), Path(rest).expanduser())
+        if _LOADERS[prefix] is LOADERS.get(prefix):      # ours: the tokenizer before the weights
+            return _LOADERS[prefix](rest, device=device, dtype=dtype, tokenizer=tokenizer)
+        return _attach(_LOADERS[prefix](rest, device=device, dtype=dtype), Path(rest).expanduser(), tokenizer)
     if name.lower() in PRESETS:
         shipped = WEIGHTS_DIR / name.lower()
         if (shipped / "config.json").is_file():
-            return _with_tokenizer(_load_dir(shipped, device, dtype), shipped)
-        return _with_tokenizer(build_model(get_config(name), device=device, dtype=dtype, seed=seed), None)
+            return _load_dir(shipped, device, dtype, tokenizer)
+        return _attach(build_model(get_config(name), device=device, dtype=dtype, seed=seed), None, tokenizer)
     path = Path(name).expanduser()
     if not path.exists():
         known = ", ".join(sorted(k for k in PRESETS if k.endswith("tiny")))
         raise CheckpointError(f"{name!r} is neither a preset (e.g. {known}) nor an existing path")
-    return _with_tokenizer(_load_dir(path, device, dtype), path if path.is_dir() else path.parent)
+    return _load_dir(path, device, dtype, tokenizer)
 
 
-def _with_tokenizer(model: CausalLM, folder: Path | None) -> CausalLM:
+def _tokenizer(name: str, folder: Path | None, path=None):
+    """``tokenizer_for`` with its one-line ``ValueError`` as a ``CheckpointError``."""
     try:
-        model.tokenizer = tokenizer_for(model.config, folder)
+        return tokenizer_for(SimpleNamespace(tokenizer=name), folder, path=path)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
+
+
+def _fitting_tokenizer(cfg: ModelConfig, folder: Path | None, path, source: str):
+    """The tokenizer for ``cfg`` (``path``: the user's choice instead of the checkpoint's), refused
+    (one line) when missing or when it has ids beyond the embedding."""
+    tok = _tokenizer(cfg.tokenizer, folder, path)
+    try:
+        check_vocab(tok, cfg.vocab_size, source)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return tok
+
+
+def _attach(model: CausalLM, folder: Path | None, path=None) -> CausalLM:
+    model.tokenizer = _fitting_tokenizer(model.config, folder, path, model.config.name)
     return model
 
 
-def _load_dir(path: Path, device, dtype) -> CausalLM:
+def _load_dir(path: Path, device, dtype, tokenizer=None) -> CausalLM:
+    """A checkpoint folder / file; its tokenizer read (and checked) before its weights."""
     cfg = read_config(path)
+    tok = _fitting_tokenizer(cfg, path if path.is_dir() else path.parent, tokenizer, str(path))
     file = weights_file(path)
-    return model_from_state(cfg, read_state_dict(file), str(file), device, dtype)
+    model = model_from_state(cfg, read_state_dict(file), str(file), device, dtype)
+    model.tokenizer = tok
+    return model

@@ -13,7 +13,11 @@ same width, depth, heads, KV heads and FFN, so the two can be profiled against e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,21 +49,22 @@ class ModelConfig:
     tokenizer: str = "bytes"   # "bytes", or "folder": the tokenizer files beside config.json (tokenizer.py)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):          # every value of its annotated type first
+            value = getattr(self, f.name)
+            if why := field_problem(f.name, value):
+                raise ValueError(why)
+            if _hints()[f.name] is float:
+                setattr(self, f.name, float(value))     # an int where a float is meant: 10000 -> 10000.0
         if self.n_self_heads == 0:
             self.n_self_heads = self.n_heads
         for k in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "n_self_heads", "ffn_dim", "max_seq_len"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{k} must be a positive integer, not {v!r}")
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be a positive integer, not {getattr(self, k)!r}")
         problems = []
         if self.self_decoder == "swa" and self.window < 2:
             problems.append(f"window must be at least 2 (keys a query sees, itself included), not {self.window}")
         if why := _check_tokenizer(self.tokenizer):
             problems.append(why)
-        if self.arch not in ("yoco", "transformer"):
-            problems.append(f"arch must be 'yoco' or 'transformer', not {self.arch!r}")
-        if self.self_decoder not in ("gret", "swa"):
-            problems.append(f"self_decoder must be 'gret' or 'swa', not {self.self_decoder!r}")
         if self.dim % self.n_heads or self.dim % self.n_self_heads:
             problems.append("dim must be divisible by n_heads and n_self_heads")
         if self.n_heads % self.n_kv_heads:
@@ -68,8 +73,7 @@ class ModelConfig:
             problems.append("a YOCO model needs an even n_layers (half self-, half cross-decoder)")
         if (self.dim // self.n_heads) % 2 or (self.dim // self.n_self_heads) % 2:
             problems.append("head dims must be even for RoPE")
-        if not isinstance(self.cross_logn, int) or isinstance(self.cross_logn, bool) or self.cross_logn < 0 \
-                or self.cross_logn == 1:
+        if self.cross_logn < 0 or self.cross_logn == 1:
             problems.append(f"cross_logn must be 0 (off) or a length >= 2, not {self.cross_logn!r}")
         if self.rope_scaling:
             from .rope import inv_freq
@@ -123,6 +127,66 @@ class ModelConfig:
         self_layer = mixer + ffn + 2 * d
         cross_layer = 2 * d * d + ffn + 2 * d
         return emb + half * (self_layer + cross_layer) + 2 * d * kv + d + d
+
+
+# -- field types, from the annotations --------------------------------------------------------
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(ModelConfig)
+
+
+def _expected(hint) -> str:
+    """How an error message names a value of the type ``hint``."""
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in typing.get_args(hint))
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+            dict: "an object", type(None): "null"}[typing.get_origin(hint) or hint]
+
+
+def _fits(value, hint) -> bool:
+    """``value`` is of the type ``hint``: bools are bools, ints are ints (not bools), floats are
+    finite numbers (ints too), a Literal one of its values, a union any of its members."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def field_problem(key: str, value) -> str | None:
+    """None if ``value`` is of the type ``ModelConfig`` annotates ``key`` with, else the one-line
+    refusal naming the key, e.g. ``config key cross_rope: expected true or false, not 'false'``."""
+    hint = _hints()[key]
+    return None if _fits(value, hint) else f"config key {key}: expected {_expected(hint)}, not {value!r}"
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def field_from_text(key: str, text: str):
+    """The value a ``KEY=TEXT`` setting (``yoco train --set``) means for ``key``, read by its
+    annotation (``false``, ``64``, ``5e5``, a JSON object, ``null``); text that does not read as
+    that type comes back as it is, for ``field_problem`` to refuse."""
+    hint, low = _hints()[key], text.strip().lower()
+    try:
+        if hint is bool:
+            return True if low in _TRUE else False if low in _FALSE else text
+        if hint is int:
+            return int(low)
+        if hint is float:
+            return float(low)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and dict in typing.get_args(hint):
+            return None if low in ("none", "null", "") else json.loads(text)
+    except ValueError:              # json.JSONDecodeError is a ValueError
+        return text
+    return text
 
 
 def _ffn(dim: int) -> int:

@@ -16,8 +16,10 @@ its ``niah_*`` tasks; the passkey filler of Mohtashami & Jaggi 2023):
       What is the special magic number for shy-otter mentioned in the provided text? The special
       magic number for shy-otter mentioned in the provided text is
 
-  Unlike RULER (an instruction-tuned chat template, with the answer prefix after it), the question
-  and the answer prefix form one plain continuation, so base models can be scored.
+  For a base model the question and the answer prefix form one plain continuation. For an
+  instruct model (``chat_template``: a jinja text, ``tokenizer.chat_template_for``), as RULER: the
+  instruction, haystack and question are the user turn of transformers' ``apply_chat_template``
+  (with the generation prompt), and the answer prefix follows it (``chat_prompt``).
 * **Tasks** (``n`` = the needles inserted; RULER's default for the multi tasks is 4):
 
   - ``single``: one needle, one question (RULER ``niah_single``);
@@ -35,16 +37,20 @@ its ``niah_*`` tasks; the passkey filler of Mohtashami & Jaggi 2023):
   English-like prose generated from a seeded grammar shipped in ``yoco_core/data/prose.json``
   (in place of RULER's Paul Graham essays, which cannot ship); any other value is a UTF-8 file,
   repeated as often as needed (as RULER repeats its essays).
-* **Length and depth**: every piece (instruction, each haystack sentence, each needle, question)
-  is tokenized on its own with the model's tokenizer and the ids are concatenated, so the prompt
-  is *exactly* the requested number of tokens (a BOS token, when the tokenizer has one, counts)
-  and a needle's token position is known exactly. The haystack takes whatever the other pieces
-  leave, ``H`` tokens, cut from its token stream (so its last sentence may be cut short). Depth ``d`` puts the needle after
-  ``round(d * H)`` haystack tokens (0 = right after the instruction, 1 = right before the
-  question), moved to the nearest sentence boundary when one is within ``max(16, H / 200)``
-  tokens. With several needles the first sits at ``d`` and the others follow at ``d + j / n``
-  (wrapping past the end), evenly spread over the haystack; for ``multi-key`` the first is the
-  one asked about.
+* **Length and depth**: the prompt is the text a person would write (``sample.prompt_text``),
+  tokenized once as the model's tokenizer tokenizes a whole text (its BOS, when it adds one,
+  counts; with a chat template, none: the template writes it), so ``prompt_ids ==
+  tokenizer.encode(prompt_text, add_special_tokens=True)``. The length is exact: the filler's
+  length, estimated from its sentences tokenized in context (``Haystack``), is corrected by the
+  whole text's count and searched around on token boundaries of the filler (``_fit``). The
+  haystack takes what the other parts leave, ``H`` tokens (its last sentence may be cut short).
+  Depth ``d`` puts the needle after ``round(d * H)`` haystack tokens (0 = right after the
+  instruction, 1 = right before the question), moved to the nearest sentence boundary when one is
+  within ``max(16, H / 200)`` tokens (``snap_tolerance``); the needle's token position is read off
+  the whole text's tokenization (offsets). With several needles the first sits at ``d`` and the
+  others follow at ``d + j / n`` (wrapping past the end), evenly spread over the haystack; for
+  ``multi-key`` the first is the one asked about. For the byte tokenizer (the tiny models) the
+  prompts are byte for byte what piece-wise concatenation gave before.
 * **Scoring**: greedy generation of at most ``12`` tokens per expected value (+4), stopped at a
   newline or a period; the score is the share of expected values that occur in the answer as
   whole numbers (not inside a longer number). RULER's ``string_match_all`` is the same share with
@@ -61,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .generate import generate
+from .generation import generate
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -94,14 +100,20 @@ def grammar() -> dict:
 
 
 # -- haystacks ----------------------------------------------------------------------------------
+ANCHOR = "."          # what a sentence follows: pieces are tokenized after it (then dropped), as mid-text
+
+
 class Haystack:
-    """An endless stream of filler sentences, tokenized piece by piece and cached.
+    """An endless stream of filler sentences, tokenized piece by piece and cached: the stream's
+    token count estimates the filler's share of a prompt, which is then tokenized as one text.
 
     Every piece starts with whitespace (as the needles do), so needles and sentences join cleanly
-    wherever a needle goes.
+    wherever a needle goes. A tokenizer with ``encode_offsets`` tokenizes a piece after ``ANCHOR``
+    (then drops it), so a sentencepiece-style normalizer (``Prepend("▁")``) sees it as in mid-text.
 
     ``take(n)`` gives the first ``n`` token ids; ``snap(pos, n)`` moves a position to the nearest
-    sentence boundary within tolerance. One instance belongs to one tokenizer.
+    sentence boundary within tolerance; ``text(n)`` is the stream text of the first ``n`` tokens.
+    One instance belongs to one tokenizer.
     """
 
     name = "haystack"
@@ -110,27 +122,32 @@ class Haystack:
         self.tokenizer = tokenizer
         self._ids: list[int] = []
         self._bounds: list[int] = [0]       # token offsets where a sentence starts
+        self._chars: list[int] = [0]        # character offsets of the same
+        self._texts: list[str] = []         # the pieces so far
+        self._starts: list[list[int] | None] = []   # each piece's token start characters (None: not yet)
         self._pieces: Iterator[str] | None = None
-        self._memo: dict[str, list[int]] = {}
+        self._memo: dict[str, tuple[list[int], list[int] | None]] = {}
+        self._joined = ""
 
     def pieces(self) -> Iterator[str]:
         """Sentences in order, each with its leading whitespace; never ends."""
         raise NotImplementedError
 
-    def _encode(self, piece: str) -> list[int]:
-        ids = self._memo.get(piece)
-        if ids is None:
-            ids = self.tokenizer.encode(piece)
+    def _encode(self, piece: str) -> tuple[list[int], list[int] | None]:
+        got = self._memo.get(piece)
+        if got is None:
+            got = _encode_in_text(self.tokenizer, piece)
             if len(self._memo) < 4096:
-                self._memo[piece] = ids
-        return ids
+                self._memo[piece] = got
+        return got
 
     def _fill(self, n: int) -> None:
         if self._pieces is None:
             self._pieces = self.pieces()
         stalled = 0
         while len(self._ids) < n:
-            ids = self._encode(next(self._pieces))
+            piece = next(self._pieces)
+            ids, starts = self._encode(piece)
             if not ids:
                 stalled += 1
                 if stalled > 1000:
@@ -139,10 +156,32 @@ class Haystack:
             stalled = 0
             self._ids.extend(ids)
             self._bounds.append(len(self._ids))
+            self._texts.append(piece)
+            self._starts.append(starts)
+            self._chars.append(self._chars[-1] + len(piece))
 
     def take(self, n: int) -> list[int]:
         self._fill(n)
         return self._ids[:n]
+
+    def char_at(self, pos: int) -> int:
+        """The stream character where token ``pos`` starts (the end of the stream text of the
+        first ``pos`` tokens)."""
+        self._fill(pos)
+        k = bisect.bisect_right(self._bounds, pos) - 1
+        within = pos - self._bounds[k]
+        if within == 0:
+            return self._chars[k]
+        if self._starts[k] is None:                   # no offsets: the decoded length of the prefix
+            ids = self._ids[self._bounds[k]: self._bounds[k + 1]]
+            self._starts[k] = [len(self.tokenizer.decode(ids[:j])) for j in range(len(ids))]
+        return self._chars[k] + self._starts[k][within]
+
+    def text(self, start_char: int, end_char: int) -> str:
+        """The stream's characters ``[start_char, end_char)``."""
+        if len(self._joined) < end_char:
+            self._joined = "".join(self._texts)
+        return self._joined[start_char:end_char]
 
     def snap(self, pos: int, n: int, tolerance: int | None = None) -> int:
         """Where a needle aimed at ``pos`` of an ``n``-token haystack goes: the nearest sentence
@@ -150,7 +189,7 @@ class Haystack:
         word start (a token whose text begins with whitespace) within it, else ``pos`` itself."""
         self._fill(n)
         if tolerance is None:
-            tolerance = max(SNAP_TOKENS, n // SNAP_FRACTION)
+            tolerance = snap_tolerance(n)
         hi = bisect.bisect_right(self._bounds, n)
         i = bisect.bisect_left(self._bounds, pos, 0, hi)
         candidates = [b for b in (self._bounds[i - 1] if i > 0 else None,
@@ -160,9 +199,29 @@ class Haystack:
             return best
         for off in range(min(tolerance, SNAP_TOKENS) + 1):
             for p in (pos - off, pos + off):
-                if 0 < p < n and self.tokenizer.decode([self._ids[p]])[:1].isspace():
+                if 0 < p < n and self.text(self.char_at(p), self.char_at(p) + 1).isspace():
                     return p
         return pos
+
+
+def snap_tolerance(n: int) -> int:
+    """How far (tokens) a needle may move to a sentence boundary in an ``n``-token haystack."""
+    return max(SNAP_TOKENS, n // SNAP_FRACTION)
+
+
+def _encode_in_text(tokenizer, piece: str) -> tuple[list[int], list[int] | None]:
+    """``piece``'s ids as inside a text (after ``ANCHOR``), with each token's start character;
+    a tokenizer without ``encode_offsets``: ``encode(piece)`` and None."""
+    offsets = getattr(tokenizer, "encode_offsets", None)
+    if offsets is None:
+        return tokenizer.encode(piece), None
+    ids, starts = offsets(ANCHOR + piece)
+    if len(starts) != len(ids):                       # no offsets from this tokenizer
+        return tokenizer.encode(piece), None
+    keep = [j for j, c in enumerate(starts) if c >= len(ANCHOR)]
+    if not keep or starts[keep[0]] != len(ANCHOR) or any(j != keep[0] + i for i, j in enumerate(keep)):
+        return tokenizer.encode(piece), None
+    return [ids[j] for j in keep], [starts[j] - len(ANCHOR) for j in keep]
 
 
 class NoiseHaystack(Haystack):
@@ -333,6 +392,7 @@ class NeedleSample:
     needle_lengths: list[int] = field(default_factory=list)
     haystack_start: int = 0        # token index of the first haystack token
     haystack_tokens: int = 0       # H
+    prompt_text: str = ""          # the text prompt_ids tokenize
 
     @property
     def max_new_tokens(self) -> int:
@@ -359,7 +419,7 @@ def _draw(task: str, n: int, rng: random.Random) -> tuple[list[str], list[str]]:
     return keys, draw_values(rng, n)
 
 
-def prompt_overhead(tokenizer, task: str, n_needles: int | None = None) -> int:
+def prompt_overhead(tokenizer, task: str, n_needles: int | None = None, chat_template: str | None = None) -> int:
     """An upper bound on the tokens a prompt spends outside its haystack (longest keys)."""
     task, n = check_task(task, n_needles)
     g = grammar()
@@ -369,25 +429,56 @@ def prompt_overhead(tokenizer, task: str, n_needles: int | None = None) -> int:
     keys = [key] * n
     values = ["9" * VALUE_DIGITS] * n
     needles, qkeys, question, _ = _texts(task, keys, values)
-    slack = 2 * (n + len(qkeys))          # a BPE tokenizer may merge across the hyphen differently
-    return (len(tokenizer.encode(INTRO, add_bos=True)) + sum(len(tokenizer.encode(t)) for t in needles)
-            + len(tokenizer.encode(question)) + slack)
+    head, tail, special = _frame(tokenizer, question, chat_template)
+    slack = 2 * (n + len(qkeys)) + 2 * n + 4   # merges across the hyphen and at the joins
+    return (len(_encode(tokenizer, head, special)) + sum(len(tokenizer.encode(t)) for t in needles)
+            + len(tokenizer.encode(tail)) + slack)
 
 
-def min_context(tokenizer, task: str, n_needles: int | None = None) -> int:
+def min_context(tokenizer, task: str, n_needles: int | None = None, chat_template: str | None = None) -> int:
     """The smallest prompt that holds the instruction, the needle(s), the question and one
     haystack token, whatever keys are drawn."""
-    return prompt_overhead(tokenizer, task, n_needles) + 1
+    return prompt_overhead(tokenizer, task, n_needles, chat_template) + 1
+
+
+SENTINEL = "\x00YOCO-HAYSTACK\x00"
+
+
+def chat_prompt(tokenizer, user_text: str, answer_prefix: str, template: str | None) -> str:
+    """The prompt text for ``user_text`` (the haystack and the question) as the user turn of
+    ``template`` (transformers' ``apply_chat_template``, with its generation prompt), then
+    ``answer_prefix`` for the model to continue, as RULER does. ``template`` None: plain text,
+    ``user_text + " " + answer_prefix``."""
+    if template is None:
+        return f"{user_text} {answer_prefix}"
+    from .tokenizer import render_chat
+
+    return render_chat(tokenizer, [{"role": "user", "content": user_text}], template) + answer_prefix
+
+
+def _frame(tokenizer, question: str, template: str | None) -> tuple[str, str, bool]:
+    """(the text before the haystack, the text after it, whether the tokenizer adds its special
+    tokens): the instruction and the question with its answer prefix, in ``template`` if given.
+    A chat template writes its own BOS, so its prompts are tokenized without special tokens (as
+    ``apply_chat_template(tokenize=True)`` does)."""
+    asked, _, prefix = question.partition("? ")
+    whole = chat_prompt(tokenizer, INTRO + SENTINEL + asked + "?", prefix, template)
+    head, _, tail = whole.partition(SENTINEL)
+    return head, tail, template is None
 
 
 def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
                  n_needles: int | None = None, rng: random.Random | int | str = 0,
-                 haystack: Haystack | str = "noise") -> NeedleSample:
+                 haystack: Haystack | str = "noise", chat_template: str | None = None) -> NeedleSample:
     """A prompt of exactly ``ctx_tokens`` tokens with the needle(s) at ``depth``.
 
-    ``rng`` (a ``random.Random`` or a seed) draws the keys and values; ``haystack`` is a
-    ``Haystack`` built for ``tokenizer`` or a spec for ``make_haystack`` (``noise``, ``text``, a
-    file). The trainer appends ``tokenizer.encode(sample.answer)`` to train on the answer.
+    The prompt is a text (``sample.prompt_text``) tokenized once, as the model's tokenizer makes
+    it (``prompt_ids == tokenizer.encode(prompt_text, add_special_tokens=True)``; with a chat
+    template, ``False``: the template writes the specials). ``rng`` (a ``random.Random`` or a seed)
+    draws the keys and values; ``haystack`` is a ``Haystack`` built for ``tokenizer`` or a spec
+    for ``make_haystack`` (``noise``, ``text``, a file); ``chat_template``: a jinja template text
+    (``tokenizer.chat_template_for``) or None. The trainer appends
+    ``tokenizer.encode(sample.answer)`` to train on the answer.
     """
     task, n = check_task(task, n_needles)
     if not isinstance(rng, random.Random):
@@ -397,35 +488,142 @@ def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
     depths = needle_depths(float(depth), n)
     keys, values = _draw(task, n, rng)
     needle_texts, qkeys, question, expected = _texts(task, keys, values)
-
-    head = tokenizer.encode(INTRO, add_bos=True)
-    tail = tokenizer.encode(question)
-    needle_ids = [tokenizer.encode(t) for t in needle_texts]
-    fixed = len(head) + len(tail) + sum(map(len, needle_ids))
-    H = int(ctx_tokens) - fixed
-    if H < 1:
+    head, tail, special = _frame(tokenizer, question, chat_template)
+    fixed = (len(_encode(tokenizer, head, special)) + len(tokenizer.encode(tail))
+             + sum(len(tokenizer.encode(t)) for t in needle_texts))
+    ctx_tokens = int(ctx_tokens)
+    if ctx_tokens - fixed < 1:
         raise ValueError(f"a {ctx_tokens}-token prompt is too small: the instruction, {n} needle(s) "
                          f"and the question take {fixed} tokens")
-    hay = haystack.take(H)
-    positions = [haystack.snap(round(d * H), H) for d in depths]
-
-    prompt = list(head)
-    starts = [0] * n
-    cursor = 0
-    for j in sorted(range(n), key=lambda j: (positions[j], j)):
-        prompt.extend(hay[cursor:positions[j]])
-        cursor = positions[j]
-        starts[j] = len(prompt)
-        prompt.extend(needle_ids[j])
-    prompt.extend(hay[cursor:])
-    prompt.extend(tail)
-    assert len(prompt) == ctx_tokens, (len(prompt), ctx_tokens)
+    text, ids, cuts = _fit(tokenizer, haystack, ctx_tokens, ctx_tokens - fixed, depths, head, needle_texts,
+                           tail, special)
+    starts, lengths, hay_start, hay_tokens = _locate(tokenizer, text, ids, cuts, special)
     if len(expected) == 1:
         answer = f" {expected[0]}."
     else:
         answer = " " + join_keys(expected) + "."
-    return NeedleSample(prompt, expected, answer, keys, values, qkeys, depths, starts,
-                        [len(x) for x in needle_ids], len(head), H)
+    return NeedleSample(ids, expected, answer, keys, values, qkeys, depths, starts, lengths, hay_start,
+                        hay_tokens, text)
+
+
+FIT_ROUNDS = 8       # corrections of the haystack's length before a local search
+FIT_SEARCH = 24      # haystack lengths tried either side in that search
+FIT_PADS = 3         # a last resort: up to this many spaces after the haystack (a cut that no
+                     # character boundary makes exact: multi-byte characters of a byte tokenizer)
+
+
+def _fit(tokenizer, haystack: Haystack, ctx: int, H: int, depths, head, needle_texts, tail, special):
+    """(text, ids, character cuts) of the prompt with exactly ``ctx`` tokens: the haystack's
+    stream length ``H`` (tokens) corrected by what the whole text's tokenization counts, then
+    searched around; a ValueError when no length gives ``ctx``."""
+    counts: list[int] = []
+    for pad in range(FIT_PADS + 1):
+        found = _fit_length(tokenizer, haystack, ctx, H, depths, head, needle_texts, " " * pad + tail,
+                            special, counts)
+        if found is not None:
+            return found
+    if min(counts) > ctx:
+        raise ValueError(f"a {ctx}-token prompt is too small: the instruction, {len(needle_texts)} needle(s) "
+                         f"and the question take more than {ctx} tokens")
+    raise ValueError(f"no haystack length gives a prompt of exactly {ctx} tokens with this tokenizer")
+
+
+def _fit_length(tokenizer, haystack, ctx, H, depths, head, needle_texts, tail, special, counts):
+    seen: set[int] = set()
+
+    def attempt(h):
+        text, cuts = _assemble(haystack, h, depths, head, needle_texts, tail)
+        ids = _encode(tokenizer, text, special)
+        seen.add(h)
+        counts.append(len(ids))
+        return (text, ids, cuts) if len(ids) == ctx else None
+
+    for _ in range(FIT_ROUNDS):
+        if (found := attempt(H)) is not None:
+            return found
+        H = max(1, H + ctx - counts[-1])
+        if H in seen:
+            break
+    for off in range(1, FIT_SEARCH + 1):
+        for h in (H - off, H + off):
+            if h >= 1 and h not in seen and (found := attempt(h)) is not None:
+                return found
+    return None
+
+
+def _assemble(haystack: Haystack, H: int, depths, head: str, needle_texts, tail: str):
+    """The prompt text with ``H`` stream tokens of haystack and the needles at ``depths``, and the
+    character cuts: [haystack start, (needle start, needle end) per needle, tail start]."""
+    haystack.take(H)
+    positions = [haystack.snap(round(d * H), H) for d in depths]
+    parts, cuts, at, cursor = [head], [len(head)], len(head), 0
+    spans = [None] * len(depths)
+    for j in sorted(range(len(depths)), key=lambda j: (positions[j], j)):
+        c = haystack.char_at(positions[j])
+        piece = haystack.text(cursor, c)
+        parts.append(piece)
+        at += len(piece)
+        parts.append(needle_texts[j])
+        spans[j] = (at, at + len(needle_texts[j]))
+        at += len(needle_texts[j])
+        cursor = c
+    piece = haystack.text(cursor, haystack.char_at(H))
+    parts += [piece, tail]
+    return "".join(parts), cuts + spans + [at + len(piece)]
+
+
+def _locate(tokenizer, text: str, ids: list[int], cuts, special: bool):
+    """(needle token starts, needle token lengths, haystack start, haystack tokens) in ``ids``
+    (the tokenization of ``text``) for the character ``cuts`` of ``_assemble``."""
+    raw, starts = _offsets(tokenizer, text)
+    k = next((k for k in range(len(ids) - len(raw) + 1) if ids[k:k + len(raw)] == raw), 0)
+
+    def first_at(c):                              # the first token that starts at or after c
+        return k + bisect.bisect_left(starts, c)
+
+    def holding(c):                               # the token that holds character c
+        return k + max(0, bisect.bisect_right(starts, c) - 1)
+
+    hay_start, tail_start = first_at(cuts[0]), first_at(cuts[-1])
+    begins = [holding(a) for a, _ in cuts[1:-1]]
+    lengths = [first_at(b) - p for p, (_, b) in zip(begins, cuts[1:-1])]
+    return begins, lengths, hay_start, tail_start - hay_start - sum(lengths)
+
+
+def _offsets(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """The bare ids of ``text`` and each token's start character (from ``encode_offsets``, else
+    the decoded length of each prefix)."""
+    get = getattr(tokenizer, "encode_offsets", None)
+    if get is not None:
+        raw, starts = get(text)
+        if len(starts) == len(raw):
+            return raw, starts
+    raw = tokenizer.encode(text)
+    return raw, _DecodedStarts(tokenizer, raw)
+
+
+def _encode(tokenizer, text: str, special: bool) -> list[int]:
+    """``text``'s ids, with the special tokens the tokenizer itself adds when ``special`` (a
+    tokenizer of the older protocol, ``encode(text, add_bos)``: a BOS)."""
+    if not special:
+        return tokenizer.encode(text)
+    try:
+        return tokenizer.encode(text, add_special_tokens=True)
+    except TypeError:
+        return tokenizer.encode(text, add_bos=True)
+
+
+class _DecodedStarts:
+    """Token start characters computed on demand, for ``bisect`` (a tokenizer without offsets)."""
+
+    def __init__(self, tokenizer, ids):
+        self.tokenizer, self.ids = tokenizer, ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return len(self.tokenizer.decode(self.ids[:i]))
 
 
 # -- scoring and running ------------------------------------------------------------------------
@@ -463,13 +661,14 @@ class NeedleResult:
 
 def run_cell(model, ctx: int, depth: float, task: str = "single", n_needles: int | None = None,
              trial: int = 0, seed: int = 0, haystack: Haystack | str = "noise",
-             chunk_size: int | None = 32768) -> NeedleResult:
-    """Build one prompt, generate greedily (prefill + decode) and score the answer."""
+             chunk_size: int | None = 32768, chat_template: str | None = None) -> NeedleResult:
+    """Build one prompt (in ``chat_template`` if given), generate greedily (prefill + decode,
+    stopped at any EOS of the tokenizer) and score the answer."""
     import torch
 
     task, n = check_task(task, n_needles)
     sample = build_sample(model.tokenizer, ctx, depth, task, n,
-                          cell_rng(seed, task, ctx, depth, n, trial), haystack)
+                          cell_rng(seed, task, ctx, depth, n, trial), haystack, chat_template)
     ids = torch.tensor([sample.prompt_ids], dtype=torch.long)
     gen = generate(model, ids, sample.max_new_tokens, chunk_size=chunk_size, stop_strings=STOP_STRINGS)
     prediction = gen.texts[0].strip()
@@ -483,6 +682,7 @@ __all__ = [
     "INTRO", "NEEDLE", "QUESTION", "QUESTION_ALL", "NOISE", "TASKS", "DEFAULT_NEEDLES", "STOP_STRINGS",
     "Haystack", "NoiseHaystack", "TextHaystack", "FileHaystack", "make_haystack", "prose_sentence",
     "draw_keys", "draw_values", "check_task", "needle_depths", "answer_tokens", "n_expected",
-    "NeedleSample", "build_sample", "prompt_overhead", "min_context", "score", "cell_rng",
+    "NeedleSample", "build_sample", "chat_prompt", "snap_tolerance", "prompt_overhead", "min_context", "score",
+    "cell_rng",
     "NeedleResult", "run_cell",
 ]

@@ -28,6 +28,7 @@ resuming at step ``s`` reproduces the data exactly, and batches can be built ahe
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Iterator
@@ -77,8 +78,8 @@ def normalise_mix(mix: dict[str, float]) -> dict[str, float]:
     for name, w in mix.items():
         if name not in TASKS:
             raise ValueError(f"bad mix entry {name!r}: use TASK=WEIGHT with TASK in {', '.join(TASKS)}")
-        if not float(w) >= 0:
-            raise ValueError(f"bad mix weight {float(w):g} for {name}: must be >= 0")
+        if not 0 <= float(w) < math.inf:         # NaN fails this too
+            raise ValueError(f"bad mix weight {float(w):g} for {name}: must be a finite number >= 0")
     total = sum(float(w) for w in mix.values())
     if total <= 0:
         raise ValueError("the mix gives every task weight 0")

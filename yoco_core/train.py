@@ -20,7 +20,12 @@
   ``optimizer.safetensors`` (AdamW moments and step of every parameter, by name) and
   ``trainer_state.json`` (step, schedule, RNG states, data generator state, counters), written
   last so that a directory with it is complete; ``OUT/final/`` at the end. ``resume`` continues
-  from the latest complete checkpoint and reproduces an uninterrupted run exactly (same seed).
+  from the latest complete checkpoint and reproduces an uninterrupted run exactly (same seed),
+  its counters (tokens, seconds) included: a checkpoint holds them as of its own step.
+* **Faults**: SIGINT / SIGTERM stop after the step in flight with a checkpoint there
+  (``Interrupted``; a second signal stops at once). A loss or gradient norm that is not finite
+  stops training (``TrainError``) before its log row or checkpoint: the checkpoints on disk are
+  the last good ones. ``ship`` refuses weights with a non-finite value.
 * **Log**: ``OUT/train_log.csv`` every ``log_every`` steps, averaged over those steps: ``loss``
   (the optimised total), ``answer_loss`` (per-sample mean over answer tokens), ``lm_loss``,
   ``answer_acc`` (greedy next-token accuracy over all answer tokens), ``needle_acc``,
@@ -42,8 +47,10 @@ import math
 import queue
 import re
 import shutil
+import signal
 import threading
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -55,7 +62,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .checkpoint import read_config, save_model
 from .state import CheckpointError, load_state, model_from_state, read_state_dict
-from .config import PRESETS, ModelConfig, get_config
+from .config import PRESETS, ModelConfig, field_from_text, field_problem, get_config
 from .errors import first_line
 from .kernels import backend
 from .kernels.gret import backend_for as gret_backend_for
@@ -76,6 +83,15 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 class TrainError(Exception):
     """A training run that cannot start or resume as asked (one-line message)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (``signum``) stopped training after ``step``, with a checkpoint there:
+    ``resume`` continues the same run."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted: checkpoint step_{step} kept, --resume continues")
+        self.step, self.signum = step, signum
 
 
 @dataclass
@@ -114,7 +130,11 @@ class TrainConfig:
             raise TrainError(str(e)) from None
         self.curriculum = [int(x) for x in self.curriculum]
         self.betas = tuple(float(b) for b in self.betas)
-        problems = []
+        floats = [(k, getattr(self, k)) for k, hint in typing.get_type_hints(TrainConfig).items() if hint is float]
+        problems = [f"{k} must be a finite number, not {v}" for k, v in floats + [("betas", b) for b in self.betas]
+                    if not math.isfinite(v)]
+        if problems:                          # NaN passes every comparison below
+            raise TrainError("; ".join(problems))
         if self.steps < 1:
             problems.append("steps must be >= 1")
         if not self.curriculum or min(self.curriculum) < 8:
@@ -125,8 +145,13 @@ class TrainConfig:
             problems.append("lr must be > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append("min_lr_ratio must be between 0 and 1")
-        if self.lm_weight < 0:
-            problems.append("lm_weight must be >= 0")
+        problems += [f"{k} must be >= 0" for k in ("lm_weight", "weight_decay") if getattr(self, k) < 0]
+        if not self.grad_clip > 0:
+            problems.append("grad_clip must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1), not {self.betas}")
+        if self.warmup < -1:
+            problems.append(f"warmup must be -1 (5% of the steps) or >= 0, not {self.warmup}")
         if self.log_every < 1:
             problems.append("log_every must be >= 1")
         if self.save_every < 0 or self.keep < 1:
@@ -173,33 +198,20 @@ def batch_size_at(cfg: TrainConfig, step: int) -> int:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``["cross_rope=false", "dim=64"]`` -> typed ModelConfig overrides; TrainError if bad."""
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    """``["cross_rope=false", "dim=64"]`` -> ModelConfig overrides, each read and checked by its
+    field's annotation (``config.field_from_text``, ``field_problem``); TrainError if bad."""
+    known = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "name"]
     out: dict = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        key, text = key.strip(), text.strip()
+        key = key.strip()
         if not sep or not key:
             raise TrainError(f"bad --set {pair!r}: use KEY=VALUE, e.g. cross_rope=false")
-        if key not in fields or key == "name":
-            raise TrainError(f"unknown model setting {key!r} (known: {', '.join(k for k in fields if k != 'name')})")
-        default = getattr(ModelConfig(), key)
-        try:
-            if isinstance(default, bool):
-                low = text.lower()
-                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                    raise ValueError
-                value = low in ("true", "1", "yes", "on")
-            elif isinstance(default, int):
-                value = int(text)
-            elif isinstance(default, float):
-                value = float(text)
-            elif default is None or isinstance(default, dict):
-                value = None if text.lower() in ("none", "null", "") else json.loads(text)
-            else:
-                value = text
-        except (ValueError, json.JSONDecodeError):
-            raise TrainError(f"bad --set {pair!r}: {key} wants a {type(default).__name__ if default is not None else 'JSON object'}") from None
+        if key not in known:
+            raise TrainError(f"unknown model setting {key!r} (known: {', '.join(known)})")
+        value = field_from_text(key, text.strip())
+        if why := field_problem(key, value):
+            raise TrainError(f"bad --set {pair!r}: {why}")
         out[key] = value
     return out
 
@@ -269,7 +281,10 @@ def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:      # truncated or not safetensors: safetensors' errors, OSError
+        raise TrainError(f"{path}: damaged optimizer state ({first_line(e)})") from None
     sd = opt.state_dict()
     by_param: dict[str, dict] = {}
     for key, value in tensors.items():
@@ -277,13 +292,21 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
         by_param.setdefault(name, {})[field_] = value
     state = {}
     for group, sd_group in zip(opt.param_groups, sd["param_groups"]):
-        for name, i in zip(group["names"], sd_group["params"]):
+        for name, p, i in zip(group["names"], group["params"], sd_group["params"]):
             if name in by_param:
                 state[i] = by_param.pop(name)
+                _check_moments(state[i], p, name, path)
     if by_param:
         raise TrainError(f"{path} holds optimizer state of unknown parameters (e.g. {next(iter(by_param))})")
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+def _check_moments(state: dict, p: torch.Tensor, name: str, path: Path) -> None:
+    for key, t in state.items():
+        if t.dim() and t.shape != p.shape:
+            raise TrainError(f"{path}: optimizer state {name}.{key} has shape {tuple(t.shape)}, "
+                             f"the parameter {tuple(p.shape)}")
 
 
 # -- RNG states (JSON, base64) --------------------------------------------------------------------
@@ -572,35 +595,36 @@ def _resume(run: _Run, where: Path) -> None:
 
 
 def _loop(run: _Run, end: int, on_step, on_log) -> tuple[int, dict]:
-    """Steps ``run.start`` .. ``end`` with their log rows and checkpoints; Ctrl-C stops after a
-    step with a checkpoint (``_catch_sigint``). Returns the step reached and the last log row."""
+    """Steps ``run.start`` .. ``end`` with their log rows and checkpoints. SIGINT / SIGTERM stop
+    after a step with a checkpoint (``_Signals``, ``Interrupted``); a non-finite loss stops before
+    its log row or checkpoint (``_check_finite``). Returns the step reached and the last log row."""
     cfg = run.cfg
     log_f, log_w = _open_log(run.out, run.start)
     prefetch = _Prefetch(run.data, cfg, run.start) if run.start < cfg.steps else None
     window = _Window(run.device)
     step, last_row = run.start, {}
-    interrupted, restore_sigint = _catch_sigint()
     try:
-        while step < end:
-            s, *tensors, per_task = prefetch.get()
-            assert s == step
-            ids, lr, gnorm = _step(run, step, tensors, per_task, window)
-            step += 1
-            if on_step:
-                on_step(step)
-            if step % cfg.log_every == 0 or step == end:
-                last_row = window.row(step, ids, lr, gnorm, run.counters)
-                log_w.writerow(last_row)
-                log_f.flush()
-                if on_log:
-                    on_log(last_row)
-            stop = interrupted.is_set() and step < cfg.steps
-            if (cfg.save_every and step % cfg.save_every == 0) or step == end or stop:
-                _save(run, step, window, partial=stop)
-            if stop:
-                raise KeyboardInterrupt
+        with _Signals() as signals:
+            while step < end:
+                s, *tensors, per_task = prefetch.get()
+                assert s == step
+                ids, lr, gnorm = _step(run, step, tensors, per_task, window)
+                step += 1
+                if on_step:
+                    on_step(step)
+                if step % cfg.log_every == 0 or step == end:
+                    _check_finite(run, window, step, weights=False)
+                    last_row = window.row(step, ids, lr, gnorm, run.counters)
+                    log_w.writerow(last_row)
+                    log_f.flush()
+                    if on_log:
+                        on_log(last_row)
+                stop = signals.signum is not None and step < cfg.steps
+                if (cfg.save_every and step % cfg.save_every == 0) or step == end or stop:
+                    _save(run, step, window)
+                if stop:
+                    raise Interrupted(step, signals.signum)
     finally:
-        restore_sigint()
         if prefetch:
             prefetch.close()
         log_f.close()
@@ -608,8 +632,8 @@ def _loop(run: _Run, end: int, on_step, on_log) -> tuple[int, dict]:
 
 
 def _step(run: _Run, step: int, tensors: list, per_task: list[int], window: "_Window") -> tuple:
-    """One optimiser step on a batch (no host sync); its sums go into ``window``.
-    Returns (the batch's ids on the device, the step's lr, the gradient norm tensor)."""
+    """One optimiser step on a batch (no host sync); its sums go into ``window``, its tokens into
+    ``run.counters``. Returns (the batch's ids on the device, the step's lr, the gradient norm tensor)."""
     lr = lr_at(run.cfg, step)
     for g in run.opt.param_groups:
         g["lr"] = lr
@@ -620,37 +644,53 @@ def _step(run: _Run, step: int, tensors: list, per_task: list[int], window: "_Wi
     gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
-    window.add(torch.cat([torch.stack([loss.detach(), a_loss, l_loss]), right]), per_task,
-               ids.shape[0] * (ids.shape[1] - 1))
+    n_tok = ids.shape[0] * (ids.shape[1] - 1)
+    run.counters["tokens"] += n_tok           # exact at any step, so a checkpoint's counters are too
+    window.add(torch.cat([torch.stack([loss.detach(), a_loss, l_loss]), right]), gnorm, per_task, n_tok, step + 1)
     return ids, lr, gnorm
 
 
 class _Window:
-    """The steps since the last log row: their sums stay on the device until a log step."""
+    """The steps since the last log row: their sums stay on the device until a log step, with the
+    first step whose loss or gradient norm was not finite (0: none). ``mark``: the time up to
+    which training seconds are in the counters."""
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(3 + len(TASKS), device=device)   # loss, answer loss, lm loss, right per task
-        self._reset(time.perf_counter())
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+        self.mark = time.perf_counter()
+        self._reset(self.mark)
 
     def _reset(self, now: float) -> None:
         self.sums.zero_()
         self.n_task = [0] * len(TASKS)           # answer tokens per task
         self.steps, self.tokens, self.t0 = 0, 0, now
 
-    def add(self, sums: torch.Tensor, per_task: list[int], n_tok: int) -> None:
+    def add(self, sums: torch.Tensor, gnorm: torch.Tensor, per_task: list[int], n_tok: int, step: int) -> None:
         self.sums += sums
+        finite = torch.isfinite(sums[0]) & torch.isfinite(gnorm)
+        self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad, step)
         self.n_task = [a + b for a, b in zip(self.n_task, per_task)]
         self.steps += 1
         self.tokens += n_tok
 
+    def fold(self, counters: dict, now: float) -> None:
+        """Add the training seconds since ``mark`` to ``counters``."""
+        counters["seconds"] += now - self.mark
+        self.mark = now
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (a checkpoint being written) out of the training time."""
+        self.t0 += seconds
+        self.mark += seconds
+
     def row(self, step: int, ids, lr: float, gnorm, counters: dict) -> dict:
-        """The log row of the window ending at ``step`` (the one host sync per window); adds the
-        window to ``counters`` and starts the next one."""
+        """The log row of the window ending at ``step`` (the one host sync per window); folds the
+        window's seconds into ``counters`` and starts the next one."""
         vals = self.sums.tolist()
         now = time.perf_counter()
         dt = now - self.t0
-        counters["tokens"] += self.tokens
-        counters["seconds"] += dt
+        self.fold(counters, now)
         n, nt = self.steps, self.n_task
         row = {
             "step": step, "length": ids.shape[1] - 1, "batch": ids.shape[0],
@@ -664,16 +704,26 @@ class _Window:
         return row
 
 
-def _save(run: _Run, step: int, window: _Window, partial: bool) -> None:
-    """A checkpoint at ``step``; ``partial``: count the unlogged window first (a stop between log
-    rows), so the counters stay consistent. Saving is not training time."""
+def _check_finite(run: _Run, window: _Window, step: int, weights: bool) -> None:
+    """TrainError (one line; the run's checkpoints untouched) if a loss or gradient norm since the
+    last check was not finite, or (``weights``) a weight is not: nothing of such a step is kept."""
+    bad, what = int(window.first_bad), "the loss or gradient norm"
+    if not bad and weights and not bool(torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()):
+        bad, what = step, "a weight"
+    if bad:
+        kept = checkpoints(run.out)
+        last = f"last good checkpoint step_{kept[-1][0]} kept" if kept else "no checkpoint was written before it"
+        raise TrainError(f"training stopped: {what} is not finite at step {bad} (a lower --lr may help); {last}")
+
+
+def _save(run: _Run, step: int, window: _Window) -> None:
+    """A checkpoint at ``step`` of finite weights, with the counters as of that step (tokens are
+    counted every step; the seconds are folded in here). Saving is not training time."""
+    _check_finite(run, window, step, weights=True)
     t0 = time.perf_counter()
-    if partial:
-        run.counters["tokens"] += window.tokens
-        run.counters["seconds"] += t0 - window.t0
-        window.tokens, window.t0 = 0, t0
+    window.fold(run.counters, t0)
     save_checkpoint(run.out, run.model, run.opt, run.cfg, run.data, step, run.counters)
-    window.t0 += time.perf_counter() - t0
+    window.pause(time.perf_counter() - t0)
 
 
 def _finish(run: _Run, step: int, last_row: dict, backend_line: str) -> TrainResult:
@@ -695,23 +745,31 @@ def _finish(run: _Run, step: int, last_row: dict, backend_line: str) -> TrainRes
     return TrainResult(out, final, step, counters["tokens"], counters["seconds"], last_row, run.start)
 
 
-def _catch_sigint():
-    """Ctrl-C during training sets a flag; the loop saves a checkpoint at the end of the step
-    (never half-way through an optimiser update) and then raises KeyboardInterrupt."""
-    import signal
+class _Signals:
+    """SIGINT (Ctrl-C) and SIGTERM during training: the first sets ``signum``, and the loop saves a
+    checkpoint at the end of the step (never half-way through an optimiser update), then raises
+    ``Interrupted``; a second signal stops at once (KeyboardInterrupt). Off the main thread
+    (where no handler can be installed) nothing changes."""
 
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        return flag, lambda: None
-    previous = signal.getsignal(signal.SIGINT)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def handler(signum, frame):
-        if flag.is_set():                     # a second Ctrl-C: stop at once
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None:
             raise KeyboardInterrupt
-        flag.set()
+        self.signum = signum
 
-    signal.signal(signal.SIGINT, handler)
-    return flag, lambda: signal.signal(signal.SIGINT, previous)
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _last_logged(out: Path) -> dict:
@@ -726,21 +784,28 @@ def _last_logged(out: Path) -> dict:
 # -- shipping ------------------------------------------------------------------------------------
 def ship(out, name: str | None = None, weights_dir: Path | None = None) -> Path:
     """Copy ``OUT/final`` into the package as ``yoco_core/weights/<name>/`` (bf16 safetensors +
-    config.json + train_summary.json), where ``load_model(name)`` finds it."""
-    from safetensors.torch import load_file, save_file
+    config.json + train_summary.json), where ``load_model(name)`` finds it; never weights with a
+    non-finite value (TrainError, nothing written)."""
+    from safetensors.torch import save_file
 
     out = Path(out)
     final = out / "final"
     if not (final / "model.safetensors").is_file():
         raise TrainError(f"no finished run in {out} (no final/model.safetensors)")
-    mcfg = read_config(final)
+    try:
+        mcfg = read_config(final)
+        state = {k: v.to(torch.bfloat16).contiguous() if v.is_floating_point() else v
+                 for k, v in read_state_dict(final / "model.safetensors").items()}
+    except CheckpointError as e:
+        raise TrainError(str(e)) from None
     name = (name or mcfg.name).lower()
     if name not in PRESETS:
         raise TrainError(f"{name!r} is not a preset name; shipped weights are found by preset name")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainError(f"{final}: {len(bad)} tensors hold non-finite values (e.g. {bad[0]}); not shipped")
     dest = Path(weights_dir or ckpt.WEIGHTS_DIR) / name
     dest.mkdir(parents=True, exist_ok=True)
-    state = {k: v.to(torch.bfloat16).contiguous() if v.is_floating_point() else v
-             for k, v in load_file(str(final / "model.safetensors")).items()}
     save_file(state, str(dest / "model.safetensors"), metadata={"format": "yoco", "version": str(ckpt.FORMAT_VERSION), "dtype": "bfloat16"})
     (dest / "config.json").write_text(mcfg.replace(name=name).to_json() + "\n")
     if (out / SUMMARY_FILE).is_file():

@@ -11,8 +11,11 @@ A family is one module: ``TAG`` (the converted config's name is ``TAG:<folder na
 ``config_map(their_config, source, name) -> ModelConfig``, which holds the refusals (one-line
 ``CheckpointError``) and needs no weights, so it runs before any weight is read, and
 ``finish(cfg, state, source) -> (ModelConfig, Table)`` for what only the weights tell (FLA's FFN
-width, unilm's vocabulary size and tying). A folder with a ``tokenizer.json`` converts with
-``tokenizer: "folder"`` (``save_model`` copies those files along); without one, ``"bytes"``.
+width, unilm's vocabulary size and tying). Every converted config says ``tokenizer: "folder"``:
+the folder's own tokenizer (``tokenizer.folder_tokenizer``: ``tokenizer.json``, a ``.tiktoken``
+rank file, a sentencepiece ``tokenizer.model``; ``save_model`` copies those files along). A
+folder without one (an official ``unilm:`` checkpoint, whose tokenizer is tiktoken's cl100k_base)
+loads only with ``load_model(..., tokenizer=PATH)``; there is no silent fallback to bytes.
 ``LOADERS`` is the table ``checkpoint.load_model`` dispatches ``PREFIX:PATH`` names on.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from ..state import CheckpointError, model_from_state
 from ..model import CausalLM
-from ..tokenizer import FOLDER
+from ..tokenizer import FOLDER, check_vocab, tokenizer_for
 from . import fla_yoco, hf_llama, unilm_yoco
 from .remap import Table, interleaved_to_half, read_json, read_weights, remap, strip_prefixes
 
@@ -33,19 +36,28 @@ __all__ = ["LOADERS", "load_hf", "load_unilm", "convert_folder", "Table", "remap
 FAMILIES = {"llama": hf_llama, "yoco": fla_yoco}     # model_type -> family of hf:PATH
 
 
-def convert_folder(family, their_config: dict, folder: Path, source: str, device="cpu", dtype=None) -> CausalLM:
-    """The weights of ``folder`` in ``family``'s format as our model (without a tokenizer:
-    ``load_model`` attaches it). The config and its refusals come first: a refused checkpoint
-    reads no weights."""
-    cfg = family.config_map(their_config, source, f"{family.TAG}:{folder.name}")
+def convert_folder(family, their_config: dict, folder: Path, source: str, device="cpu", dtype=None,
+                   tokenizer=None) -> CausalLM:
+    """The weights of ``folder`` in ``family``'s format as our model, with its tokenizer attached
+    (the folder's, or ``tokenizer``: ``bytes`` or a PATH). The config and its refusals come first,
+    then the tokenizer: a refused checkpoint or a missing tokenizer reads no weights."""
+    cfg = family.config_map(their_config, source, f"{family.TAG}:{folder.name}").replace(tokenizer=FOLDER)
+    try:
+        tok = tokenizer_for(cfg, folder, path=tokenizer)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
     state = strip_prefixes(read_weights(folder), family.PREFIXES)
     cfg, table = family.finish(cfg, state, source)
-    if (folder / "tokenizer.json").is_file():
-        cfg = cfg.replace(tokenizer=FOLDER)
-    return model_from_state(cfg, remap(state, table, cfg, source), source, device, dtype or torch.float32)
+    try:
+        check_vocab(tok, cfg.vocab_size, source)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    model = model_from_state(cfg, remap(state, table, cfg, source), source, device, dtype or torch.float32)
+    model.tokenizer = tok
+    return model
 
 
-def load_hf(path: str, device="cpu", dtype=None) -> CausalLM:
+def load_hf(path: str, device="cpu", dtype=None, tokenizer=None) -> CausalLM:
     """``hf:PATH``: a local transformers directory (Llama, or FLA YOCO)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -58,16 +70,18 @@ def load_hf(path: str, device="cpu", dtype=None) -> CausalLM:
     family = FAMILIES.get(kind) if isinstance(kind, str) else None
     if family is None:
         raise CheckpointError(f"hf:{path}: model_type {kind!r} is not supported ({' or '.join(FAMILIES)})")
-    return convert_folder(family, hf, folder, str(folder), device, dtype)
+    return convert_folder(family, hf, folder, str(folder), device, dtype, tokenizer)
 
 
-def load_unilm(path: str, device="cpu", dtype=None) -> CausalLM:
-    """``unilm:PATH``: a folder with ``params.json`` and one state dict (.pt/.bin/.safetensors)."""
+def load_unilm(path: str, device="cpu", dtype=None, tokenizer=None) -> CausalLM:
+    """``unilm:PATH``: a folder with ``params.json`` and one state dict (.pt/.bin/.safetensors).
+    Their tokenizer is tiktoken's cl100k_base: ``tokenizer=PATH/cl100k_base.tiktoken`` (or the
+    rank file placed in the folder)."""
     folder = Path(path).expanduser()
     source = f"unilm:{path}"
     if not (folder / "params.json").is_file():
         raise CheckpointError(f"{source}: no params.json (microsoft/unilm YOCOArgs)")
-    return convert_folder(unilm_yoco, read_json(folder / "params.json"), folder, source, device, dtype)
+    return convert_folder(unilm_yoco, read_json(folder / "params.json"), folder, source, device, dtype, tokenizer)
 
 
 LOADERS = {"hf": load_hf, "unilm": load_unilm}     # load_model's PREFIX:PATH formats

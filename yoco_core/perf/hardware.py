@@ -40,6 +40,69 @@ def device_memory(device) -> int | None:
         return None
 
 
+def available_memory(device) -> int | None:
+    """Bytes a model built now on ``device`` may take; None if unknown.
+
+    CUDA: the device's total memory. Not the free memory: the estimate it is compared with is good
+    to tens of percent, another process's use of a shared GPU comes and goes, and running out on a
+    GPU is a clean ``OutOfMemoryError`` (an ``oom`` row, or one line) anyway. CPU: ``MemAvailable``
+    of ``/proc/meminfo`` (physical RAM where there is none), lowered to what a cgroup memory limit
+    (``memory.max`` less ``memory.current``) and ``ulimit -v`` (``RLIMIT_AS`` less this process's
+    address space) leave, since there running out means swapping or the OOM killer, not an error."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return device_memory(device)
+    ram = _meminfo_kb("MemAvailable", "/proc/meminfo")
+    ram = device_memory(device) if ram is None else ram
+    have = [x for x in (ram, _cgroup_left(), _address_space_left()) if x is not None]
+    return min(have) if have else None
+
+
+def _meminfo_kb(field: str, path: str) -> int | None:
+    """``FIELD:  N kB`` of a ``/proc`` status file, in bytes."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name == field:
+                    return int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_left() -> int | None:
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+def _address_space_left() -> int | None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    size = _meminfo_kb("VmSize", "/proc/self/status")
+    if soft == resource.RLIM_INFINITY or size is None:
+        return None
+    return max(0, soft - size)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation failure: ``MemoryError`` (Python's, e.g. under ``ulimit -v``), CUDA's
+    ``OutOfMemoryError``, or the CPU allocator's ``RuntimeError`` ("can't allocate memory", "not
+    enough memory")."""
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and any(s in msg for s in ("can't allocate memory", "not enough memory",
+                                                                 "out of memory"))
+
+
 def versions() -> dict[str, str]:
     try:
         import triton

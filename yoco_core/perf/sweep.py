@@ -35,7 +35,7 @@ import torch
 from ..dtypes import canonical, element_size, name_of
 from ..errors import first_line
 from .analytic import cell_analytics, effective_chunk
-from .hardware import Ceilings, Clock, device_memory, device_name, release, reset_memory, use_device, versions
+from .hardware import Ceilings, Clock, available_memory, device_name, release, reset_memory, use_device, versions
 from .runners import Runner, build_runner, model_name, size_config
 
 DEFAULT_YOCO_CHUNK = 8192            # prefill chunk of ``--chunk-size auto`` for our yoco (see default_chunk)
@@ -231,6 +231,11 @@ class Plan:
         return name_of(self.dtype)
 
     @property
+    def mode(self) -> str:
+        """profile.csv's ``mode``: full (prefill, then decode) or decode-only."""
+        return "decode-only" if self.decode_only else "full"
+
+    @property
     def reserve(self) -> int:
         return decode_reserve(self.gen_tokens)
 
@@ -253,7 +258,9 @@ class Plan:
 class Machine:
     """The device a sweep runs on, as its records name it."""
     name: str
-    memory: int | None                       # bytes; a cell estimated above it is skipped
+    memory: int | None                       # bytes a model may take (hardware.available_memory: the
+                                             # GPU's total, the CPU's available RAM); a cell estimated
+                                             # above it is skipped
     torch: str                               # versions
     triton: str
     ceilings: Ceilings | None = None         # measured by the caller when there are cells to run
@@ -262,7 +269,7 @@ class Machine:
     def of(cls, device) -> Machine:
         """Make ``device`` the current one and describe it."""
         use_device(device)
-        return cls(device_name(device), device_memory(device), **versions())
+        return cls(device_name(device), available_memory(device), **versions())
 
 
 @dataclass
@@ -289,6 +296,7 @@ class Record:
     decode_share: float | None = None
     matmul_tflops: float | None = None
     copy_tbs: float | None = None
+    mode: str = ""
     gen_tokens: int | None = None
     chunk_size: int | None = None
     device: str = ""
@@ -384,7 +392,7 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
                  batch=cell.batch, est_gb=analytic["est_bytes"] / GB,
                  decode_gb_per_token=analytic["decode_bytes"] / GB,
                  matmul_tflops=ceil.matmul_tflops if ceil else None, copy_tbs=ceil.copy_tbs if ceil else None,
-                 gen_tokens=plan.gen_tokens, chunk_size=chunk, device=machine.name, dtype=plan.dtype_name,
+                 mode=plan.mode, gen_tokens=plan.gen_tokens, chunk_size=chunk, device=machine.name, dtype=plan.dtype_name,
                  torch=machine.torch, triton=machine.triton)
     skip = _skip_note(cell, analytic["est_bytes"], machine.memory, blockers, tokens)
     if skip:
@@ -408,7 +416,7 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
 def _skip_note(cell: Cell, est: float, memory: int | None, blockers: Blockers, tokens) -> str:
     """Why ``cell`` is not run (empty: it is)."""
     if memory is not None and est > memory:
-        return f"estimate {est / GB:.1f} GB exceeds the device's {memory / GB:.1f} GB"
+        return f"estimate {est / GB:.1f} GB exceeds the device's {memory / GB:.1f} GB (available)"
     blocker = blockers.blocker(cell)
     if blocker is not None:
         return f"ctx {tokens(blocker[0])} batch {blocker[1]} already ran out of memory"

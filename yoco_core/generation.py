@@ -30,7 +30,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, chunk_size: in
              stop_strings: tuple[str, ...] = (), stop_at_eos: bool = True, tokenizer=None) -> Generation:
     """Greedy decoding of ``max_new_tokens`` after ``input_ids`` ``[B, T]``.
 
-    A row stops at the tokenizer's EOS or once its text contains one of ``stop_strings``
+    A row stops at any of the tokenizer's EOS ids (``tokenizer.eos_ids``: generation_config.json's
+    ``eos_token_id``, one or a list, and the tokenizer's own) or once its text contains one of ``stop_strings``
     (the text is cut there); the loop ends when every row has stopped. ``tokenizer``: the one
     ``load_model`` attached to the model unless given (a model from ``build_model`` has none).
     """
@@ -38,6 +39,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, chunk_size: in
     if tok is None:
         raise ValueError("generate needs a tokenizer: load_model attaches one to the model; for a model "
                          "from build_model pass tokenizer=tokenizer_for(model.config)")
+    stops = set(getattr(tok, "eos_ids", None) or (tok.eos_id,)) if stop_at_eos else set()
     input_ids = input_ids.to(model.device)
     B, T = input_ids.shape
     _sync(model.device)
@@ -55,7 +57,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, chunk_size: in
         for b in range(B):
             if done[b]:
                 continue
-            if stop_at_eos and ids[b] == tok.eos_id:
+            if ids[b] in stops:
                 done[b] = True
                 continue
             rows[b].append(ids[b])
