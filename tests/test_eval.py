@@ -127,11 +127,11 @@ def _agree(out):
     from yoco_cli.eval import result_file
 
     df = schemas.EVAL.read(schemas.EVAL.path(out))
-    assert not df.duplicated(["model", "task", "metric"]).any()
+    assert not df.duplicated(["model", "task", "chat_template", "metric"]).any()
     files = set((out / "results").rglob("*.json"))
     want = set()
-    for (model, task), rows in df.groupby(["model", "task"]):
-        path = result_file(out, model, task)
+    for (model, task, template), rows in df.groupby(["model", "task", "chat_template"]):
+        path = result_file(out, model, task, template)
         want.add(path)
         metrics = json.loads(path.read_text())["results"][task]
         assert {m: metrics[f"{m},none"] for m in rows["metric"]} == dict(zip(rows["metric"], rows["value"]))
@@ -256,3 +256,26 @@ def test_synthetic_tasks_size_prompts_with_the_model_folders_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")
     for name in (f"hf:{tmp_path}", f"unilm:{tmp_path}", str(tmp_path)):
         assert synthetic_tokenizer_for(name) == str(tmp_path)
+
+
+def test_eval_chat_template_is_applied_and_recorded(tiny_dir, tmp_path):
+    """--chat-template PATH reaches lm-eval's --apply_chat_template through the wrapper; eval.csv
+    records it, one row set per template."""
+    from yoco_cli.main import main
+
+    jinja = tmp_path / "chat.jinja"
+    jinja.write_text("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
+                     "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    out = tmp_path / "ev"
+    base = ["eval", "--model", str(tiny_dir), "--tasks", "yoco_kv_choice", "--limit", "2", "--device", "cpu",
+            "--out", str(out)]
+    assert main(base) == 0
+    assert main(base + ["--chat-template", str(jinja)]) == 0
+    df = schemas.EVAL.read(schemas.EVAL.path(out))
+    assert set(df["chat_template"]) == {"none", str(jinja)}
+    assert len(df[df["chat_template"] == "none"]) == len(df[df["chat_template"] == str(jinja)])
+    from yoco_cli.eval import result_file            # one result file per (model, task, template)
+
+    plain, chat = (result_file(out, str(tiny_dir), "yoco_kv_choice", t) for t in ("none", str(jinja)))
+    assert plain != chat and plain.is_file() and chat.is_file()
+    _agree(out)

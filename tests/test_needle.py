@@ -363,3 +363,33 @@ def test_ctrl_c_mid_sweep_exits_130_and_keeps_the_rows_measured(ckpt, tmp_path, 
     assert len(schemas.NEEDLE.read(schemas.NEEDLE.path(out))) == 1
     assert main(argv + ["--resume"]) == 0 and len(calls) == 4
     assert len(schemas.NEEDLE.read(schemas.NEEDLE.path(out))) == 3
+
+
+def test_chat_template_and_tokenizer_options(ckpt, tmp_path, monkeypatch, capsys):
+    """--chat-template PATH writes the prompts in it (the answer prefix after the generation
+    prompt), needle.csv records it, and a --resume with another template measures its own cells;
+    a missing template file or tokenizer is one line."""
+    seen = []
+
+    def spy(model, ids, *a, **k):
+        seen.append(model.tokenizer.decode(ids[0].tolist()))
+        return real_generate(model, ids, *a, **k)
+
+    monkeypatch.setattr(nd, "generate", spy)
+    jinja = tmp_path / "chat.jinja"
+    jinja.write_text("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}<|assistant|>")
+    out = tmp_path / "chat"
+    base = ["needle", "--model", ckpt, "--device", "cpu", "--out", str(out), "--ctx", "512", "--depths", "0.5"]
+    assert main(base) == 0                                      # auto: the folder has no template
+    assert main(base + ["--chat-template", str(jinja), "--resume"]) == 0
+    assert seen[0].startswith(nd.INTRO) and seen[1].startswith("<|user|>" + nd.INTRO)
+    assert "<|end|><|assistant|>The special magic number for" in seen[1]
+    df = schemas.NEEDLE.read(out / "needle.csv")
+    assert sorted(df["chat_template"]) == sorted(["none", str(jinja)]) and (df["ctx_tokens"] == 512).all()
+    capsys.readouterr()
+    for extra, message in ((["--chat-template", str(tmp_path / "no.jinja")], "readable jinja file"),
+                           (["--tokenizer", str(tmp_path / "nope")], "neither 'bytes' nor an existing")):
+        assert main(base + extra + ["--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert len(seen) == 2

@@ -106,7 +106,7 @@ def test_a_cut_header_is_set_aside_and_written_again(tmp_path, capsys):
     path = schemas.EVAL.path(tmp_path)
     path.write_text("task,metric,val")
     schemas.EVAL.append_row(tmp_path, {"task": "t", "metric": "acc", "value": 0.5, "model": "m"})
-    assert _csv_rows(path) == [schemas.EVAL.names, ["t", "acc", "0.5", "", "m", "", "", "", ""]]
+    assert _csv_rows(path) == [schemas.EVAL.names, ["t", "acc", "0.5", "", "m", "", "", "", "", ""]]
     assert path.with_name("eval.csv.partial").read_text() == "task,metric,val\n"
     assert len(_err_lines(capsys)) == 1
 

@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import schemas
-from .options import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, command_line, console, fail, slug
+from .options import (ChatTemplateOpt, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, TokenizerOpt, command_line,
+                      console, fail, slug)
 
 TasksOpt = Annotated[str, typer.Option("--tasks", "-t", help="Comma list of lm-eval task names (or groups, tags, globs).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Documents per task (default: all).")]
@@ -79,9 +80,12 @@ def eval_command(
     log_samples: SamplesOpt = False,
     seed: SeedOpt = 0,
     out: OutOpt = Path("results/eval"),
+    tokenizer: TokenizerOpt = None,
+    chat_template: ChatTemplateOpt = "auto",
 ) -> None:
     """Run lm-evaluation-harness tasks (lm-eval's and the project's tasks/) on a model."""
-    from .options import ensure_fits, ensure_out_dir, model_config, resolve_device, resolve_dtype
+    from .options import (chat_template_or_fail, ensure_fits, ensure_out_dir, model_config, resolve_device,
+                          resolve_dtype)
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
@@ -89,20 +93,22 @@ def eval_command(
     extra_meta = _metadata(metadata)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    chat_template_or_fail(None, chat_template)          # a missing jinja file: before any work
     out = ensure_out_dir(out)
     _read_csv(out)                       # a damaged eval.csv is refused before any work
     # the prompt lengths are the tasks' (unknown here): the weights, and --max-length tokens if given
     ensure_fits(model_config(model), max_length or 1, batch_size, dev, torch_dtype)
     with schemas.lock_results(out, command_line()):      # a second run into OUT: one line (main)
-        results = _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length,
-                            num_fewshot, limit, log_samples, seed)
-        rows = _write(out, results, model, num_fewshot, limit, dev)
+        results, template_name = _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length,
+                                           num_fewshot, limit, log_samples, seed, tokenizer, chat_template)
+        rows = _write(out, results, model, num_fewshot, limit, dev, template_name)
     _print_table(model, rows, out)
 
 
 def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length, num_fewshot, limit,
-              log_samples, seed) -> dict:
-    """lm-eval's results (``samples`` included with ``log_samples``); its complaints one line."""
+              log_samples, seed, tokenizer=None, chat_template="auto") -> tuple[dict, str]:
+    """lm-eval's results (``samples`` included with ``log_samples``) and the chat template applied
+    (``none``, ``model`` or its path); lm-eval's complaints one line."""
     from yoco_core.dtypes import name_of
 
     from .options import load_model_or_fail
@@ -113,12 +119,16 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
         from lm_eval.tasks import TaskManager
 
         folder = tasks_dir()
-        meta = {"tokenizer": synthetic_tokenizer_for(model)} | extra_meta
+        meta = {"tokenizer": synthetic_tokenizer_for(tokenizer or model)} | extra_meta
         tm = TaskManager(include_path=str(folder) if folder else None, metadata=meta)
     _check_tasks(names, _known(tm), folder)
 
-    lm_model = load_model_or_fail(model, dev, torch_dtype)
-    lm = YOCOLM(pretrained=model, model=lm_model, batch_size=batch_size, max_length=max_length)
+    lm_model = load_model_or_fail(model, dev, torch_dtype, tokenizer)
+    try:
+        lm = YOCOLM(pretrained=model, model=lm_model, batch_size=batch_size, max_length=max_length,
+                    chat_template=chat_template)
+    except ValueError as e:
+        fail(str(e))
     console.print(f"[bold]yoco eval[/] {escape(model)} on {escape(', '.join(names))} ({dev}, "
                   f"{name_of(torch_dtype)})", highlight=False)
     try:
@@ -126,6 +136,7 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
             log_samples=log_samples, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
             fewshot_random_seed=seed, bootstrap_iters=1000, metadata=meta,
+            apply_chat_template=lm.template_name != "none",
         )
     except Exception as e:
         line = _lm_eval_error(e, model)          # re-raises what is not one of these
@@ -133,7 +144,7 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
         fail(line)
     if results is None:
         fail("lm-eval returned no results")
-    return results
+    return results, lm.template_name
 
 
 def _lm_eval_error(e: Exception, model: str) -> str:
@@ -166,10 +177,14 @@ def _metadata(metadata: str | None) -> dict:
 
 
 # -- results on disk: one JSON per model and task, eval.csv holding the same numbers ---------------
-def result_file(out: Path, model: str, task: str) -> Path:
-    """``OUT/results/<model>/<task>.json``: lm-eval's results JSON cut down to that task. A run
-    replaces the files of the (model, task) pairs it evaluated, and their rows of ``eval.csv``."""
-    return Path(out) / "results" / _file_name(model) / f"{_file_name(task)}.json"
+def result_file(out: Path, model: str, task: str, template: str = "none") -> Path:
+    """``OUT/results/<model>/<task>.json`` (with a chat template ``.../chat-<template>/<task>.json``):
+    lm-eval's results JSON cut down to that task. A run replaces the files of the (model, task,
+    template) it evaluated, and their rows of ``eval.csv``."""
+    folder = Path(out) / "results" / _file_name(model)
+    if template != "none":
+        folder = folder / f"chat-{_file_name(template)}"
+    return folder / f"{_file_name(task)}.json"
 
 
 def _file_name(text: str) -> str:
@@ -193,7 +208,7 @@ def _task_part(results: dict, task: str, tasks: set[str]) -> dict:
 
 
 def _write(out: Path, results: dict, model: str, num_fewshot: int | None, limit: int | None,
-           dev: str) -> list[tuple[str, str, float, float | None]]:
+           dev: str, template: str = "none") -> list[tuple[str, str, float, float | None]]:
     """Each task's result file (and samples with --log-samples), eval.csv, commands.txt; returns
     the metric rows. The JSON files are written first, then eval.csv replaced in one rename."""
     from lm_eval.utils import handle_non_serializable
@@ -204,7 +219,7 @@ def _write(out: Path, results: dict, model: str, num_fewshot: int | None, limit:
     done = list(results.get("results", {}))
     tasks = set(done) | set(samples) | set(results.get("configs", {}))
     for task in done:
-        path = result_file(out, model, task)
+        path = result_file(out, model, task, template)
         _write_atomic(path, json.dumps(_task_part(results, task, tasks), indent=2,
                                        default=handle_non_serializable, ensure_ascii=False) + "\n")
         kept = path.with_name(f"samples_{path.stem}.jsonl")
@@ -215,10 +230,11 @@ def _write(out: Path, results: dict, model: str, num_fewshot: int | None, limit:
             kept.unlink(missing_ok=True)          # an earlier run's samples would not match
     date, n_shot, rows = schemas.utc_now(), results.get("n-shot", {}), _rows(results)
     new = [{"task": task, "metric": metric, "value": value, "stderr": "" if err is None else err,
-            "model": model, "num_fewshot": n_shot.get(task, "" if num_fewshot is None else num_fewshot),
+            "model": model, "chat_template": template, "num_fewshot": n_shot.get(task, "" if num_fewshot is None else num_fewshot),
             "limit": "" if limit is None else limit, "device": device_name(dev), "date": date}
            for task, metric, value, err in rows]
-    old = [r for r in _read_csv(out) if (r["model"], r["task"]) not in {(model, t) for t in done}]
+    old = [r for r in _read_csv(out) if (r["model"], r["task"], r["chat_template"])
+           not in {(model, t, template) for t in done}]
     _write_csv(out, old + new)
     schemas.write_command(out, command_line())
     return rows
@@ -232,7 +248,8 @@ def _read_csv(out: Path) -> list[dict]:
     try:
         schemas.EVAL.read(path)
         with path.open(newline="") as f:
-            return [{k: r.get(k, "") for k in schemas.EVAL.names} for r in csv.DictReader(f)]
+            return [{k: r.get(k) or ("none" if k == "chat_template" else "") for k in schemas.EVAL.names}
+                    for r in csv.DictReader(f)]
     except schemas.SchemaError as e:
         fail(f"{e} (--out holds it; move it aside or choose another --out)")
 

@@ -16,9 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import interrupts, schemas
-from .options import (DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console,
-                      ensure_fits, ensure_out_dir, fail, format_size, load_model_or_fail, model_config, parse_chunk,
-                      parse_float_list, parse_size_list, resolve_device, resolve_dtype)
+from .options import (ChatTemplateOpt, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, TokenizerOpt,
+                      chat_template_or_fail, command_line, console, ensure_fits, ensure_out_dir, fail, format_size,
+                      load_model_or_fail, model_config, parse_chunk, parse_float_list, parse_size_list,
+                      resolve_device, resolve_dtype)
 
 DEFAULT_CHUNK = 32768
 
@@ -54,6 +55,8 @@ def needle(
     dtype: DtypeOpt = "auto",
     out: OutOpt = Path("runs/needle"),
     resume: ResumeOpt = False,
+    tokenizer: TokenizerOpt = None,
+    chat_template: ChatTemplateOpt = "auto",
 ) -> None:
     """Needle-in-a-haystack retrieval: does the model find the needle at every length and depth?"""
     from yoco_core import needle as nd
@@ -68,6 +71,7 @@ def needle(
     if trials < 1:
         fail(f"--trials {trials}: must be at least 1")
     chunk = parse_chunk(chunk_size, auto=DEFAULT_CHUNK)
+    chat_template_or_fail(None, chat_template)          # a missing jinja file: before any work
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     answer = nd.answer_tokens(nd.n_expected(task, n))
@@ -75,14 +79,15 @@ def needle(
     out = ensure_out_dir(out)
     with schemas.lock_results(out, command_line()), interrupts.graceful():
         done = schemas.NEEDLE.open_sweep(out, resume)
-        lm = load_model_or_fail(model, dev, torch_dtype)
+        lm = load_model_or_fail(model, dev, torch_dtype, tokenizer)
+        template, template_name = chat_template_or_fail(lm.tokenizer, chat_template)
         try:
             hay = nd.make_haystack(haystack, lm.tokenizer, seed=0)
         except ValueError as e:
             fail(str(e))
-        _check_lengths(lm, ctxs, task, n)
+        _check_lengths(lm, ctxs, task, n, template)
 
-        sweep = _Sweep(model, lm, task, n, hay, seed, chunk, out)
+        sweep = _Sweep(model, lm, task, n, hay, seed, chunk, out, template, template_name)
         cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
         todo = [cell for cell in cells if sweep.key(*cell) not in done]
         schemas.write_command(out, command_line())
@@ -102,13 +107,17 @@ def _announce(sweep: _Sweep, resume: bool, n_done: int, n_cells: int, grid: str)
     console.print(msg, highlight=False, markup=False, soft_wrap=True)
 
 
-def _check_lengths(lm, ctxs: list[int], task: str, n: int) -> None:
-    """Every prompt length fits the model (with its answer) and holds the task's needles."""
+def _check_lengths(lm, ctxs: list[int], task: str, n: int, template: str | None = None) -> None:
+    """Every prompt length fits the model (with its answer) and holds the task's needles (in the
+    chat template, which must render)."""
     from yoco_core import needle as nd
 
     cfg = lm.config
     answer = nd.answer_tokens(nd.n_expected(task, n))
-    smallest = nd.min_context(lm.tokenizer, task, n)
+    try:
+        smallest = nd.min_context(lm.tokenizer, task, n, template)
+    except ValueError as e:                 # a template that does not render
+        fail(f"--chat-template: {e}")
     for c in ctxs:
         if c + answer > cfg.max_seq_len:
             fail(f"--ctx {format_size(c)}: a {c}-token prompt plus {answer} answer tokens exceeds "
@@ -129,6 +138,8 @@ class _Sweep:
     seed: int
     chunk: int | None
     out: Path
+    template: str | None = None        # the chat template's text (None: plain prompts)
+    template_name: str = "none"        # what needle.csv records
 
     def __post_init__(self):
         from yoco_core.dtypes import name_of
@@ -140,12 +151,12 @@ class _Sweep:
 
     def key(self, c: int, d: float, t: int) -> tuple[str, ...]:
         return schemas.NEEDLE.key_of(dict(model=self.model, task=self.task, haystack=self.hay.name,
-                                          ctx_requested=c, depth=d, n_needles=self.n, trial=t,
+                                          chat_template=self.template_name, ctx_requested=c, depth=d, n_needles=self.n, trial=t,
                                           seed=self.seed, dtype=self.dtype))
 
     def row(self, cell) -> dict:
         return schemas.needle_row(cell, model=self.model, arch=self.lm.config.arch, haystack=self.hay.name,
-                                  device=self.device, dtype=self.dtype)
+                                  device=self.device, dtype=self.dtype, chat_template=self.template_name)
 
 
 def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> int:
@@ -164,7 +175,8 @@ def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> int:
                 return i
             progress.update(bar, description=f"ctx {format_size(c)} depth {d:g} trial {t}")
             try:
-                cell = nd.run_cell(sweep.lm, c, d, sweep.task, sweep.n, t, sweep.seed, sweep.hay, sweep.chunk)
+                cell = nd.run_cell(sweep.lm, c, d, sweep.task, sweep.n, t, sweep.seed, sweep.hay, sweep.chunk,
+                                   sweep.template)
             except torch.cuda.OutOfMemoryError:
                 fail(f"out of memory at --ctx {format_size(c)}: rows so far are in {sweep.csv_path}; "
                      f"try a smaller --chunk-size or --dtype bf16, then --resume")
@@ -178,7 +190,8 @@ def _report(sweep: _Sweep, ctxs: list[int], depth_list: list[float], trials: int
     from .plots import needle_heatmap
 
     df = schemas.NEEDLE.read(sweep.csv_path)
-    df = df[(df["task"] == sweep.task) & (df["n_needles"] == sweep.n) & (df["haystack"] == sweep.hay.name)]
+    df = df[(df["task"] == sweep.task) & (df["n_needles"] == sweep.n) & (df["haystack"] == sweep.hay.name)
+            & (df["chat_template"] == sweep.template_name)]
     with schemas.writing(sweep.out, "the heatmap"):
         pngs = needle_heatmap(df, Path(sweep.out) / "needle_heatmap.png")
     mine = df[(df["model"] == sweep.model) & (df["seed"] == sweep.seed) & df["ctx_requested"].isin(ctxs)

@@ -7,7 +7,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -30,6 +30,12 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16 (auto
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Results folder.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Skip cells already in the CSV.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+TokenizerOpt = Annotated[Optional[str], typer.Option(
+    "--tokenizer", help="Tokenizer instead of the model's own: bytes, a folder, a tokenizer.json or a .tiktoken "
+                        "rank file (e.g. cl100k_base.tiktoken for unilm: YOCO checkpoints).")]
+ChatTemplateOpt = Annotated[str, typer.Option(
+    "--chat-template", help="auto (the model folder's chat template, if it has one), none (base models), "
+                            "or a jinja file.")]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
 _MULT = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
@@ -205,11 +211,24 @@ def memory_error_line(e: BaseException) -> str | None:
     return f"out of memory ({first[:200]}); try a smaller model, --ctx or --batch-size, or --dtype bf16"
 
 
-def load_model_or_fail(name: str, device: str, dtype):
+def chat_template_or_fail(tokenizer, spec: str) -> tuple[str | None, str]:
+    """``--chat-template`` for ``tokenizer`` (None: before the model is loaded, where only a file
+    can be checked): (the template or None, what the CSV records); one line when unreadable."""
+    from yoco_core.tokenizer import chat_template_for
+
+    if tokenizer is None and spec == "auto":
+        return None, "auto"
+    try:
+        return chat_template_for(tokenizer, spec)
+    except ValueError as e:
+        fail(str(e))
+
+
+def load_model_or_fail(name: str, device: str, dtype, tokenizer: str | None = None):
     from yoco_core import CheckpointError, load_model
 
     try:
-        return load_model(name, device=device, dtype=dtype)
+        return load_model(name, device=device, dtype=dtype, tokenizer=tokenizer)
     except CheckpointError as e:
         fail(str(e))
     except (MemoryError, RuntimeError) as e:       # ulimit -v, a full RAM: one line

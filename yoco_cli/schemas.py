@@ -329,6 +329,7 @@ NEEDLE = Schema(
         ("arch", "str", "yoco or transformer"),
         ("task", "str", "single, multi-needle, multi-key or multi-value"),
         ("haystack", "str", "noise, text, or the haystack file's path"),
+        ("chat_template", "str", "the prompts' chat template: none, model (the model folder's) or the jinja file's path"),
         ("ctx_requested", "int", "requested prompt length in tokens"),
         ("ctx_tokens", "int", "actual prompt length in tokens"),
         ("depth", "float", "needle depth, 0 = start of the haystack, 1 = end"),
@@ -343,7 +344,9 @@ NEEDLE = Schema(
         ("dtype", "str", "model dtype"),
         ("date", "str", "UTC time the row was measured"),
     ),
-    key=("model", "task", "haystack", "ctx_requested", "depth", "n_needles", "trial", "seed", "dtype"),
+    key=("model", "task", "haystack", "chat_template", "ctx_requested", "depth", "n_needles", "trial", "seed",
+         "dtype"),
+    legacy={"chat_template": lambda row: "none"},     # rows written before the column: plain prompts
 )
 
 # profile.csv's cell: every option that changes what is timed. --arch, the model (--size,
@@ -399,22 +402,25 @@ EVAL = Schema(
         ("value", "float", "metric value"),
         ("stderr", "float", "standard error, empty when lm-eval gives none"),
         ("model", "str", "model name or path as given"),
+        ("chat_template", "str", "the chat template lm-eval applied: none, model (the model folder's) or the jinja file's path"),
         ("num_fewshot", "int", "few-shot examples"),
         ("limit", "int", "documents per task (empty: all)"),
         ("device", "str", "device name"),
         ("date", "str", "UTC time of the run"),
     ),
-    key=("task", "metric", "model"),
+    key=("task", "metric", "model", "chat_template"),
+    legacy={"chat_template": lambda row: "none"},
 )
 
 SCHEMAS = {s.name: s for s in (NEEDLE, PROFILE, EVAL)}
 
 
-def needle_row(cell, *, model: str, arch: str, haystack: str, device: str, dtype: str) -> dict:
+def needle_row(cell, *, model: str, arch: str, haystack: str, device: str, dtype: str,
+               chat_template: str = "none") -> dict:
     """A ``needle.csv`` row: what one cell measured (``yoco_core.needle.NeedleResult``) and what
     ran it (``dtype`` as ``yoco_core.dtypes.name_of`` spells it)."""
     row = dict(vars(cell), model=model, arch=arch, haystack=haystack, device=device, dtype=dtype,
-               date=utc_now())
+               chat_template=chat_template, date=utc_now())
     row["expected"] = "|".join(cell.expected)
     row["prefill_seconds"] = round(cell.prefill_seconds, 6)
     return {c: row[c] for c in NEEDLE.names}
