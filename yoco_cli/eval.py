@@ -233,8 +233,8 @@ def _write(out: Path, results: dict, model: str, num_fewshot: int | None, limit:
             "model": model, "chat_template": template, "num_fewshot": n_shot.get(task, "" if num_fewshot is None else num_fewshot),
             "limit": "" if limit is None else limit, "device": device_name(dev), "date": date}
            for task, metric, value, err in rows]
-    old = [r for r in _read_csv(out) if (r["model"], r["task"], r["chat_template"])
-           not in {(model, t, template) for t in done}]
+    replaced = {(model, t, template) for t in done}
+    old = [r for r in _read_csv(out) if (r["model"], r["task"], r["chat_template"]) not in replaced]
     _write_csv(out, old + new)
     schemas.write_command(out, command_line())
     return rows

@@ -119,9 +119,7 @@ class YOCOLM(TemplateLM):
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         """``--model_args`` and lm-eval's own settings (``--device``, ``--batch_size``): one value
         per name, the model args winning (lm-eval's base class passes both: a TypeError)."""
-        args = lm_utils.simple_parse_args_string(arg_string)
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
-        return cls(**args, **extra)
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):

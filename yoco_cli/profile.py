@@ -229,7 +229,7 @@ def _report(out, wanted: set) -> None:
     if not path.exists():
         return
     df = schemas.PROFILE.read(path)
-    last = {schemas.PROFILE.key_of(r): r for r in df.to_dict("records") if schemas.PROFILE.key_of(r) in wanted}
+    last = {k: r for r in df.to_dict("records") if (k := schemas.PROFILE.key_of(r)) in wanted}
     _table(list(last.values()))
 
     from .plots import profile_figures, ratio_figures

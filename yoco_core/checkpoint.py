@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -117,19 +116,11 @@ def load_model(name_or_path: str, device="cpu", dtype: torch.dtype | None = None
     return _load_dir(path, device, dtype, tokenizer)
 
 
-def _tokenizer(name: str, folder: Path | None, path=None):
-    """``tokenizer_for`` with its one-line ``ValueError`` as a ``CheckpointError``."""
-    try:
-        return tokenizer_for(SimpleNamespace(tokenizer=name), folder, path=path)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-
-
 def _fitting_tokenizer(cfg: ModelConfig, folder: Path | None, path, source: str):
     """The tokenizer for ``cfg`` (``path``: the user's choice instead of the checkpoint's), refused
     (one line) when missing or when it has ids beyond the embedding."""
-    tok = _tokenizer(cfg.tokenizer, folder, path)
     try:
+        tok = tokenizer_for(cfg, folder, path=path)
         check_vocab(tok, cfg.vocab_size, source)
     except ValueError as e:
         raise CheckpointError(str(e)) from None

@@ -199,8 +199,10 @@ class Haystack:
             return best
         for off in range(min(tolerance, SNAP_TOKENS) + 1):
             for p in (pos - off, pos + off):
-                if 0 < p < n and self.text(self.char_at(p), self.char_at(p) + 1).isspace():
-                    return p
+                if 0 < p < n:
+                    c = self.char_at(p)
+                    if self.text(c, c + 1).isspace():
+                        return p
         return pos
 
 

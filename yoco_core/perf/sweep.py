@@ -35,7 +35,8 @@ import torch
 from ..dtypes import canonical, element_size, name_of
 from ..errors import first_line
 from .analytic import cell_analytics, effective_chunk
-from .hardware import Ceilings, Clock, available_memory, device_name, release, reset_memory, use_device, versions
+from .hardware import (Ceilings, Clock, available_memory, device_name, is_out_of_memory, release, reset_memory,
+                       use_device, versions)
 from .runners import Runner, build_runner, model_name, size_config
 
 DEFAULT_YOCO_CHUNK = 8192            # prefill chunk of ``--chunk-size auto`` for our yoco (see default_chunk)
@@ -45,7 +46,6 @@ PREFILL_BUDGET_S = 1.0               # short prefills are timed again while thei
 MAX_PREFILL_REPEATS = 5              # ... up to this many times (the median is reported)
 INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
 
-OOM_ERRORS: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
 
 # -- one cell --------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def _inject_oom(arch: str, ctx: int, batch: int) -> None:
     spec = os.environ.get(INJECT_ENV, "")
     cells = {c.strip() for c in spec.split(",") if c.strip()}
     if f"{arch}:{ctx}:{batch}" in cells:
-        raise OOM_ERRORS[0](f"injected out-of-memory ({INJECT_ENV}) at {arch} ctx {ctx} batch {batch}")
+        raise torch.cuda.OutOfMemoryError(f"injected out-of-memory ({INJECT_ENV}) at {arch} ctx {ctx} batch {batch}")
 
 
 @dataclass
@@ -165,13 +165,6 @@ def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, 
     return res
 
 
-def is_oom(e: BaseException) -> bool:
-    if isinstance(e, OOM_ERRORS):
-        return True
-    msg = str(e)
-    return isinstance(e, RuntimeError) and ("can't allocate memory" in msg or "out of memory" in msg.lower())
-
-
 def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
              repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
     """``measure_cell`` with out-of-memory as a result: on OOM (or any other error) the cell's
@@ -179,7 +172,7 @@ def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: 
     try:
         res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only)
     except Exception as e:  # noqa: BLE001 - every failure of a cell is recorded, the sweep goes on
-        res = CellResult(status="oom" if is_oom(e) else "error", note=first_line(e))
+        res = CellResult(status="oom" if is_out_of_memory(e) else "error", note=first_line(e))
     reset_memory(runner.device)
     return res
 
@@ -353,7 +346,7 @@ class _Models:
                 self.runner = build_runner(cell.arch, cell.size, p.device, p.dtype, max_tokens=p.max_tokens,
                                            self_decoder=p.self_decoder, seed=p.seed)
             except Exception as e:  # noqa: BLE001 - recorded on each of its cells
-                self.failure = ("oom" if is_oom(e) else "error", "building the model: " + first_line(e))
+                self.failure = ("oom" if is_out_of_memory(e) else "error", "building the model: " + first_line(e))
                 release(p.device)
             emit("cell", cell)
         return self.runner
