@@ -22,7 +22,7 @@ from yoco_core.kernels.decode_attention import decode_attention_ref
 
 MOD = "yoco_core.kernels.decode_attention.split_kv"
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-N_KERNEL_TESTS = 15   # tests using the ``sk`` fixture (parametrised cases counted)
+N_KERNEL_TESTS = 18   # tests using the ``sk`` fixture (parametrised cases counted)
 
 
 def test_interpreted_suite():
@@ -42,8 +42,36 @@ def _inputs(B, H, H_kv, C, D, seed, dtype=torch.float32):
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
-def _ref64(q, k, v, length):
-    return decode_attention_ref(q.double(), k.double(), v.double(), length, dtype=torch.float64)
+def _ref64(q, k, v, length, **kw):
+    return decode_attention_ref(q.double(), k.double(), v.double(), length, dtype=torch.float64, **kw)
+
+
+def _explicit(q, k, v, L, scale, window, softcap):
+    """The windowed, capped attention of one query per row written out directly in float64."""
+    B, H, D = q.shape
+    rep = H // k.shape[1]
+    kk, vv = k.double().repeat_interleave(rep, 1)[:, :, :L], v.double().repeat_interleave(rep, 1)[:, :, :L]
+    s = torch.einsum("bhd,bhnd->bhn", q.double(), kk) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    pos = torch.arange(L)
+    s = s.masked_fill((pos < L - window) if window else torch.zeros(L, dtype=torch.bool), float("-inf"))
+    return torch.einsum("bhn,bhnd->bhd", s.softmax(-1), vv)
+
+
+@pytest.mark.parametrize("scale,window,softcap", [(0.3, 0, 0.0), (None, 23, 0.0), (0.2, 70, 5.0)])
+def test_window_scale_and_softcap(sk, scale, window, softcap):
+    """Gemma / Mistral decode settings: a logit scale, a sliding window of the last ``window``
+    positions and soft-capped logits, in the kernel and the reference alike, against the
+    attention written out; the positions before the window are poisoned and never read."""
+    q, k, v = _inputs(2, 8, 2, 256, 32, seed=int(window) + 7)
+    L = 200
+    want = _explicit(q, k, v, L, 32 ** -0.5 if scale is None else scale, window, softcap)
+    if window:
+        k[:, :, : L - window], v[:, :, : L - window] = float("nan"), float("nan")
+    kw = dict(scale=scale, window=window, softcap=softcap)
+    _close(_ref64(q, k, v, L, **kw), want, 1e-10)
+    _close(_run(sk, q, k, v, torch.tensor([L, L]), **kw), want, 1e-4)
 
 
 def _run(sk, *args, **kwargs):

@@ -22,7 +22,7 @@ from yoco_core.kernels.fused import naive
 
 MOD = "yoco_core.kernels.fused.triton_kernels"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
-N_KERNEL_TESTS = 16
+N_KERNEL_TESTS = 18
 
 
 def test_interpreted_suite():
@@ -51,6 +51,19 @@ def _counted(tk, fn, *args, **kw):
     out = fn(*args, **kw)
     assert tk.CALLS["triton"] > before, "the Triton kernel did not run"
     return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_attention(tk, dtype):
+    """Two partial attentions merged by their log-sum-exp, from strided views (cuDNN's layout)
+    into a slice of a wider output, as the chunked causal attention writes it."""
+    o1 = _rand(2, 5, 3, 16, dtype=dtype, seed=1).transpose(1, 2)          # [2, 3, 5, 16], strided
+    o2 = _rand(2, 3, 5, 16, dtype=dtype, seed=2)
+    l1, l2 = _rand(2, 3, 5, seed=3, scale=4.0), _rand(2, 3, 5, seed=4, scale=4.0)
+    wide = torch.zeros(2, 3, 9, 16, dtype=dtype)
+    _counted(tk, tk.merge_attention, o1, l1, o2, l2, out=wide[:, :, 2:7])
+    _close(wide[:, :, 2:7], naive.merge_attention_ref(o1, l1, o2, l2), dtype)
+    assert wide[:, :, :2].abs().max() == 0 and wide[:, :, 7:].abs().max() == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -62,22 +62,32 @@ def test_hf_llama_logits_match_transformers(tmp_path, scaling, tie):
         assert not torch.allclose(plain(ids), want, atol=1e-3)
 
 
-@pytest.mark.parametrize("over,needle", [
-    (dict(head_dim=32), "head_dim"),
-    (dict(attention_bias=True), "attention_bias"),
-    (dict(mlp_bias=True), "mlp_bias"),
-])
-def test_hf_llama_refusals_are_one_line(tmp_path, over, needle):
-    _llama_dir(tmp_path, **over)
+@pytest.mark.parametrize("over", [dict(head_dim=32), dict(attention_bias=True), dict(mlp_bias=True)],
+                         ids=["head_dim", "attention_bias", "mlp_bias"])
+def test_hf_llama_once_refused_settings_now_load_exactly(tmp_path, over):
+    ref = _llama_dir(tmp_path, **over)
+    ours = load_model(f"hf:{tmp_path}", dtype=torch.float32, tokenizer="bytes")
+    ids = torch.randint(0, 320, (1, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = ref(ids).logits.float()
+    assert ((ours(ids) - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_hf_llama_refuses_a_key_it_does_not_read(tmp_path):
+    """A Mistral window written into a LLaMA config: transformers ignores it, we refuse it."""
+    _llama_dir(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "sliding_window": 128}))
     with pytest.raises(CheckpointError) as e:
-        load_model(f"hf:{tmp_path}")
-    assert needle in str(e.value) and "\n" not in str(e.value)
+        load_model(f"hf:{tmp_path}", tokenizer="bytes")
+    assert "sliding_window" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_hf_unknown_model_type_and_missing_dir(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(CheckpointError, match="model_type 'gpt2'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-family"}))
+    with pytest.raises(CheckpointError) as e:
         load_model(f"hf:{tmp_path}")
+    assert "no-such-family" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match="not a directory"):
         load_model(f"hf:{tmp_path / 'nope'}")
 
@@ -215,9 +225,10 @@ def test_fla_yoco_config_mapping_and_refusals():
 
 @pytest.mark.parametrize("source,config,needle", [
     ("hf", {"model_type": "yoco", "self_decoder_attn": {"type": "gated_deltanet"}}, "gated_deltanet"),
-    ("hf", {"model_type": "llama", "attention_bias": True}, "attention_bias"),
+    ("hf", {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "intermediate_size": 128, "vocab_size": 320, "logits_scaling": 2.0}, "logits_scaling"),
     ("unilm", {"dim": 64, "n_layers": 3, "hidden_dim": 128, "n_self_heads": 2, "n_attn_heads": 4}, "even n_layers"),
-], ids=["fla-deltanet", "llama-bias", "unilm-odd-layers"])
+], ids=["fla-deltanet", "llama-unread-key", "unilm-odd-layers"])
 def test_a_refused_config_is_refused_before_any_weight_is_read(tmp_path, source, config, needle):
     """The refusal, not "no weights": a config is checked before its weights are read."""
     (tmp_path / ("config.json" if source == "hf" else "params.json")).write_text(json.dumps(config))
@@ -368,3 +379,80 @@ def test_each_table_covers_every_parameter_exactly_once(name, table, kind):
     head = next(t for t, o, _ in pairs if o == "lm_head.weight")
     for state in (theirs, {k: v for k, v in theirs.items() if k != head}):
         assert "lm_head.weight" not in remap(state, table, tied, "src")
+
+
+# -- the converted families' config reading (no weights needed: config_map) ---------------------------
+def _family(kind):
+    from yoco_core.convert import FAMILIES
+
+    return FAMILIES[kind]
+
+
+def test_absent_keys_take_the_transformers_class_defaults():
+    """A config.json may leave keys out; transformers then uses its class's defaults, and so do we
+    (a Mistral without sliding_window has a 4096 window, a Gemma its 256-wide heads)."""
+    base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, intermediate_size=96, vocab_size=320)
+    mistral = _family("mistral").config_map({"model_type": "mistral", **base}, "x", "m")
+    assert mistral.layer_windows == [4096, 4096] and mistral.n_kv_heads == 8
+    gemma = _family("gemma2").config_map({"model_type": "gemma2", **base}, "x", "g")
+    assert (gemma.head_dim, gemma.n_kv_heads, gemma.attn_softcap, gemma.logit_softcap) == (256, 4, 50.0, 30.0)
+    phi = _family("phi3").config_map({"model_type": "phi3", **base}, "x", "p")
+    assert phi.norm_eps == 1e-5
+    llama = _family("llama").config_map({"model_type": "llama", **base, "num_key_value_heads": None,
+                                         "head_dim": None}, "x", "l")
+    assert (llama.n_kv_heads, llama.head_dim) == (8, 8)
+
+
+def test_published_configs_keys_are_read():
+    """Keys real releases carry: Gemma-2-9b's sliding_window_size, Phi-4-mini's full_attn_mod and
+    interpolate_factor, Qwen2.5-1M's dual_chunk_attention_config (vLLM's; transformers ignores it,
+    so do we, with a notice)."""
+    import warnings
+
+    from yoco_core.errors import Notice
+
+    base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                intermediate_size=96, vocab_size=320)
+    g = _family("gemma2").config_map({**base, "sliding_window": 4096, "sliding_window_size": 4096}, "x", "g")
+    assert g.layer_windows == [4096, 0]
+    with pytest.raises(CheckpointError, match="sliding_window_size"):
+        _family("gemma2").config_map({**base, "sliding_window": 4096, "sliding_window_size": 8}, "x", "g")
+    _family("phi3").config_map({**base, "full_attn_mod": 1, "interpolate_factor": 1}, "x", "p")
+    with pytest.raises(CheckpointError, match="full_attn_mod"):
+        _family("phi3").config_map({**base, "full_attn_mod": 2}, "x", "p")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _family("qwen2").config_map({**base, "dual_chunk_attention_config": {"chunk_size": 262144}}, "x", "q")
+    assert [w.category for w in seen] == [Notice] and "dual_chunk" in str(seen[0].message)
+
+
+@pytest.mark.parametrize("kind,over", [
+    ("gemma2", {"query_pre_attn_scalar": None}), ("mistral", {"sliding_window": "abc"}),
+    ("llama", {"rope_scaling": {"rope_type": ["linear"]}}), ("llama", {"rms_norm_eps": [1e-6]}),
+    ("qwen2", {"use_sliding_window": True, "max_window_layers": "two"}),
+], ids=["null-scalar", "string-window", "list-rope-type", "list-eps", "string-layers"])
+def test_malformed_config_values_are_one_line(kind, over):
+    base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=320)
+    with pytest.raises(CheckpointError) as e:
+        _family(kind).config_map({**base, **over}, "src", "n")
+    assert str(e.value).startswith("src") and "\n" not in str(e.value)
+
+
+def test_gemma_norms_of_a_bf16_checkpoint_load_exactly_in_float32(tmp_path):
+    """(1 + w) is formed in float32 from the stored w, as Gemma does it, not rounded to the
+    checkpoint's bf16 (which would be off by up to 2^-8 on every norm)."""
+    torch.manual_seed(0)
+    cfg = transformers.Gemma2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=16, intermediate_size=96, vocab_size=320, sliding_window=8)
+    ref = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 0.05))
+    ref.to(torch.bfloat16).save_pretrained(tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    ours = load_model(f"hf:{tmp_path}", dtype=torch.float32, tokenizer="bytes")
+    ids = torch.randint(0, 320, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = theirs(ids).logits
+    assert ((ours(ids) - want).abs().max() / want.abs().max()) < 1e-5

@@ -66,6 +66,18 @@ def test_sliding_window_attend(n, L, window, block):
     _close(sliding_window_attend(q, k, v, window, block=block), attention_ref(q, k, v, window=window))
 
 
+@pytest.mark.parametrize("n,L", [(1, 40), (40, 40), (9, 40)])
+@pytest.mark.parametrize("scale,window,softcap", [(0.2, 0, 0.0), (None, 6, 0.0), (0.3, 0, 4.0), (None, 7, 3.0)])
+def test_attend_scale_window_softcap(n, L, scale, window, softcap):
+    """The converted families' attention options (Gemma's query_pre_attn_scalar and soft-capping,
+    Mistral's window) through the one entry point, prefill chunks and single queries alike."""
+    q, k, v = _attn_inputs(2, 4, 2, n, L, 16, seed=n + window)
+    got = attend(q, k, v, scale=scale, window=window, softcap=softcap)
+    _close(got, attention_ref(q, k, v, window=window or None, scale=scale, softcap=softcap))
+    if softcap:          # the cap matters here: without it the result differs
+        assert (got - attend(q, k, v, scale=scale, window=window)).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("n,chunk,H,Hkv", [(37, 10, 4, 2), (64, 16, 3, 3), (50, 64, 4, 1)])
 def test_causal_attention_split_equals_one_causal_call(n, chunk, H, Hkv):
     """The CPU path of the chunked causal attention (its partials in float32 with their
@@ -81,6 +93,16 @@ def test_causal_attention_split_equals_one_causal_call(n, chunk, H, Hkv):
     assert (o - attention_ref(q, k, v)[:, :, -5:]).abs().max() > 1e-2
     o1, l1 = partial_attention(q[:, :, -5:], k[:, :, :-5], v[:, :, :-5], causal=False)
     _close(merge_partials(o1, l1, o, lse), attention_ref(q, k, v)[:, :, -5:])
+
+
+@pytest.mark.parametrize("n,L,scale", [(7, 50, None), (50, 50, None), (1, 9, 0.3), (20, 64, 0.2)])
+def test_causal_with_prefix_is_a_chunk_of_causal_attention(n, L, scale):
+    """A prefill chunk's attention on the GPU (the last n queries over L keys, as two partials
+    merged), on its CPU path, equals the float64 reference, a logit scale included."""
+    from yoco_core.kernels.attention import causal_with_prefix
+
+    q, k, v = _attn_inputs(2, 4, 2, n, L, 16, seed=n * 7 + L)
+    _close(causal_with_prefix(q, k, v, scale), attention_ref(q, k, v, scale=scale))
 
 
 # -- the backend selector ----------------------------------------------------------------------------

@@ -123,6 +123,9 @@ def test_presets_and_parameter_counts():
             assert getattr(y, f) == getattr(t, f)
         meta = build_model(y, device="meta")
         assert sum(p.numel() for p in meta.parameters()) == y.n_params()
+    full = get_config("transformer-tiny").replace(   # every converted-family option that adds weights
+        head_size=48, qkv_bias=True, o_bias=True, mlp_bias=True, qk_norm=True, post_norms=True, tie_embeddings=True)
+    assert sum(p.numel() for p in build_model(full).parameters()) == full.n_params()
     y3 = get_config("yoco-3b")
     assert (y3.dim, y3.n_layers, y3.n_heads, y3.n_kv_heads, y3.ffn_dim) == (3072, 26, 24, 8, 8192)
     assert 3.3e9 < y3.n_params() < 3.6e9

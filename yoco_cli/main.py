@@ -1,7 +1,9 @@
 """The ``yoco`` command: one Typer app, one module per subcommand."""
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 
 import typer
 from rich.markup import escape
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     set_argv(argv)
     interrupts.take_reported()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        with _notices_as_lines():
+            rc = app(args=argv, standalone_mode=False)
     except (UserError, SchemaError) as e:
         return _one_line(str(e))
     except Exception as e:
@@ -62,6 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]interrupted[/]: what was measured is on disk "
                       "(needle, profile, train: run again with --resume)")
     return rc if isinstance(rc, int) else 0
+
+
+@contextlib.contextmanager
+def _notices_as_lines():
+    """``yoco_core.errors.Notice`` warnings printed as one ``notice:`` line each (not Python's
+    two-line warning with a source line); other warnings as they were."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ == "Notice" and category.__module__ == "yoco_core.errors":
+            console.print(f"[yellow]notice:[/] {escape(str(message))}", highlight=False, soft_wrap=True, emoji=False)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def _one_line(message: str) -> int:

@@ -47,6 +47,21 @@ class ModelConfig:
     tie_embeddings: bool = False
     embed_scale: float = 1.0   # token embeddings times this (sqrt(dim) in FLA / official YOCO)
     tokenizer: str = "bytes"   # "bytes", or "folder": the tokenizer files beside config.json (tokenizer.py)
+    # -- what converted Hugging Face families need (arch="transformer"; the defaults are LLaMA's) ---
+    head_size: int = 0         # attention head size (0: dim // n_heads; Qwen3 and Gemma set their own)
+    qkv_bias: bool = False     # biases on q / k / v (Qwen2, LLaMA's attention_bias)
+    o_bias: bool = False       # a bias on the attention output projection (LLaMA's attention_bias)
+    mlp_bias: bool = False     # biases on the gated MLP's three projections (LLaMA's mlp_bias)
+    mlp_act: Literal["silu", "gelu_tanh"] = "silu"   # the gated MLP's activation (Gemma: gelu_tanh)
+    qk_norm: bool = False      # RMSNorm of each query and key head before RoPE (Qwen3, Gemma 3)
+    post_norms: bool = False   # RMSNorm of the attention and MLP outputs before the residual add (Gemma 2/3)
+    attn_scale: float = 0.0    # attention logit scale (0: head_size ** -0.5; Gemma: query_pre_attn_scalar ** -0.5)
+    attn_softcap: float = 0.0  # > 0: attention logits -> cap * tanh(logits / cap) (Gemma 2)
+    logit_softcap: float = 0.0  # > 0: the same on the output logits (Gemma 2)
+    rope_dim: int = 0          # rotated dims of each head, the first ones (0: all; Phi's partial_rotary_factor)
+    layer_windows: list | None = None   # per layer: 0 full causal attention, w > 0 a sliding window of w keys
+    local_rope_theta: float = 0.0       # > 0: windowed layers' own RoPE base (Gemma 3), with local_rope_scaling
+    local_rope_scaling: dict | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):          # every value of its annotated type first
@@ -65,29 +80,56 @@ class ModelConfig:
             problems.append(f"window must be at least 2 (keys a query sees, itself included), not {self.window}")
         if why := _check_tokenizer(self.tokenizer):
             problems.append(why)
-        if self.dim % self.n_heads or self.dim % self.n_self_heads:
-            problems.append("dim must be divisible by n_heads and n_self_heads")
+        if (not self.head_size and self.dim % self.n_heads) or self.dim % self.n_self_heads:
+            problems.append("dim must be divisible by n_heads (unless head_size is set) and n_self_heads")
         if self.n_heads % self.n_kv_heads:
             problems.append("n_heads must be a multiple of n_kv_heads")
         if self.arch == "yoco" and self.n_layers % 2:
             problems.append("a YOCO model needs an even n_layers (half self-, half cross-decoder)")
-        if (self.dim // self.n_heads) % 2 or (self.dim // self.n_self_heads) % 2:
-            problems.append("head dims must be even for RoPE")
+        if self.head_dim % 2 or self.self_head_dim % 2 or self.rotary_dim % 2:
+            problems.append("head dims (and rope_dim) must be even for RoPE")
+        problems += self._attention_problems()
         if self.cross_logn < 0 or self.cross_logn == 1:
             problems.append(f"cross_logn must be 0 (off) or a length >= 2, not {self.cross_logn!r}")
-        if self.rope_scaling:
-            from .rope import inv_freq
+        for key in ("rope_scaling", "local_rope_scaling"):
+            if getattr(self, key):
+                from .rope import inv_freq
 
-            try:
-                inv_freq(2, self.rope_theta, self.rope_scaling)
-            except (KeyError, TypeError, ValueError) as e:
-                problems.append(f"bad rope_scaling {self.rope_scaling}: {e!r}")
+                try:
+                    inv_freq(self.rotary_dim, self.rope_theta, getattr(self, key))
+                except (KeyError, TypeError, ValueError) as e:
+                    problems.append(f"bad {key} {getattr(self, key)}: {e!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
+    def _attention_problems(self) -> list[str]:
+        """What is wrong with the converted-family fields (they are the Transformer's alone)."""
+        out = []
+        if self.head_size < 0 or self.rope_dim < 0 or self.rope_dim > self.head_dim:
+            out.append(f"head_size and rope_dim must be >= 0, rope_dim at most the head size {self.head_dim}")
+        if self.attn_scale < 0 or self.attn_softcap < 0 or self.logit_softcap < 0 or self.local_rope_theta < 0:
+            out.append("attn_scale, attn_softcap, logit_softcap and local_rope_theta must be >= 0")
+        w = self.layer_windows
+        if w is not None and (len(w) != self.n_layers or not all(type(v) is int and (v == 0 or v >= 2) for v in w)):
+            out.append(f"layer_windows must list {self.n_layers} integers, 0 (full) or a window >= 2, not {w!r}")
+        hf_only = [f.name for f in dataclasses.fields(self)
+                   if f.name in _TRANSFORMER_ONLY and getattr(self, f.name) != f.default]
+        if self.arch == "yoco" and hf_only:
+            out.append(f"{', '.join(hf_only)}: only for arch transformer (the converted Hugging Face families)")
+        return out
+
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated dims of each attention head (the first ones)."""
+        return self.rope_dim or self.head_dim
+
+    def window_of(self, layer: int) -> int:
+        """Layer ``layer``'s sliding window (0: full causal attention)."""
+        return self.layer_windows[layer] if self.layer_windows else 0
 
     @property
     def self_head_dim(self) -> int:
@@ -117,7 +159,10 @@ class ModelConfig:
         ffn = 3 * d * f
         emb = v * d * (1 if self.tie_embeddings else 2)
         if self.arch == "transformer":
-            layer = 2 * d * d + 2 * d * kv + ffn + 2 * d
+            q = self.n_heads * self.head_dim
+            layer = 2 * d * q + 2 * d * kv + ffn + 2 * d
+            layer += (q + 2 * kv) * self.qkv_bias + d * self.o_bias + (2 * f + d) * self.mlp_bias
+            layer += 2 * self.head_dim * self.qk_norm + 2 * d * self.post_norms
             return emb + self.n_layers * layer + d
         half = self.n_layers // 2
         if self.self_decoder == "gret":
@@ -127,6 +172,11 @@ class ModelConfig:
         self_layer = mixer + ffn + 2 * d
         cross_layer = 2 * d * d + ffn + 2 * d
         return emb + half * (self_layer + cross_layer) + 2 * d * kv + d + d
+
+
+_TRANSFORMER_ONLY = ("head_size", "qkv_bias", "o_bias", "mlp_bias", "mlp_act", "qk_norm", "post_norms",
+                     "attn_scale", "attn_softcap", "logit_softcap", "rope_dim", "layer_windows",
+                     "local_rope_theta", "local_rope_scaling")
 
 
 # -- field types, from the annotations --------------------------------------------------------
@@ -142,7 +192,7 @@ def _expected(hint) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_expected(a) for a in typing.get_args(hint))
     return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-            dict: "an object", type(None): "null"}[typing.get_origin(hint) or hint]
+            dict: "an object", list: "a list", type(None): "null"}[typing.get_origin(hint) or hint]
 
 
 def _fits(value, hint) -> bool:
@@ -182,7 +232,7 @@ def field_from_text(key: str, text: str):
             return int(low)
         if hint is float:
             return float(low)
-        if typing.get_origin(hint) in (typing.Union, types.UnionType) and dict in typing.get_args(hint):
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and {dict, list} & set(typing.get_args(hint)):
             return None if low in ("none", "null", "") else json.loads(text)
     except ValueError:              # json.JSONDecodeError is a ValueError
         return text

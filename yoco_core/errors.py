@@ -14,3 +14,9 @@ def first_line(e: BaseException) -> str:
 class SettingError(ValueError):
     """A setting that is not one (a bad ``YOCO_KERNEL_*`` variable, ``override`` or ``want``): one
     line, naming it."""
+
+
+class Notice(UserWarning):
+    """Something a user should know that is not an error (e.g. a model folder run by the
+    transformers fallback instead of the native path): raised with ``warnings.warn(text, Notice)``;
+    the CLI prints it as one line on stderr."""

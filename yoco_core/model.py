@@ -12,6 +12,12 @@ self-attention and a KV cache per layer. A mixer returns its heads' output befor
 the block adds ``o_proj`` of it (and the SwiGLU's ``down_proj``) into the residual stream with one
 matmul each (``add_linear``).
 
+The Transformer also runs the converted Hugging Face families (``convert/``), whose options the
+config names (``config.py``): biases (then the plain add), per-head q/k norms, Gemma's GELU-tanh
+MLP and its norms after attention and MLP (``x + post_norm(o_proj(...))``), a logit scale and
+soft-caps, partial rotary, per-layer sliding windows with their own RoPE base, and the RoPE
+scalings whose frequencies depend on the sequence length (``rope.py``, ``seq_len_of``).
+
 Projections that read the same input are one matrix each (gRet's q | k | v | gate | decay logits,
 attention's q | k | v, SwiGLU's gate | up, YOCO's global k | v): one matmul instead of several.
 Checkpoints may name them one by one (``q_proj``, ``k_proj``, ...: every converted format does);
@@ -43,7 +49,7 @@ from .config import ModelConfig
 from .kernels import fused
 from .kernels.attention import attend, sliding_window_attend
 from .kernels.gret import gated_retention
-from .rope import inv_freq
+from .rope import attention_scaling, depends_on_length, inv_freq
 
 
 class RMSNorm(nn.Module):
@@ -71,23 +77,25 @@ def add_linear(x, a, linear: nn.Linear):
     return x
 
 
-def fused_linear(owner: nn.Module, name: str, dim: int, parts: tuple[tuple[str, int], ...]) -> None:
+def fused_linear(owner: nn.Module, name: str, dim: int, parts: tuple[tuple[str, int], ...],
+                 bias: bool = False) -> None:
     """``owner.<name>``: one ``nn.Linear(dim, sum of rows)`` whose rows are the projections
     ``parts`` ((checkpoint name, rows), in order), recorded for ``fuse_state_dict``."""
     owner.fused_parts = {**getattr(owner, "fused_parts", {}), name: parts}
-    setattr(owner, name, nn.Linear(dim, sum(rows for _, rows in parts), bias=False))
+    setattr(owner, name, nn.Linear(dim, sum(rows for _, rows in parts), bias=bias))
 
 
 def fuse_state_dict(model: nn.Module, state: dict) -> dict:
     """``state`` with every complete group of separately named projections (``...q_proj.weight``,
-    ``...k_proj.weight``, ...) concatenated into the fused matrix the model holds."""
+    ``...k_proj.weight``, ...; their biases likewise) concatenated into the fused matrix the model holds."""
     state = dict(state)
     for prefix, module in model.named_modules():
         p = prefix + "." if prefix else ""
         for name, parts in getattr(module, "fused_parts", {}).items():
-            keys = [f"{p}{part}.weight" for part, _ in parts]
-            if f"{p}{name}.weight" not in state and all(k in state for k in keys):
-                state[f"{p}{name}.weight"] = torch.cat([state.pop(k) for k in keys])
+            for kind in ("weight", "bias"):
+                keys = [f"{p}{part}.{kind}" for part, _ in parts]
+                if f"{p}{name}.{kind}" not in state and all(k in state for k in keys):
+                    state[f"{p}{name}.{kind}"] = torch.cat([state.pop(k) for k in keys])
     return state
 
 
@@ -97,31 +105,43 @@ def split_state_dict(model: nn.Module, state: dict) -> dict:
     for prefix, module in model.named_modules():
         p = prefix + "." if prefix else ""
         for name, parts in getattr(module, "fused_parts", {}).items():
-            if f"{p}{name}.weight" in state:
-                pieces = state.pop(f"{p}{name}.weight").split([rows for _, rows in parts])
-                state.update({f"{p}{part}.weight": w for (part, _), w in zip(parts, pieces)})
+            for kind in ("weight", "bias"):
+                if f"{p}{name}.{kind}" in state:
+                    pieces = state.pop(f"{p}{name}.{kind}").split([rows for _, rows in parts])
+                    state.update({f"{p}{part}.{kind}": w for (part, _), w in zip(parts, pieces)})
     return state
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float, dtype, scaling: dict | None = None):
-    """cos, sin ``[n, head_dim]`` for the absolute ``positions`` ``[n]`` (rotate-half layout).
+def rope_cos_sin(positions, head_dim: int, theta: float, dtype, scaling: dict | None = None, seq_len=None):
+    """cos, sin ``[n, head_dim]`` for the absolute ``positions`` ``[n]`` (rotate-half layout),
+    times the scaling's attention factor (yarn, longrope). ``seq_len``: the length of the forward
+    step, for the scalings whose frequencies depend on it (dynamic, longrope; ``rope.py``).
 
     Computed once per forward step and shared by every layer of that head size."""
-    freqs = torch.outer(positions.float(), inv_freq(head_dim, theta, scaling, positions.device))
+    freqs = torch.outer(positions.float(), inv_freq(head_dim, theta, scaling, positions.device, seq_len))
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = emb.cos(), emb.sin()
+    factor = attention_scaling(head_dim, theta, scaling) if scaling else 1.0
+    if not isinstance(factor, float) or factor != 1.0:
+        cos, sin = cos * factor, sin * factor
+    return cos.to(dtype), sin.to(dtype)
 
 
-class SwiGLU(nn.Module):
-    """The feed-forward weights; the block adds ``down_proj(hidden(x))`` into the residual stream."""
+class GatedMLP(nn.Module):
+    """The feed-forward weights (SwiGLU; Gemma's GELU-tanh gate with ``act="gelu_tanh"``); the
+    block adds ``down_proj(hidden(x))`` into the residual stream."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act: str = "silu", bias: bool = False):
         super().__init__()
-        fused_linear(self, "gate_up", dim, (("gate_proj", hidden), ("up_proj", hidden)))
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.act = act
+        fused_linear(self, "gate_up", dim, (("gate_proj", hidden), ("up_proj", hidden)), bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
 
     def hidden(self, x):
-        return fused.silu_mul(self.gate_up(x))
+        if self.act == "silu":
+            return fused.silu_mul(self.gate_up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return F.gelu(gate, approximate="tanh") * up
 
 
 class GatedRetention(nn.Module):
@@ -200,14 +220,19 @@ class CrossAttention(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """The Transformer baseline's causal GQA attention; its cache is one KVBuffer."""
+    """The Transformer's causal GQA attention; its cache is one KVBuffer. What converted families
+    add: biases, per-head q / k RMSNorm before RoPE (``qk_norm``), a sliding ``window``, a logit
+    scale other than ``head_dim ** -0.5`` and logit soft-capping (``config.py``)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, window: int = 0):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.window, self.scale, self.softcap = window, cfg.attn_scale or None, cfg.attn_softcap
         q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        fused_linear(self, "qkv", cfg.dim, (("q_proj", q), ("k_proj", kv), ("v_proj", kv)))
-        self.o_proj = nn.Linear(q, cfg.dim, bias=False)
+        fused_linear(self, "qkv", cfg.dim, (("q_proj", q), ("k_proj", kv), ("v_proj", kv)), bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(q, cfg.dim, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x, rope, buf: KVBuffer | None = None, at=None):
         """``at``: a device tensor ``[1]``, the position of the one new token: the graph-safe
@@ -215,7 +240,11 @@ class SelfAttention(nn.Module):
         B, n, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         p = self.qkv(x)
-        q, k = fused.rope(p[..., : (H + Hkv) * D].view(B, n, H + Hkv, D), *rope, n_first=H)
+        qk = p[..., : (H + Hkv) * D].view(B, n, H + Hkv, D)
+        if self.q_norm is None:
+            q, k = fused.rope(qk, *rope, n_first=H)
+        else:
+            q, k = fused.rope(self.q_norm(qk[:, :, :H]), *rope), fused.rope(self.k_norm(qk[:, :, H:]), *rope)
         v = p[..., (H + Hkv) * D:].view(B, n, Hkv, D)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         length = None
@@ -225,7 +254,7 @@ class SelfAttention(nn.Module):
         elif buf is not None:
             buf.append(k, v)
             k, v = buf.view()
-        o = attend(q.transpose(1, 2), k, v, length)
+        o = attend(q.transpose(1, 2), k, v, length, scale=self.scale, window=self.window, softcap=self.softcap)
         return o.transpose(1, 2).reshape(B, n, -1), buf
 
 
@@ -235,15 +264,22 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = mixer
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.dim, cfg.ffn_dim)
+        self.mlp = GatedMLP(cfg.dim, cfg.ffn_dim, cfg.mlp_act, cfg.mlp_bias)
+        self.attn_post_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.post_norms else None
+        self.mlp_post_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.post_norms else None
 
     def forward(self, x, *args):
         """``x``: the residual stream, updated in place when no gradient is needed (``add_linear``)."""
         o, extra = self.attn(self.attn_norm(x), *args)
-        return self._mlp(add_linear(x, o, self.attn.o_proj)), extra
+        return self._mlp(self._add(x, o, self.attn.o_proj, self.attn_post_norm)), extra
 
     def _mlp(self, x):
-        return add_linear(x, self.mlp.hidden(self.mlp_norm(x)), self.mlp.down_proj)
+        return self._add(x, self.mlp.hidden(self.mlp_norm(x)), self.mlp.down_proj, self.mlp_post_norm)
+
+    @staticmethod
+    def _add(x, a, linear, post_norm):
+        """``x + linear(a)``, or with Gemma's post-norm ``x + post_norm(linear(a))``."""
+        return add_linear(x, a, linear) if post_norm is None else x + post_norm(linear(a))
 
 
 class CrossBlock(Block):
@@ -281,25 +317,52 @@ class CausalLM(nn.Module):
 
     def embed_tokens(self, input_ids):
         x = self.embed(input_ids)
-        return x if self.config.embed_scale == 1.0 else self.config.embed_scale * x
+        scale = self.config.embed_scale
+        if scale == 1.0:
+            return x
+        if self.config.arch == "transformer":        # Gemma: the scale rounded to the model's dtype first
+            scale = float(torch.tensor(scale, dtype=x.dtype))
+        return x * scale
 
-    def rope(self, positions, head_dim: int):
+    def rope(self, positions, head_dim: int, seq_len=None, local: bool = False):
+        """cos, sin of ``positions`` for heads of ``head_dim`` (its first ``config.rope_dim``
+        dims where that is set); ``local``: the windowed layers' own RoPE (``local_rope_theta``).
+        ``seq_len`` (int or device tensor): the step's sequence length, for the scalings that
+        depend on it (``seq_len_of``)."""
         cfg = self.config
-        return rope_cos_sin(positions, head_dim, cfg.rope_theta, self.dtype, cfg.rope_scaling)
+        rot = cfg.rope_dim if cfg.rope_dim and head_dim == cfg.head_dim else head_dim
+        if local and cfg.local_rope_theta:
+            return rope_cos_sin(positions, rot, cfg.local_rope_theta, self.dtype, cfg.local_rope_scaling, seq_len)
+        return rope_cos_sin(positions, rot, cfg.rope_theta, self.dtype, cfg.rope_scaling, seq_len)
+
+    def seq_len_of(self, end, horizon: int | None = None):
+        """The sequence length a step ending at position ``end`` (exclusive; int or device
+        tensor) gives length-dependent RoPE scalings, as transformers computes it (the largest
+        position + 1), or at least ``horizon``: a chunked prefill gives every chunk the whole
+        prompt's length, so it equals the full forward. None when the RoPE does not depend on it."""
+        cfg = self.config
+        if not (depends_on_length(cfg.rope_scaling) or depends_on_length(cfg.local_rope_scaling)):
+            return None
+        if horizon is None:
+            return end
+        return torch.clamp(end, min=horizon) if isinstance(end, torch.Tensor) else max(end, horizon)
 
     def positions(self, start: int, n: int):
         return torch.arange(start, start + n, device=self.device)
 
     def logits(self, x):
-        return self.lm_head(self.norm(x)).float()
+        out = self.lm_head(self.norm(x)).float()
+        cap = self.config.logit_softcap
+        return out if not cap else torch.tanh(out / cap) * cap
 
     # -- the cached path ---------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int):
         raise NotImplementedError
 
-    def _run(self, input_ids, cache, need: str | None):
+    def _run(self, input_ids, cache, need: str | None, horizon: int | None = None):
         """Feed ``input_ids`` at the cache's position; return logits for ``need``
-        (``"all"`` new positions, the ``"last"`` one, or ``None``)."""
+        (``"all"`` new positions, the ``"last"`` one, or ``None``). ``horizon``: the whole
+        prompt's length during a chunked prefill (``seq_len_of``)."""
         raise NotImplementedError
 
     def _check_length(self, total: int) -> None:
@@ -314,26 +377,33 @@ class CausalLM(nn.Module):
         tokens, each continuing from the cache (None: one piece). ``reserve`` preallocates room
         for that many decoded tokens.
         """
-        B, T = input_ids.shape
-        if T == 0:
-            raise ValueError("prefill needs at least one token")
-        self._check_length(T)
-        chunk_size = None if chunk_size is None else int(chunk_size)
-        if chunk_size is not None and chunk_size < 0:
-            raise ValueError(f"chunk_size must be positive (or None), not {chunk_size}")
-        cache = self.new_cache(B, T + reserve)
-        step = T if not chunk_size or chunk_size >= T else chunk_size
-        out = None
-        for s in range(0, T, step):
-            final = s + step >= T
-            out = self._run(input_ids[:, s: s + step], cache, "last" if final else None)
-        return out[:, -1], cache
+        return chunked_prefill(self, input_ids, chunk_size, reserve)
 
     @torch.inference_mode()
     def decode(self, input_ids, cache):
         """Feed new tokens ``[B, n]`` after the cache; return (their logits ``[B, n, V]``, cache)."""
         self._check_length(cache.length + input_ids.shape[1])
         return self._run(input_ids, cache, "all"), cache
+
+
+def chunked_prefill(model, input_ids, chunk_size: int | None, reserve: int):
+    """The prefill driver of every model with ``new_cache``, ``_check_length`` and ``_run(ids,
+    cache, need, horizon)`` (ours, and the transformers fallback): the prompt in pieces of
+    ``chunk_size`` tokens (None or 0: one), each continuing the cache, logits only for the last
+    piece; returns (logits of the last position ``[B, V]``, cache)."""
+    B, T = input_ids.shape
+    if T == 0:
+        raise ValueError("prefill needs at least one token")
+    model._check_length(T)
+    chunk_size = None if chunk_size is None else int(chunk_size)
+    if chunk_size is not None and chunk_size < 0:
+        raise ValueError(f"chunk_size must be positive (or None), not {chunk_size}")
+    cache = model.new_cache(B, T + reserve)
+    step = T if not chunk_size or chunk_size >= T else chunk_size
+    out = None
+    for s in range(0, T, step):
+        out = model._run(input_ids[:, s: s + step], cache, "last" if s + step >= T else None, horizon=T)
+    return out[:, -1], cache
 
 
 class YOCO(CausalLM):
@@ -357,7 +427,7 @@ class YOCO(CausalLM):
             k = fused.rope(k, *rope)
         return k.transpose(1, 2), v.transpose(1, 2)
 
-    def ropes(self, positions):
+    def ropes(self, positions, seq_len=None):
         """(self-decoder rope, cross-decoder (rope or None, query scale or None)) for ``positions``.
 
         The query scale (``cross_logn = N``): ``max(1, ln(p + 1) / ln N)`` at position ``p``, so
@@ -365,17 +435,18 @@ class YOCO(CausalLM):
         Qwen's logn attention and scalable softmax); with NoPE keys (``cross_rope=False``) this is
         what lets retrieval hold far past the training length."""
         cfg = self.config
-        rs = self.rope(positions, cfg.self_head_dim)
+        rs = self.rope(positions, cfg.self_head_dim, seq_len)
         rc = None
         if cfg.cross_rope:
-            rc = rs if cfg.self_head_dim == cfg.head_dim else self.rope(positions, cfg.head_dim)
+            rc = rs if cfg.self_head_dim == cfg.head_dim else self.rope(positions, cfg.head_dim, seq_len)
         scale = None
         if cfg.cross_logn:
             scale = ((positions.float() + 1).log() / math.log(cfg.cross_logn)).clamp(min=1.0).to(self.dtype)
         return rs, (rc, scale)
 
     def forward(self, input_ids):
-        rs, cross = self.ropes(self.positions(0, input_ids.shape[1]))
+        T = input_ids.shape[1]
+        rs, cross = self.ropes(self.positions(0, T), self.seq_len_of(T))
         x = self.embed_tokens(input_ids)
         for layer in self.self_layers:
             x, _ = layer(x, rs)
@@ -389,9 +460,10 @@ class YOCO(CausalLM):
         kv = KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
         return YOCOCache(kv=kv, states=[None] * len(self.self_layers), state_spec=StateSpec.of(cfg, self.dtype))
 
-    def _run(self, input_ids, cache: YOCOCache, need):
+    def _run(self, input_ids, cache: YOCOCache, need, horizon=None):
         positions = self.positions(cache.length, input_ids.shape[1])
-        rs, cross = self.ropes(positions)
+        seq_len = self.seq_len_of(cache.length + input_ids.shape[1], horizon)
+        rs, cross = self.ropes(positions, seq_len)
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
             x, cache.states[i] = layer(x, rs, cache.states[i])
@@ -400,7 +472,7 @@ class YOCO(CausalLM):
             return None
         if need == "last":
             x = x[:, -1:]
-            cross = self.ropes(positions[-1:])[1]
+            cross = self.ropes(positions[-1:], seq_len)[1]
         k, v = cache.kv.view()
         for layer in self.cross_layers:
             x = layer(x, cross, k, v)
@@ -412,7 +484,7 @@ class YOCO(CausalLM):
         updated in place; the caller advances ``cache`` (and ``at``) afterwards."""
         if self.config.self_decoder != "gret":
             raise NotImplementedError("the graph-safe decode step needs the gRet self-decoder")
-        rs, cross = self.ropes(at)
+        rs, cross = self.ropes(at, self.seq_len_of(at + 1))
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.self_layers):
             x, _ = layer(x, rs, cache.states[i], cache.states[i])     # the state updated in place
@@ -424,14 +496,28 @@ class YOCO(CausalLM):
 
 
 class Transformer(CausalLM):
+    """Causal GQA self-attention layers, each with its own KV cache: the baseline, and every
+    natively converted Hugging Face family (layer ``i`` attends a sliding window where
+    ``config.window_of(i)`` says so, with the local RoPE where the config has one)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.layers = nn.ModuleList(Block(cfg, SelfAttention(cfg)) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, SelfAttention(cfg, cfg.window_of(i))) for i in range(cfg.n_layers))
+
+    def layer_ropes(self, positions, seq_len) -> list:
+        """Each layer's cos, sin for ``positions`` (one computation per distinct RoPE)."""
+        cfg = self.config
+        glob = self.rope(positions, cfg.head_dim, seq_len)
+        if not cfg.local_rope_theta:
+            return [glob] * cfg.n_layers
+        local = self.rope(positions, cfg.head_dim, seq_len, local=True)
+        return [local if cfg.window_of(i) else glob for i in range(cfg.n_layers)]
 
     def forward(self, input_ids):
-        rope = self.rope(self.positions(0, input_ids.shape[1]), self.config.head_dim)
+        T = input_ids.shape[1]
+        ropes = self.layer_ropes(self.positions(0, T), self.seq_len_of(T))
         x = self.embed_tokens(input_ids)
-        for layer in self.layers:
+        for layer, rope in zip(self.layers, ropes):
             x, _ = layer(x, rope)
         return self.logits(x)
 
@@ -440,10 +526,11 @@ class Transformer(CausalLM):
         return TransformerCache([KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
                                  for _ in self.layers])
 
-    def _run(self, input_ids, cache: TransformerCache, need):
-        rope = self.rope(self.positions(cache.length, input_ids.shape[1]), self.config.head_dim)
+    def _run(self, input_ids, cache: TransformerCache, need, horizon=None):
+        n = input_ids.shape[1]
+        ropes = self.layer_ropes(self.positions(cache.length, n), self.seq_len_of(cache.length + n, horizon))
         x = self.embed_tokens(input_ids)
-        for layer, buf in zip(self.layers, cache.layers):
+        for layer, buf, rope in zip(self.layers, cache.layers, ropes):
             x, _ = layer(x, rope, buf)
         if need is None:
             return None
@@ -451,9 +538,9 @@ class Transformer(CausalLM):
 
     def decode_step(self, input_ids, cache: TransformerCache, at):
         """One token per row at the device position ``at`` ``[1]`` (see ``YOCO.decode_step``)."""
-        rope = self.rope(at, self.config.head_dim)
+        ropes = self.layer_ropes(at, self.seq_len_of(at + 1))
         x = self.embed_tokens(input_ids)
-        for layer, buf in zip(self.layers, cache.layers):
+        for layer, buf, rope in zip(self.layers, cache.layers, ropes):
             x, _ = layer(x, rope, buf, at)
         return self.logits(x)
 

@@ -150,3 +150,33 @@ def test_fla_gated_retention_output(gen):
 def test_fla_gated_retention_state(gen):
     fast, plain, ref = _fla_prefill(gen)
     assert_as_accurate(fast[1], plain[1], ref[1], MODEL_K, what="fla gated retention state")
+
+
+@pytest.mark.parametrize("heads,kv_heads,scale", [(8, 2, None), (4, 4, 0.1)])
+def test_prefill_chunk_attention(gen, heads, kv_heads, scale):
+    """A prefill chunk's attention (the last 700 of 2000 positions): its causal block and its
+    unmasked prefix on cuDNN, grouped-query heads as they are, merged by the Triton kernel, against
+    float64 attention; the plain path is SDPA with a lower-right causal mask in bf16. The merge
+    kernel alone against its float32 reference, into a strided slice."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    from yoco_core.kernels.attention import attention_ref, causal_with_prefix, partial_attention
+    from yoco_core.kernels.fused import triton_kernels
+
+    n, L, D = 700, 2000, 128
+    q = _randn(gen, 2, heads, n, D)
+    k, v = _randn(gen, 2, kv_heads, L, D), _randn(gen, 2, kv_heads, L, D)
+    calls = triton_kernels.CALLS["triton"]
+    fast = causal_with_prefix(q, k, v, scale)
+    assert triton_kernels.CALLS["triton"] == calls + 1, "the merge kernel did not run"
+    plain = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), scale=scale,
+                                           enable_gqa=heads != kv_heads)
+    ref = attention_ref(*_f64(q, k, v), scale=scale)
+    assert_as_accurate(fast, plain, ref, KERNEL_K, what=f"causal_with_prefix {heads}/{kv_heads}")
+    o1, l1 = partial_attention(q, k[:, :, :L - n], v[:, :, :L - n], False, scale)
+    o2, l2 = partial_attention(q, k[:, :, L - n:], v[:, :, L - n:], True, scale)
+    wide = torch.zeros(2, heads, 2 * n, D, device=q.device, dtype=q.dtype)
+    fused.merge_attention(o1, l1, o2, l2, out=wide[:, :, n:])
+    want = fused.merge_attention_ref(o1.double(), l1.double(), o2.double(), l2.double())
+    assert_as_accurate(wide[:, :, n:], fused.merge_attention_ref(o1, l1, o2, l2), want, KERNEL_K, what="merge")
+    assert wide[:, :, :n].abs().max() == 0

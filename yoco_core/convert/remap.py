@@ -8,6 +8,8 @@ need more than a new name say so next to it:
   (i, i + d/2). Permuting each head's output rows to ``[0, 2, 4, ..., 1, 3, 5, ...]`` turns one into
   the other exactly (q.k is unchanged as q and k get the same permutation; v is untouched). The
   value names the head size: ``"head_dim"`` or ``"self_head_dim"`` of our config.
+* ``plus_one``: RMSNorm weights stored as offsets from one (Gemma's ``x * (1 + w)``), loaded as
+  ``1 + w`` (computed in float32), so our norm is the plain ``x * w``.
 * the head, ``lm_head.weight``: with tied embeddings it is optional and dropped (ours is the
   embedding).
 
@@ -30,10 +32,12 @@ HEAD = "lm_head.weight"
 @dataclass(frozen=True)
 class Table:
     """``names``: theirs -> ours; ``rope``: ours -> the head size of its row permutation;
-    ``ignore``: substrings of their names that are dropped silently (RoPE buffers)."""
+    ``ignore``: substrings of their names that are dropped silently (RoPE buffers);
+    ``plus_one``: substrings of OUR names whose tensors are stored as ``w`` for ``1 + w``."""
     names: dict[str, str]
     rope: dict[str, str] = field(default_factory=dict)
     ignore: tuple[str, ...] = ("rotary",)
+    plus_one: tuple[str, ...] = ()
 
 
 def interleaved_to_half(w: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -64,6 +68,8 @@ def remap(state: dict[str, torch.Tensor], table: Table, cfg: ModelConfig, source
             used.add(t)
             head = table.rope.get(ours)
             out[o] = interleaved_to_half(state[t], getattr(cfg, head)) if head else state[t]
+            if any(s in ours for s in table.plus_one):      # kept in float32: loading casts once
+                out[o] = 1.0 + out[o].float()
     extra = sorted(k for k in set(state) - used if not any(s in k for s in table.ignore))
     if extra:
         raise CheckpointError(f"{source}: {len(extra)} tensors this loader does not know (e.g. {extra[0]})")

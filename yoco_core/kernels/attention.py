@@ -12,8 +12,10 @@ causal mask is aligned bottom-right. It dispatches to PyTorch's scaled_dot_produ
   256K on an H100 (724 vs 804 ms per layer, 24 / 8 heads of 128; ``scripts/gpu_diagnose.py``);
   a device that refuses cuDNN's fused attention is recorded (``backend.refuse``) and from then on
   takes the single call;
-* otherwise (a prefill chunk after earlier chunks): a lower-right ``CausalBias``, which the fused
-  backends take without materialising an ``n x L`` mask. (Plain ``is_causal`` would align top-left.)
+* otherwise (a prefill chunk after earlier chunks): on CUDA ``causal_with_prefix`` (the chunk's
+  causal block and its unmasked earlier keys, two cuDNN calls merged by log-sum-exp: the fast
+  kernels, and no mask); elsewhere a lower-right ``CausalBias``, which the fused backends take
+  without materialising an ``n x L`` mask. (Plain ``is_causal`` would align top-left.)
 
 With ``length`` (a device tensor), the query is one new token and ``k``/``v`` are whole preallocated
 buffers of which the first ``length`` positions are valid: the split-KV decode kernel
@@ -29,73 +31,126 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from . import backend
+from . import backend, fused
 from .decode_attention import decode_attention
 
 
 SPLIT_CHUNK = 65536
 
 
-def attend(q, k, v, length=None):
+def attend(q, k, v, length=None, *, scale: float | None = None, window: int = 0, softcap: float = 0.0):
+    """``scale``: the logit scale (None: ``D ** -0.5``); ``window`` > 0: each query sees its last
+    ``window`` keys, itself included (a sliding window); ``softcap`` > 0: logits become
+    ``softcap * tanh(logits / softcap)`` before the softmax (Gemma 2), on the explicit blockwise
+    path (``softcap_attend``) since the fused kernels have no such option."""
     if length is not None:
-        return decode_attention(q[:, :, 0], k, v, length)[:, :, None]
+        return decode_attention(q[:, :, 0], k, v, length, scale=scale, window=window, softcap=softcap)[:, :, None]
     n, L = q.shape[2], k.shape[2]
+    if softcap:
+        return softcap_attend(q, k, v, softcap, scale, window)
+    if window and L > window:          # the window bites: some query has more keys than it sees
+        return sliding_window_attend(q, k, v, window, scale=scale)
     gqa = q.shape[1] != k.shape[1]
     if n == 1:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa, scale=scale)
     if n == L:
         if q.is_cuda and n > SPLIT_CHUNK and not backend.refused("cudnn_attention", q.device):
             try:
-                return causal_attention_split(q, k, v, SPLIT_CHUNK)
+                return causal_attention_split(q, k, v, SPLIT_CHUNK, scale)
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError:     # no cuDNN fused attention on this GPU / build: the single call
                 backend.refuse("cudnn_attention", q.device)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=scale)
+    if q.is_cuda and not backend.refused("cudnn_attention", q.device):    # a prefill chunk after others
+        try:
+            return causal_with_prefix(q, k, v, scale)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:
+            backend.refuse("cudnn_attention", q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa, scale=scale)
 
 
-def partial_attention(q, k, v, causal: bool):
+def softcap_attend(q, k, v, softcap: float, scale: float | None = None, window: int = 0, block: int = 1024):
+    """Causal attention (queries the last ``n`` of ``L`` positions) with soft-capped logits and an
+    optional sliding window, an explicit float32 softmax over blocks of ``block`` queries (each block
+    only against the keys it can see), so no mask larger than ``block x L`` exists."""
+    n, L, D = q.shape[2], k.shape[2], q.shape[-1]
+    scale = D ** -0.5 if scale is None else scale
+    rep = q.shape[1] // k.shape[1]
+    off, outs = L - n, []
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        ks, ke = (max(0, off + s - window + 1) if window else 0), off + e
+        kb = k[:, :, ks:ke].repeat_interleave(rep, dim=1).float()
+        vb = v[:, :, ks:ke].repeat_interleave(rep, dim=1).float()
+        logits = torch.tanh((q[:, :, s:e].float() @ kb.transpose(-1, -2)) * (scale / softcap)) * softcap
+        qpos = torch.arange(off + s, off + e, device=q.device)[:, None]
+        kpos = torch.arange(ks, ke, device=q.device)[None, :]
+        allowed = (kpos <= qpos) & ((kpos > qpos - window) if window else True)
+        outs.append((logits.masked_fill(~allowed, float("-inf")).softmax(-1) @ vb).to(q.dtype))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def partial_attention(q, k, v, causal: bool, scale: float | None = None):
     """Attention of ``q`` over ``k`` / ``v`` (``causal``: square, the queries at the keys'
     positions) and its natural-log log-sum-exp ``[B, H, n]`` (float32), so that attentions over
     disjoint key ranges can be merged (``merge_partials``). On CUDA: cuDNN's fused attention, which
     returns the log-sum-exp; elsewhere an explicit float32 softmax."""
     B, H, n, D = q.shape
+    if q.is_cuda and k.shape[1] != H and not backend.refused("cudnn_gqa", q.device):
+        try:             # grouped-query heads as they are (cuDNN reads each KV head for its group)
+            return _cudnn(q, k, v, causal, scale)
+        except RuntimeError:
+            backend.refuse("cudnn_gqa", q.device)
     if k.shape[1] != H:
         rep = H // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     if q.is_cuda:
-        out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False)
-        return out[0], out[1].reshape(B, H, n).float()
-    s = (q.float() @ k.float().transpose(-1, -2)) * D ** -0.5
+        return _cudnn(q, k, v, causal, scale)
+    s = (q.float() @ k.float().transpose(-1, -2)) * (D ** -0.5 if scale is None else scale)
     if causal:
         s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     lse = s.logsumexp(-1)
     return ((s - lse[..., None]).exp() @ v.float()).to(q.dtype), lse
 
 
-def merge_partials(o1, l1, o2, l2):
-    """Two partial attentions of the same queries over disjoint keys, merged by their log-sum-exp."""
-    m = torch.maximum(l1, l2)
-    w1, w2 = (l1 - m).exp()[..., None], (l2 - m).exp()[..., None]
-    return ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(o1.dtype)
+def _cudnn(q, k, v, causal: bool, scale):
+    B, H, n, _ = q.shape
+    out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
+    return out[0], out[1].reshape(B, H, n).float()
 
 
-def causal_attention_split(q, k, v, chunk: int):
-    """Causal self-attention (``n == L``) by query chunks: each chunk attends its own keys
-    causally and every earlier key without a mask (two fused calls, merged by log-sum-exp)."""
+def merge_partials(o1, l1, o2, l2, out=None):
+    """Two partial attentions of the same queries over disjoint keys, merged by their log-sum-exp
+    (``fused.merge_attention``: one Triton pass on CUDA), into ``out`` if given."""
+    return fused.merge_attention(o1, l1, o2, l2, out)
+
+
+def causal_with_prefix(q, k, v, scale: float | None = None, out=None):
+    """Causal attention of the last ``n`` of ``L`` positions: the queries' own ``n x n`` causal
+    block plus every earlier key unmasked, two fused calls merged by log-sum-exp (no mask exists),
+    into ``out`` if given."""
+    off = k.shape[2] - q.shape[2]
+    o, lse = partial_attention(q, k[:, :, off:], v[:, :, off:], True, scale)
+    if not off:
+        return o if out is None else out.copy_(o)
+    return merge_partials(*partial_attention(q, k[:, :, :off], v[:, :, :off], False, scale), o, lse, out)
+
+
+def causal_attention_split(q, k, v, chunk: int, scale: float | None = None):
+    """Causal self-attention (``n == L``) by query chunks, each ``causal_with_prefix`` over the keys
+    up to its end, written where it belongs in the output."""
     n = q.shape[2]
     out = torch.empty_like(q)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        o, lse = partial_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], causal=True)
-        if s:
-            o = merge_partials(*partial_attention(q[:, :, s:e], k[:, :, :s], v[:, :, :s], causal=False), o, lse)
-        out[:, :, s:e] = o
+        causal_with_prefix(q[:, :, s:e], k[:, :, :e], v[:, :, :e], scale, out[:, :, s:e])
     return out
 
 
-def sliding_window_attend(q, k, v, window: int, block: int = 1024):
+def sliding_window_attend(q, k, v, window: int, block: int = 1024, scale: float | None = None):
     """Causal attention where query i (the i-th of the last n positions) sees keys (p-window, p]."""
     n, L = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
@@ -111,17 +166,19 @@ def sliding_window_attend(q, k, v, window: int, block: int = 1024):
             kpos = torch.arange(ks, ke, device=q.device)[None, :]
             mask = (kpos <= qpos) & (kpos > qpos - window)
         outs.append(F.scaled_dot_product_attention(
-            q[:, :, s:e], k[:, :, ks:ke], v[:, :, ks:ke], attn_mask=mask, enable_gqa=gqa))
+            q[:, :, s:e], k[:, :, ks:ke], v[:, :, ks:ke], attn_mask=mask, enable_gqa=gqa, scale=scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
-def attention_ref(q, k, v, window: int | None = None):
-    """Explicit softmax in float64: the reference both functions above are tested against."""
+def attention_ref(q, k, v, window: int | None = None, scale: float | None = None, softcap: float = 0.0):
+    """Explicit softmax in float64: the reference the functions above are tested against."""
     n, L = q.shape[2], k.shape[2]
     rep = q.shape[1] // k.shape[1]
     kf = k.double().repeat_interleave(rep, dim=1)
     vf = v.double().repeat_interleave(rep, dim=1)
-    s = q.double() @ kf.transpose(-1, -2) / q.shape[-1] ** 0.5
+    s = q.double() @ kf.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
     qpos = torch.arange(L - n, L, device=q.device)[:, None]
     kpos = torch.arange(L, device=q.device)[None, :]
     allowed = kpos <= qpos

@@ -24,14 +24,15 @@ def backend_for(x: torch.Tensor) -> str:
     return backend.select("decode", x)
 
 
-def decode_attention(q, k, v, length):
-    """``[B, H, D]`` output of one query token per row over the first ``length`` cached positions.
+def decode_attention(q, k, v, length, *, scale: float | None = None, window: int = 0, softcap: float = 0.0):
+    """``[B, H, D]`` output of one query token per row over the first ``length`` cached positions
+    (``window`` > 0: the last ``window`` of them; ``scale``, ``softcap``: ``naive.decode_attention_ref``).
 
     ``length``: int or integer tensor (0-d, [1] or [B]); on the Triton path pass it as a device
     tensor to capture the call in a CUDA graph."""
     if backend_for(q) == "triton":
-        return decode_attention_triton(q, k, v, length)
-    return decode_attention_ref(q, k, v, length)
+        return decode_attention_triton(q, k, v, length, scale=scale, window=window, softcap=softcap)
+    return decode_attention_ref(q, k, v, length, scale=scale, window=window, softcap=softcap)
 
 
 def decode_attention_triton(*args, **kwargs):

@@ -30,11 +30,14 @@ def _lengths(length, B: int, C: int, device) -> torch.Tensor:
     return lens.clamp(max=C)
 
 
-def decode_attention_ref(q, k, v, length, dtype=torch.float32):
-    """softmax(q k^T * D**-0.5) v over positions ``[0, length)`` of each row, computed in ``dtype``
-    (float32, or float64 for the tests' reference); returns ``[B, H, D]`` in q's dtype.
+def decode_attention_ref(q, k, v, length, dtype=torch.float32, *, scale: float | None = None, window: int = 0,
+                         softcap: float = 0.0):
+    """softmax(q k^T * scale) v over positions ``[0, length)`` of each row (``window`` > 0: only
+    the last ``window`` of them; ``softcap`` > 0: logits ``softcap * tanh(logits / softcap)``),
+    computed in ``dtype`` (float32, or float64 for the tests' reference); returns ``[B, H, D]`` in
+    q's dtype. ``scale`` None: ``D ** -0.5``.
 
-    Positions at and beyond ``length`` are never used, whatever they hold (NaN included)."""
+    Positions outside the attended range are never used, whatever they hold (NaN included)."""
     B, H, D = q.shape
     Bk, H_kv, C, Dk = k.shape
     if Bk != B or Dk != D or v.shape != k.shape or H % H_kv:
@@ -44,9 +47,12 @@ def decode_attention_ref(q, k, v, length, dtype=torch.float32):
     out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     for b in range(B):  # a reference: one row at a time, each sliced to its own length
         L = int(lens[b])
-        kb = k[b, :, :L].to(dtype)                                  # [H_kv, L, D]
-        vb = v[b, :, :L].to(dtype)
+        lo = max(0, L - window) if window else 0
+        kb = k[b, :, lo:L].to(dtype)                                # [H_kv, L - lo, D]
+        vb = v[b, :, lo:L].to(dtype)
         qb = q[b].to(dtype).reshape(H_kv, G, D)                     # heads of a group are adjacent
-        s = qb @ kb.transpose(-1, -2) * D ** -0.5                   # [H_kv, G, L]
+        s = qb @ kb.transpose(-1, -2) * (D ** -0.5 if scale is None else scale)   # [H_kv, G, L - lo]
+        if softcap:
+            s = torch.tanh(s / softcap) * softcap
         out[b] = (s.softmax(-1) @ vb).reshape(H, D).to(q.dtype)
     return out

@@ -55,10 +55,10 @@ def _split_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_os, stride_od,
     stride_lb, stride_lh, stride_ls,
-    len_stride, capacity, num_splits, qk_scale,
+    len_stride, capacity, num_splits, qk_scale, window,
     H_KV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -67,9 +67,10 @@ def _split_kernel(
 
     length = tl.load(LEN + b * len_stride).to(tl.int32)
     length = tl.maximum(tl.minimum(length, capacity), 0)
-    # This split's piece of [0, length): equal numbers of BLOCK_N tiles, cut from the runtime length.
-    tiles_per_split = tl.cdiv(tl.cdiv(length, BLOCK_N), num_splits)
-    start = split * tiles_per_split * BLOCK_N
+    lo = tl.where(window > 0, tl.maximum(length - window, 0), 0)     # a sliding window: [lo, length)
+    # This split's piece of [lo, length): equal numbers of BLOCK_N tiles, cut from the runtime length.
+    tiles_per_split = tl.cdiv(tl.cdiv(length - lo, BLOCK_N), num_splits)
+    start = lo + split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, length)
 
     offs_g = tl.arange(0, BLOCK_G)
@@ -97,6 +98,8 @@ def _split_kernel(
         if DOT_F32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale           # log2 units
+        if SOFTCAP > 0:      # cap * tanh(logit / cap), back in log2 units; tanh(y) = 2 sigmoid(2y) - 1
+            s = (2.0 * tl.sigmoid(s * (2.0 / (SOFTCAP * 1.4426950408889634))) - 1.0) * (SOFTCAP * 1.4426950408889634)
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))                 # finite: every tile has a valid key
         alpha = tl.exp2(m_i - m_new)
@@ -214,8 +217,10 @@ def _check_inputs(q, k, v, block_n: int) -> None:
 def decode_attention_triton(q, k, v, length, num_splits: int | None = None, *, out=None,
                             workspace=None, block_n: int = DEFAULT_BLOCK_N,
                             num_warps: int = DEFAULT_NUM_WARPS,
-                            num_stages: int = DEFAULT_NUM_STAGES):
-    """softmax(q k^T * D**-0.5) v over positions ``[0, length)``; returns ``[B, H, D]`` in q's dtype.
+                            num_stages: int = DEFAULT_NUM_STAGES, scale: float | None = None,
+                            window: int = 0, softcap: float = 0.0):
+    """softmax(q k^T * scale) v over positions ``[0, length)`` (``window`` > 0: the last
+    ``window`` of them; ``softcap`` > 0: capped logits); returns ``[B, H, D]`` in q's dtype.
 
     ``length``: a device int32 / int64 tensor of ``[B]``, ``[1]`` or 0-d (clamped to the capacity),
     or a Python int (eager use only: it is copied to the device). ``out`` (``[B, H, D]``, any
@@ -243,7 +248,7 @@ def decode_attention_triton(q, k, v, length, num_splits: int | None = None, *, o
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {(B, H, D)}")
 
     block_g = max(16, triton.next_power_of_2(G))
-    qk_scale = D ** -0.5 * math.log2(math.e)
+    qk_scale = (D ** -0.5 if scale is None else scale) * math.log2(math.e)
     # The interpreter's tl.dot mishandles bfloat16 operands (triton 3.9 on CPU: garbage), so there
     # the bf16 tiles are upcast to float32 before the dots; on a GPU they stay bf16.
     dot_f32 = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and not q.is_cuda)
@@ -251,8 +256,9 @@ def decode_attention_triton(q, k, v, length, num_splits: int | None = None, *, o
     _split_kernel[(B * H_kv, num_splits)](
         q, k, v, lens, part_o, part_lse,
         *q.stride(), *k.stride(), *v.stride(), *part_o.stride(), *part_lse.stride(),
-        0 if lens.numel() == 1 else lens.stride(0), C, num_splits, qk_scale,
-        H_KV=H_kv, G=G, BLOCK_G=block_g, D=D, BLOCK_N=block_n, DOT_PRECISION=precision, DOT_F32=dot_f32, num_warps=num_warps, num_stages=num_stages,
+        0 if lens.numel() == 1 else lens.stride(0), C, num_splits, qk_scale, int(window),
+        H_KV=H_kv, G=G, BLOCK_G=block_g, D=D, BLOCK_N=block_n, DOT_PRECISION=precision, DOT_F32=dot_f32,
+        SOFTCAP=float(softcap), num_warps=num_warps, num_stages=num_stages,
     )
     _combine_kernel[(B * H,)](
         part_o, part_lse, out,

@@ -20,16 +20,22 @@ def rms_norm_ref(x, weight, eps: float):
 
 def rope_ref(x, cos, sin, n_first: int | None = None, n_plain: int = 0):
     """Rotary embedding (rotate-half layout) of ``x`` ``[B, n, H, D]`` with ``cos`` / ``sin``
-    ``[n, D]``. With ``n_first``: the heads are two groups (queries then keys, as a fused
-    projection lays them out), returned as two contiguous tensors ``[B, n, n_first, D]`` and
-    ``[B, n, H - n_first, D]``. With ``n_plain`` (needs ``n_first``): the last ``n_plain`` heads
-    (values, next in the projection) are not rotated, only returned as a third contiguous tensor."""
+    ``[n, R]``: the first ``R`` dims of each head rotate (``R < D``: partial rotary, as Phi's
+    ``partial_rotary_factor``), the rest pass through. With ``n_first``: the heads are two groups
+    (queries then keys, as a fused projection lays them out), returned as two contiguous tensors
+    ``[B, n, n_first, D]`` and ``[B, n, H - n_first, D]``. With ``n_plain`` (needs ``n_first``): the
+    last ``n_plain`` heads (values, next in the projection) are not rotated, only returned as a
+    third contiguous tensor."""
     if n_plain and n_first is None:
         raise ValueError("n_plain needs n_first")
     H = x.shape[2] - n_plain
     plain, x = x[:, :, H:].contiguous(), x[:, :, :H]
+    R = cos.shape[-1]
+    x, rest = (x, None) if R == x.shape[-1] else (x[..., :R], x[..., R:])
     x1, x2 = x.chunk(2, dim=-1)
     out = x * cos[:, None, :] + torch.cat((-x2, x1), dim=-1) * sin[:, None, :]
+    if rest is not None:
+        out = torch.cat((out, rest), dim=-1)
     if n_first is None:
         return out
     q, k = out[:, :, :n_first].contiguous(), out[:, :, n_first:].contiguous()
@@ -70,3 +76,16 @@ def gret_decode_ref(p, cos, sin, state, n_heads: int, scale: float, normalizer: 
         state_out.copy_(new)
         new = state_out
     return head_norm_gate_ref(o, p[..., 3 * d: 4 * d], eps), new
+
+
+def merge_attention_ref(o1, l1, o2, l2, out=None):
+    """Two attentions ``[B, H, n, D]`` of the same queries over disjoint keys, with their
+    natural-log log-sum-exps ``[B, H, n]``, merged: ``(o1 e^l1 + o2 e^l2) / (e^l1 + e^l2)``,
+    computed in float32 (written into ``out`` if given)."""
+    m = torch.maximum(l1, l2)
+    w1, w2 = (l1 - m).exp()[..., None].float(), (l2 - m).exp()[..., None].float()
+    merged = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(o1.dtype)
+    if out is None:
+        return merged
+    out.copy_(merged)
+    return out

@@ -12,6 +12,9 @@ the unfused norms, RoPE and gates were 40% of a 16K chunk's time.
   copied into a third (the contiguous q, k, v fla-core's gated retention takes, in one pass).
 * ``silu_mul``: SwiGLU's ``silu(gate) * up`` from the fused gate/up projection.
 * ``head_norm_gate``: gated retention's per-head RMSNorm times ``silu(gate)``.
+* ``merge_attention``: two attentions of the same queries over disjoint keys merged by their
+  log-sum-exp, written into the caller's output (a slice of the whole attention output): the
+  chunked causal attention of long prefills (``kernels/attention.causal_with_prefix``).
 * ``gret_decode``: a whole gated-retention decoding step per (row, head): RoPE on q and k, the
   decay, the state update (in place if asked), the read-out, the head norm and the gate.
 
@@ -24,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "CALLS"]
+__all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "merge_attention", "CALLS"]
 
 CALLS = {"triton": 0}     # incremented on every launch: lets the tests prove the kernels ran
 
@@ -149,6 +152,44 @@ def silu_mul(gu):
         BLOCK = min(1024, triton.next_power_of_2(F))
         _launched()
         _silu_mul_kernel[(R, triton.cdiv(F, BLOCK))](x2, out, sx, F, BLOCK=BLOCK, num_warps=4)
+    return out
+
+
+# -- merging partial attentions ----------------------------------------------------------------------
+@triton.jit
+def _merge_kernel(O1, L1, O2, L2, OUT, s1b, s1h, s1n, s2b, s2h, s2n, syb, syh, syn, H, n,
+                  D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows ``[BLOCK_N, D]`` of one (batch, head): ``(o1 e^l1 + o2 e^l2) / (e^l1 + e^l2)`` in float32."""
+    bh = tl.program_id(0)
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = rows < n
+    cols = tl.arange(0, D)
+    l1 = tl.load(L1 + bh.to(tl.int64) * n + rows, mask=m, other=0.0)
+    l2 = tl.load(L2 + bh.to(tl.int64) * n + rows, mask=m, other=0.0)
+    mx = tl.maximum(l1, l2)
+    w1, w2 = tl.exp(l1 - mx), tl.exp(l2 - mx)
+    r = rows[:, None].to(tl.int64)
+    o1 = tl.load(O1 + b * s1b + h * s1h + r * s1n + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+    o2 = tl.load(O2 + b * s2b + h * s2h + r * s2n + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+    o = (o1 * w1[:, None] + o2 * w2[:, None]) / (w1 + w2)[:, None]
+    tl.store(OUT + b * syb + h * syh + r * syn + cols[None, :], o.to(OUT.dtype.element_ty), mask=m[:, None])
+
+
+def merge_attention(o1, l1, o2, l2, out=None):
+    """``o1``, ``o2`` ``[B, H, n, D]`` (any strides with the last dim contiguous), their natural-log
+    log-sum-exps ``l1``, ``l2`` ``[B, H, n]`` (float32); the result goes into ``out`` if given."""
+    B, H, n, D = o1.shape
+    o1 = o1 if o1.stride(-1) == 1 else o1.contiguous()
+    o2 = o2 if o2.stride(-1) == 1 else o2.contiguous()
+    out = torch.empty_like(o1) if out is None else out
+    l1, l2 = l1.float().contiguous(), l2.float().contiguous()
+    if B * H * n:
+        BLOCK_N = 64
+        _launched()
+        _merge_kernel[(B * H, triton.cdiv(n, BLOCK_N))](
+            o1, l1, o2, l2, out, o1.stride(0), o1.stride(1), o1.stride(2), o2.stride(0), o2.stride(1),
+            o2.stride(2), out.stride(0), out.stride(1), out.stride(2), H, n, D=D, BLOCK_N=BLOCK_N, num_warps=4)
     return out
 
 
