@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import small_model
 from yoco_cli import schemas
 from yoco_cli.main import main
-from yoco_core import get_config
+from yoco_core import build_model, get_config, save_model
 from yoco_core.perf import analytic, runners, sweep
 
 GB = 1e9
@@ -377,3 +379,181 @@ def test_cli_exit_code_and_single_line_in_a_real_process(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "bad size 'x'" in p.stderr
+
+
+# -- the analytic model on converted families' configs -------------------------------------------
+# a Qwen3 / Gemma-like shape: head size 32 over dim 64 (queries 128 wide), q/k/v biases, q/k norms,
+# two layers of a sliding window of 6 keys between full ones
+FAMILY = get_config("transformer-tiny").replace(dim=64, n_heads=4, n_kv_heads=2, ffn_dim=96, n_layers=4,
+                                                head_size=32, qkv_bias=True, qk_norm=True,
+                                                layer_windows=[0, 6, 6, 0], max_seq_len=512)
+
+
+def _scored_pairs(T: int, window: int) -> int:
+    """(query, key) pairs a causal layer scores, counted off its mask."""
+    q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = (k <= q) & ((k > q - window) if window else True)
+    return int(allowed.sum())
+
+
+def test_cost_model_of_a_family_with_its_own_head_size_and_windows():
+    """Linear FLOPs against a FLOP counter on the real model (queries n_heads x head_size wide,
+    not dim), the attention term against the pairs its masks allow, the cache as allocated
+    (every layer's buffer full length) and a decode step reading a windowed layer's last keys only."""
+    model = build_model(FAMILY)
+    T, B = 40, 2
+    ids = torch.randint(0, FAMILY.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        _, cache = model.prefill(ids, reserve=5)
+    parts = analytic.prefill_flops(FAMILY, T, B)
+    assert counter.get_total_flops() == pytest.approx(parts["linear"] + parts["lm_head"], rel=1e-9)
+    pairs = sum(_scored_pairs(T, w) for w in FAMILY.layer_windows)
+    assert parts["attention"] == pytest.approx(4 * 4 * 32 * B * pairs)
+    assert cache.kv_nbytes() == analytic.cache_bytes(FAMILY, T, B, 4, reserve=5)["kv"] == 4 * 2 * B * (T + 5) * 64 * 4
+    kv_row = 2 * B * 2 * 32 * 4                        # keys + values of one position, all KV heads
+    assert analytic.decode_bytes(FAMILY, T, B, 4)["cache"] == kv_row * (T + 6 + 6 + T)
+    assert analytic.decode_bytes(FAMILY, 4, B, 4)["cache"] == kv_row * 4 * 4     # shorter than the window
+
+
+def test_a_yoco_of_a_folders_shape_says_what_differs():
+    folder = runners.FolderModel("hf:x", Path("x"), "x", "hf", FAMILY.replace(name="hf:x", n_layers=3, layer_windows=None))
+    cfg, note = runners.yoco_like_config(folder, "gret")
+    assert (cfg.arch, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_dim, cfg.vocab_size) == \
+        ("yoco", 64, 4, 4, 2, 96, FAMILY.vocab_size)
+    assert cfg.name == "yoco-like:x" and note.startswith("random weights of the shape of hf:x")
+    assert "4 layers (its 3 rounded up to even)" in note and "head size 16 (its 32" in note
+    assert "qkv_bias" in note and "qk_norm" in note
+    odd = runners.FolderModel("hf:y", Path("y"), "y", "hf", FAMILY.replace(dim=72, n_heads=8, head_size=32))
+    with pytest.raises(runners.FolderError, match="no YOCO has the shape"):
+        runners.yoco_like_config(odd, "gret")
+
+
+# -- -m: a model folder ----------------------------------------------------------------------------
+TINY_HF = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=96, vocab_size=320, max_position_embeddings=512)
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    """A tiny random Llama (in a folder named ``tiny``, as a preset size is, to show that its rows
+    and the preset's never share a key) and a tiny Qwen2 (q/k/v biases), saved by transformers
+    without tokenizer files (profiling feeds random ids); and their parameter counts."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name, cls in (("tiny", "Llama"), ("Qwen2-mini", "Qwen2")):
+        torch.manual_seed(0)
+        model = getattr(transformers, f"{cls}ForCausalLM")(getattr(transformers, f"{cls}Config")(**TINY_HF))
+        model.save_pretrained(root / name)
+        out[name] = (root / name, sum(p.numel() for p in model.parameters()))
+    return out
+
+
+FOLDER_ARGS = ["--ctx", "64,128", "--gen-tokens", "2", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("name", ["tiny", "Qwen2-mini"])
+def test_profile_a_folder_ours_transformers_and_a_yoco_of_its_shape(name, hf_folders, tmp_path, measured):
+    folder, n_params = hf_folders[name]
+    argv = ["profile", "-m", f"hf:{folder}", "--arch", "transformer,hf,yoco", *FOLDER_ARGS, "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = _rows(tmp_path)
+    got = {(r["arch"], r["model"], r["size"], r["ctx"]): r["status"] for r in rows}
+    assert got == {(a, f"{m}:{name}", name, c): "ok" for a, m in (("transformer", "hf"), ("hf", "transformers"),
+                                                                  ("yoco", "yoco-like")) for c in ("64", "128")}
+    native = runners.read_folder(f"hf:{folder}").config
+    yoco, note = runners.FolderModel(f"hf:{folder}", folder, name, "hf", native).config_for("yoco", "gret")
+    for r in rows:
+        T = int(r["ctx"])
+        assert float(r["est_gb"]) > 0 and float(r["decode_ms"]) > 0, r["arch"]
+        if r["arch"] == "yoco":
+            assert int(r["params"]) == yoco.n_params() and r["note"] == note
+            assert "random weights" in note and "4 layers (its 3" in note
+            continue
+        assert int(r["params"]) == n_params, r["arch"]            # what ran: the folder's own weights
+        cache = analytic.cache_bytes(native, T, 1, 4, reserve=0 if r["arch"] == "hf" else sweep.decode_reserve(2))
+        assert float(r["cache_gb"]) * GB == pytest.approx(cache["kv"]), r["arch"]   # the native config's cost model
+    assert len(measured) == 6
+    assert main([*argv, "--resume"]) == 0 and len(measured) == 6          # resumed: nothing measured twice
+    if name == "tiny":      # a preset of the same size in the same folder: its own cells
+        assert main(["profile", "--arch", "transformer", "--size", "tiny", "--ctx", "64", "--gen-tokens", "2",
+                     "--device", "cpu", "--out", str(tmp_path), "--resume"]) == 0
+        assert len(measured) == 7 and _rows(tmp_path)[-1]["model"] == "transformer-tiny"
+
+
+def test_a_preset_as_model_is_the_size_path(tmp_path, measured):
+    argv = ["--ctx", "64", "--gen-tokens", "2", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(["profile", "--arch", "yoco", "--size", "tiny", "--self-decoder", "swa", *argv]) == 0
+    assert main(["profile", "-m", "yoco-swa-tiny", "--resume", *argv]) == 0
+    assert len(measured) == 1 and [r["model"] for r in _rows(tmp_path)] == ["yoco-swa-tiny"]
+
+
+def _write_json(folder: Path, data: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.fixture
+def bad_folders(tmp_path):
+    gpt2 = _write_json(tmp_path / "gpt2", {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4,
+                                           "vocab_size": 320})
+    ours, empty = tmp_path / "ours", tmp_path / "empty"
+    save_model(build_model(get_config("transformer-tiny").replace(n_layers=2)), ours)
+    empty.mkdir()
+    return {"gpt2": gpt2, "ours": ours, "empty": empty, "nodir": tmp_path / "missing",
+            "theirs": _write_json(tmp_path / "theirs", {"model_type": "llama"})}
+
+
+@pytest.mark.parametrize("spec,extra,says", [
+    ("hf:{tiny}", ["--size", "tiny"], "exclude each other"),
+    ("hf:{tiny}", ["--arch", "transformer,fla"], "--arch fla does not run -m folders"),
+    ("hf:{nodir}", [], "is not a folder"),
+    ("hf:{empty}", [], "no config.json"),
+    ("{theirs}", [], "use -m hf:"),
+    ("nonsense-7b", [], "neither a preset"),
+    ("unilm:{ours}", [], "not unilm:"),
+    ("hf:{gpt2}", ["--arch", "transformer"], "runs only on the transformers fallback"),
+    ("{ours}", ["--arch", "hf"], "--arch hf runs transformers folders"),
+])
+def test_model_option_refusals_are_one_line_exit_2(spec, extra, says, hf_folders, bad_folders, tmp_path, capsys):
+    paths = {**bad_folders, "tiny": hf_folders["tiny"][0]}
+    argv = ["profile", "-m", spec.format(**paths), *extra, "--device", "cpu", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and says in err, err
+    assert not (tmp_path / "o" / "profile.csv").exists()
+
+
+def test_what_auto_runs_on_each_kind_of_folder(bad_folders, hf_folders):
+    assert runners.read_folder(f"hf:{hf_folders['tiny'][0]}").default_archs() == ["transformer", "hf"]
+    assert runners.read_folder(f"hf:{bad_folders['gpt2']}").default_archs() == ["hf"]
+    ours = runners.read_folder(str(bad_folders["ours"]))
+    assert ours.default_archs() == ["transformer"] and ours.model_name("transformer") == "ckpt:ours"
+    assert runners.read_folder("transformer-tiny") is None
+
+
+def test_a_folder_only_transformers_runs_is_profiled_as_hf_alone(tmp_path, measured):
+    """A model_type our native path does not convert (GPT-2): --arch auto is transformers alone;
+    its rows have no cost-model numbers, and say so."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=320, n_positions=256)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "g2")
+    assert main(["profile", "-m", f"hf:{tmp_path / 'g2'}", "--ctx", "64", "--gen-tokens", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "o")]) == 0
+    [row] = _rows(tmp_path / "o")
+    assert (row["arch"], row["model"], row["size"], row["status"]) == ("hf", "transformers:g2", "g2", "ok")
+    assert row["est_gb"] == row["prefill_tflops"] == "" and "no cost model" in row["note"]
+    assert float(row["cache_gb"]) > 0 and int(row["params"]) > 0
+
+
+def test_one_of_our_checkpoint_folders_runs_past_its_max_seq_len(tmp_path, measured):
+    """-m CHECKPOINT: its own weights on our native path; a context past the config's max_seq_len
+    still runs (as transformers runs past max_position_embeddings), the note says so."""
+    cfg = get_config("transformer-tiny").replace(n_layers=2, max_seq_len=64)
+    save_model(build_model(cfg), tmp_path / "short")
+    assert main(["profile", "-m", str(tmp_path / "short"), "--ctx", "64", "--gen-tokens", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "o")]) == 0
+    [row] = _rows(tmp_path / "o")
+    assert (row["arch"], row["model"], row["size"], row["status"]) == ("transformer", "ckpt:short", "short", "ok")
+    assert int(row["params"]) == cfg.n_params() and "past its config's max_seq_len 64" in row["note"]

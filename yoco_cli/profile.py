@@ -1,6 +1,14 @@
 """`yoco profile`: prefill latency, decode latency and throughput, memory and cache size of YOCO
 against the Transformer (and the HF / fla peers) over contexts and batch sizes.
 
+``-m/--model SPEC`` profiles a model folder instead of the presets: ``hf:DIR`` (a transformers
+folder) or one of our checkpoint folders, its real weights and config. There ``--arch`` means:
+``transformer`` our native path on its weights (``load_model``), ``hf`` transformers running the
+same folder (``AutoModelForCausalLM``, SDPA), ``yoco`` a YOCO with random weights of its shape
+(its note says what differs); ``auto`` is transformer,hf. The rows' ``model`` column names the
+folder (``hf:X``, ``transformers:X``, ``yoco-like:X``) and ``size`` is its name. A preset name as
+SPEC is the ``--size`` path (its arch and size).
+
 One row per (arch, size, ctx, batch) cell is appended to ``OUT/profile.csv`` (``schemas.PROFILE``)
 as soon as the cell is measured; ``--resume`` skips cells already there with the same setting
 (dtype, mode, decode steps, chunk, device: ``schemas.PROFILE.key``). One run per ``--out`` at a
@@ -14,7 +22,7 @@ the figures in ``plots.py``.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -27,16 +35,23 @@ CTX_DOUBLING_FROM = 4096
 DEFAULT_CTX = {"cuda": "4k,16k,64k,256k,1m", "cpu": "1k,4k,16k"}
 DEFAULT_SIZE = {"cuda": "3b", "cpu": "tiny"}
 
-ArchOpt = Annotated[str, typer.Option("--arch", help="Comma list of yoco, transformer, hf, fla.")]
+DEFAULT_ARCHS = "yoco,transformer"
+
+ArchOpt = Annotated[str, typer.Option(
+    "--arch", help="Comma list of yoco, transformer, hf, fla; auto: yoco,transformer, or with -m the "
+                   "folder's own runs (transformer,hf: ours and transformers on its weights).")]
+FolderOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Profile a model folder: hf:DIR (a transformers folder) or one of our checkpoint "
+                          "folders, its real weights (a preset name: that preset, as --size does).")]
 SizeOpt = Annotated[str, typer.Option(
-    "--size", help="Comma list of sizes (160m 400m 830m 1.4b 2.7b 3b 6.8b 13b tiny); auto: 3b on cuda, tiny on cpu.")]
+    "--size", help="Comma list of sizes (160m 400m 830m 1.4b 2.7b 3b 6.8b 13b tiny); auto: 3b on cuda, tiny on cpu; not with -m.")]
 CtxOpt = Annotated[str, typer.Option(
     "--ctx", help="Comma list of context lengths (512, 4k, 128K, 1m); one size alone means a doubling "
                   "sweep from 4k up to it (with a trailing comma, 256k, just that one). auto: 4k,16k,64k,256k,1m on cuda, 1k,4k,16k on cpu.")]
 BatchOpt = Annotated[str, typer.Option("--batch", help="Comma list of batch sizes.")]
 GenOpt = Annotated[int, typer.Option("--gen-tokens", help="Decode steps timed per cell (median reported).")]
 ChunkOpt = Annotated[str, typer.Option(
-    "--chunk-size", help="Prefill chunk in tokens; auto: 8k for yoco, unchunked for transformer, hf and "
+    "--chunk-size", help="Prefill chunk in tokens; auto: 8k for yoco, 64k for transformer, unchunked for hf and "
                          "fla (whose cache takes one token per call after the first); 0: unchunked for all.")]
 SelfDecOpt = Annotated[str, typer.Option("--self-decoder", help="Self-decoder of arch yoco: gret or swa.")]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Least prefills timed per cell; short ones are repeated up to 5 times within 1 s (median reported).")]
@@ -68,7 +83,8 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def profile(
-    arch: ArchOpt = "yoco,transformer",
+    model: FolderOpt = None,
+    arch: ArchOpt = "auto",
     size: SizeOpt = "auto",
     ctx: CtxOpt = "auto",
     batch: BatchOpt = "1",
@@ -86,8 +102,8 @@ def profile(
     """Profile prefill, decode and memory over contexts and batch sizes (CSV + plots)."""
     from yoco_core.perf import sweep
 
-    plan = _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device,
-                 dtype, seed)
+    plan = _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only,
+                 device, dtype, seed)
     out = ensure_out_dir(out)
     with schemas.lock_results(out, command_line()), interrupts.graceful():
         machine = sweep.Machine.of(plan.device)
@@ -108,16 +124,19 @@ def profile(
         _report(out, set(cells))
 
 
-def _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device, dtype,
-          seed):
+def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device,
+          dtype, seed):
     """The options checked (a one-line error each) and made into a ``sweep.Plan``."""
     from yoco_core.config import SIZES
     from yoco_core.perf import runners, sweep
 
-    archs = _parse_choices(arch, runners.ARCHS, "--arch")
+    folder, arch, size, self_decoder = _model_option(model, arch, size, self_decoder)
+    archs = _parse_choices(",".join(folder.default_archs()) if folder and arch == "auto"
+                           else DEFAULT_ARCHS if arch == "auto" else arch, runners.ARCHS, "--arch")
     dev = resolve_device(device)
     kind = "cuda" if dev.startswith("cuda") else "cpu"
-    sizes = _parse_choices(DEFAULT_SIZE[kind] if size.strip().lower() == "auto" else size, SIZES, "--size")
+    sizes = [folder.label] if folder else _parse_choices(
+        DEFAULT_SIZE[kind] if size.strip().lower() == "auto" else size, SIZES, "--size")
     ctxs = parse_size_list(DEFAULT_CTX[kind] if ctx.strip().lower() == "auto" else ctx,
                            doubling_from=CTX_DOUBLING_FROM)
     batches = parse_size_list(batch)
@@ -133,14 +152,40 @@ def _plan(arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats,
         fail("--decode-only works with --arch yoco and transformer (our models' caches), not "
              + ", ".join(sorted(set(archs) - set(runners.NATIVE_ARCHS))))
     for a in archs:
-        if a in runners.PEER_ARCHS:
-            try:
+        try:
+            if folder:
+                folder.check_arch(a)
+            elif a in runners.PEER_ARCHS:
                 runners.check_peer(a, dev)
-            except runners.PeerUnavailable as e:
-                fail(str(e))
+        except (runners.PeerUnavailable, runners.FolderError) as e:
+            fail(str(e))
     return sweep.Plan(archs=archs, sizes=sizes, ctxs=ctxs, batches=batches, gen_tokens=gen_tokens, chunk=chunk,
                       self_decoder=self_decoder, repeats=repeats, seed=seed, decode_only=decode_only, device=dev,
-                      dtype=torch_dtype)
+                      dtype=torch_dtype, folder=folder)
+
+
+def _model_option(model, arch: str, size: str, self_decoder: str):
+    """``-m SPEC`` read: (the folder or None, --arch, --size, --self-decoder) as the plan takes
+    them; a preset name becomes its own arch (unless --arch says otherwise), size and self-decoder.
+    -m with a --size is refused, one line."""
+    from yoco_core.config import get_config
+    from yoco_core.perf import runners
+
+    arch = arch.strip().lower() or "auto"
+    if model is None:
+        return None, arch, size, self_decoder
+    if size.strip().lower() != "auto":
+        fail(f"-m/--model {model} and --size {size} exclude each other: the folder (or preset) sets the size; "
+             "leave --size at auto")
+    try:
+        folder = runners.read_folder(model.strip())
+    except runners.FolderError as e:
+        fail(str(e))
+    if folder is not None:
+        return folder, arch, size, self_decoder
+    preset = get_config(model.strip())
+    return (None, preset.arch if arch == "auto" else arch, preset.name.rsplit("-", 1)[1],
+            preset.self_decoder if preset.arch == "yoco" else self_decoder)
 
 
 def _key(plan, machine, cell) -> tuple[str, ...]:
@@ -203,8 +248,8 @@ def _run(plan, todo, machine, blockers, out) -> int:
         task = progress.add_task("profile", total=len(todo))
 
         def show(phase, cell):
-            progress.update(task, description=f"building {cell.arch} {cell.size}" if phase == "build"
-                            else f"{cell.arch} {cell.size} ctx {format_size(cell.ctx)} batch {cell.batch}")
+            progress.update(task, description=f"building {escape(cell.model)}" if phase == "build"
+                            else f"{cell.arch} {escape(cell.model)} ctx {format_size(cell.ctx)} batch {cell.batch}")
 
         records, kept = sweep.sweep(plan, todo, machine, blockers, on_event=show, tokens=format_size), 0
         try:
@@ -214,7 +259,7 @@ def _run(plan, todo, machine, blockers, out) -> int:
                 kept += 1
                 if rec.status != "ok":
                     colour = "red" if rec.status == "error" else "yellow"
-                    progress.console.print(f"[{colour}]{rec.status}[/] {rec.arch} {rec.size} ctx "
+                    progress.console.print(f"[{colour}]{rec.status}[/] {rec.arch} {escape(rec.model)} ctx "
                                            f"{format_size(rec.ctx)} batch {rec.batch}: {escape(rec.note)}",
                                            highlight=False)
                 progress.advance(task)
@@ -247,16 +292,16 @@ def _table(rows: list[dict]) -> None:
     if not rows:
         return
     table = Table(title="yoco profile")
-    for name in ("arch", "size", "ctx", "batch", "status", "prefill s", "decode ms", "tok/s", "peak GB"):
-        table.add_column(name, justify="left" if name in ("arch", "size", "status") else "right")
+    for name in ("arch", "model", "ctx", "batch", "status", "prefill s", "decode ms", "tok/s", "peak GB"):
+        table.add_column(name, justify="left" if name in ("arch", "model", "status") else "right")
     colour = {"ok": "green", "oom": "red", "skipped": "yellow", "error": "red"}
     order = {}
     for r in rows:
         order.setdefault(r["arch"], len(order))
-    rows = sorted(rows, key=lambda r: (order[r["arch"]], str(r["size"]), int(r["batch"]), int(r["ctx"])))
+    rows = sorted(rows, key=lambda r: (order[r["arch"]], str(r["model"]), int(r["batch"]), int(r["ctx"])))
     for r in rows:
         st = str(r["status"])
-        table.add_row(str(r["arch"]), str(r["size"]), format_size(int(r["ctx"])), str(int(r["batch"])),
+        table.add_row(str(r["arch"]), escape(str(r["model"])), format_size(int(r["ctx"])), str(int(r["batch"])),
                       f"[{colour.get(st, 'white')}]{st}[/]", _fmt(r["prefill_s"]), _fmt(r["decode_ms"]),
                       _fmt(r["decode_tok_s"]),
                       _fmt(r["peak_alloc_gb"]) if st == "ok" else (f"~{_fmt(r['est_gb'])} est" if r["est_gb"] == r["est_gb"] else "-"))

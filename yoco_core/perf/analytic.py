@@ -1,20 +1,22 @@
 """The cost model of ``yoco profile``: pure functions of a ``ModelConfig`` (``b`` = bytes per element
 of the model dtype, ``B`` = batch, ``T`` = context tokens, ``d`` = dim, ``f`` = FFN width,
-``V`` = vocabulary, ``kv`` = ``n_kv_heads * head_dim``, ``L`` = layers, ``L/2`` = self- and
-cross-decoder depth):
+``V`` = vocabulary, ``q`` = ``n_heads * head_dim`` (``d`` unless a converted family sets its own
+head size), ``kv`` = ``n_kv_heads * head_dim``, ``L`` = layers, ``L/2`` = self- and cross-decoder
+depth):
 
 * **Prefill FLOPs** (multiply-add = 2 FLOPs), split in four parts (``prefill_flops``):
 
   - ``linear``: every weight matrix a token goes through, ``2 * B * T * P_token``, where
     ``P_token`` is the linear weights run per prompt token: for the Transformer every layer
-    (``2 d^2 + 2 d kv + 3 d f`` each); for YOCO the self-decoder layers and the global K/V
+    (``2 d q + 2 d kv + 3 d f`` each); for YOCO the self-decoder layers and the global K/V
     projections, plus ``2 * B * P_cross`` for the cross-decoder, which runs for the last position
     only (early exit). Embedding lookups are not FLOPs; norms and activations are left out.
   - ``lm_head``: ``2 * B * d * V``, the last position only.
-  - ``attention``: softmax attention, ``4 * d * B * K`` with ``K`` the (query, key) pairs a layer
-    scores (``QK^T`` and ``AV``, ``d`` = heads x head dim). Causal over ``T``:
-    ``K = T (T + 1) / 2`` per layer (about ``2 T^2 d`` FLOPs per layer and sequence); a sliding
-    window ``w``: ``K = sum_p min(p + 1, w)``; YOCO's cross-decoder at the last position: ``K = T``.
+  - ``attention``: softmax attention, ``4 * q * B * K`` with ``K`` the (query, key) pairs a layer
+    scores (``QK^T`` and ``AV``, ``q`` = heads x head dim). Causal over ``T``:
+    ``K = T (T + 1) / 2`` per layer (about ``2 T^2 q`` FLOPs per layer and sequence); a sliding
+    window ``w`` (SWA, and a converted family's windowed layers, ``config.window_of``):
+    ``K = sum_p min(p + 1, w)``; YOCO's cross-decoder at the last position: ``K = T``.
   - ``mixer``: gated retention in its chunkwise form (chunks of ``C = 64``, the size fla-core's
     kernel and our PyTorch form use), per self-decoder layer ``4 B T' C d + 4 B T' d h``
     (intra-chunk scores and their product with V, then the state read and update; ``h`` = head
@@ -25,10 +27,12 @@ cross-decoder depth):
   once (all parameters but the embedding table, of which only ``B`` rows are read) plus the cache:
   for YOCO the global KV once per cross-decoder layer, ``L/2 * 2 B T kv b``, plus each self-decoder
   layer's state (gRet: ``B H h^2`` float32; SWA: its last ``w - 1`` keys and values); for the
-  Transformer every layer's KV, ``L * 2 B T kv b``.
+  Transformer every layer's KV, ``L * 2 B T kv b``, of which a windowed layer reads only its last
+  ``min(T, w)`` positions (the decode kernels start there).
 
 * **Memory** (``estimate_memory``): weights ``P b`` + the cache as allocated for ``T + reserve``
-  tokens (``cache_bytes``, equal to ``cache.nbytes()`` of our models) + the activation peak of one
+  tokens (``cache_bytes``, equal to ``cache.nbytes()`` of our models; a windowed layer's buffer
+  too is allocated for every position) + the activation peak of one
   prefill chunk of ``c`` tokens (``activation_bytes``): ``B c (3 f + 3 d) b`` (SwiGLU's gate, up
   and product, the residual stream and the normed input) + for gRet the chunkwise form's float32
   chunk states and score blocks ``2 B ceil(c / 64) H_s (64^2 + h^2) 4`` + the last position's
@@ -44,13 +48,24 @@ def _kv_dim(cfg: ModelConfig) -> int:
     return cfg.n_kv_heads * cfg.head_dim
 
 
+def _q_dim(cfg: ModelConfig) -> int:
+    """Width of the queries and of the attention output (``dim`` unless ``head_size`` is set)."""
+    return cfg.n_heads * cfg.head_dim
+
+
+def _layer_windows(cfg: ModelConfig) -> list[int]:
+    """The Transformer's window per layer (0: full causal attention)."""
+    return [cfg.window_of(i) for i in range(cfg.n_layers)]
+
+
 def linear_params(cfg: ModelConfig) -> dict[str, int]:
     """Linear weights by how often prefill runs them: ``token`` (every prompt token), ``last``
     (YOCO's cross-decoder: the last position only), ``head`` (lm_head, the last position)."""
     d, f, kv = cfg.dim, cfg.ffn_dim, _kv_dim(cfg)
     ffn = 3 * d * f
     if cfg.arch == "transformer":
-        return {"token": cfg.n_layers * (2 * d * d + 2 * d * kv + ffn), "last": 0, "head": d * cfg.vocab_size}
+        return {"token": cfg.n_layers * (2 * d * _q_dim(cfg) + 2 * d * kv + ffn), "last": 0,
+                "head": d * cfg.vocab_size}
     half = cfg.n_layers // 2
     mixer = 5 * d * d + d * cfg.n_self_heads if cfg.self_decoder == "gret" else 4 * d * d
     return {"token": half * (mixer + ffn) + 2 * d * kv, "last": half * (2 * d * d + ffn),
@@ -62,8 +77,9 @@ def _causal_pairs(T: int) -> int:
 
 
 def _window_pairs(T: int, w: int) -> int:
-    """(query, key) pairs of causal attention limited to the last ``w`` keys: sum_p min(p+1, w)."""
-    if T <= w:
+    """(query, key) pairs of causal attention limited to the last ``w`` keys: sum_p min(p+1, w)
+    (``w`` = 0: no limit)."""
+    if not w or T <= w:
         return _causal_pairs(T)
     return _causal_pairs(w) + (T - w) * w
 
@@ -75,7 +91,7 @@ def prefill_flops(cfg: ModelConfig, ctx: int, batch: int = 1) -> dict[str, float
     out = {"linear": 2.0 * B * (T * p["token"] + p["last"]), "lm_head": 2.0 * B * p["head"],
            "attention": 0.0, "mixer": 0.0}
     if cfg.arch == "transformer":
-        out["attention"] = 4.0 * d * B * cfg.n_layers * _causal_pairs(T)
+        out["attention"] = 4.0 * _q_dim(cfg) * B * sum(_window_pairs(T, w) for w in _layer_windows(cfg))
     else:
         half = cfg.n_layers // 2
         out["attention"] = 4.0 * d * B * half * T                  # cross-decoder, last position
@@ -120,10 +136,14 @@ def weight_bytes_read(cfg: ModelConfig, elem: int) -> int:
 
 def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> dict[str, int]:
     """Bytes one decode step at context ``ctx`` must read: ``weights``, ``cache``, ``total``."""
-    kv_layer = 2 * batch * ctx * _kv_dim(cfg) * elem
-    layers = cfg.n_layers // 2 if cfg.arch == "yoco" else cfg.n_layers
-    out = {"weights": weight_bytes_read(cfg, elem),
-           "cache": layers * kv_layer + state_bytes(cfg, ctx, batch, elem)}
+    def kv_layer(keys: int) -> int:
+        return 2 * batch * keys * _kv_dim(cfg) * elem
+
+    if cfg.arch == "yoco":
+        kv = cfg.n_layers // 2 * kv_layer(ctx)
+    else:                                   # a windowed layer reads its last w positions only
+        kv = sum(kv_layer(min(ctx, w) if w else ctx) for w in _layer_windows(cfg))
+    out = {"weights": weight_bytes_read(cfg, elem), "cache": kv + state_bytes(cfg, ctx, batch, elem)}
     out["total"] = out["weights"] + out["cache"]
     return out
 

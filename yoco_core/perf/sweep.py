@@ -13,7 +13,9 @@ greedy decode steps, each timed on its own, the median reported. Peak memory
 and decode. ``run_cell`` turns an out-of-memory error into a result (status ``oom``), releases the
 memory, and returns; any other error becomes status ``error`` with its first line.
 
-The sweep (``Plan``, ``sweep``): the cells are (arch, size, batch, ctx) in that nesting order. A
+The sweep (``Plan``, ``sweep``): the cells are (arch, size, batch, ctx) in that nesting order; on a
+model folder (``Plan.folder``, ``yoco profile -m``) the one size is the folder's name and each arch
+one way of running it (``runners.FolderModel``). A
 cell whose analytic memory estimate exceeds the device's memory, or that is at least as large in
 context and batch as a cell of the same model that already ran out of memory (``Blockers``), is
 ``skipped`` without building anything; the others are measured, one runner built per model and
@@ -32,14 +34,16 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..config import ModelConfig
 from ..dtypes import canonical, element_size, name_of
 from ..errors import first_line
 from .analytic import cell_analytics, effective_chunk
 from .hardware import (Ceilings, Clock, available_memory, device_name, is_out_of_memory, release, reset_memory,
                        use_device, versions)
-from .runners import Runner, build_runner, model_name, size_config
+from .runners import FolderModel, Runner, build_folder_runner, build_runner, model_name, size_config
 
 DEFAULT_YOCO_CHUNK = 8192            # prefill chunk of ``--chunk-size auto`` for our yoco (see default_chunk)
+DEFAULT_TRANSFORMER_CHUNK = 65536    # ... and for our Transformer
 WARMUP_TOKENS = 4096                 # warm-up cache length for decode-only cells
 WARMUP_STEPS = 3                     # warm-up decode steps
 PREFILL_BUDGET_S = 1.0               # short prefills are timed again while their total stays under this
@@ -52,10 +56,14 @@ INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
 def default_chunk(arch: str) -> int | None:
     """The prefill chunk of ``--chunk-size auto``: 8K tokens for our YOCO (YOCO-3B at 1M on an H100:
     12.48 GB peak and 6.01 s with 8K chunks, 12.55 GB and 5.93 s with 16K; its prefill memory is
-    then bounded); unchunked for the Transformers (as users run them) and for fla's YOCO, whose
+    then bounded); 64K for our Transformer (the preset baselines and the converted families: a
+    Llama-3.1-8B shape at 128K on an H200 took 10.72 s unchunked with a 47.8 GB peak, 10.72 s in
+    64K chunks with 40.6 GB, ``scripts/diag_prefill_attention.py``: the same time, less memory);
+    unchunked for transformers' models (as users run them; later chunks would take its masked
+    attention) and for fla's YOCO, whose
     cache takes only one new token per call after the first (measured: a second prefill chunk
     fails with "only support q_len == 1 for decoding" in flash-linear-attention 0.6.0)."""
-    return DEFAULT_YOCO_CHUNK if arch == "yoco" else None
+    return {"yoco": DEFAULT_YOCO_CHUNK, "transformer": DEFAULT_TRANSFORMER_CHUNK}.get(arch)
 
 
 def _inject_oom(arch: str, ctx: int, batch: int) -> None:
@@ -97,7 +105,7 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
     clock = Clock(dev)
     reserve = decode_reserve(gen_tokens)
     chunk = effective_chunk(chunk_size, ctx) or None
-    ids = torch.randint(0, runner.config.vocab_size, (batch, ctx), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
+    ids = torch.randint(0, runner.vocab_size, (batch, ctx), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
 
     with torch.inference_mode():
         # warm-up: a whole prefill and a few decode steps at this batch. The whole length, because
@@ -151,7 +159,7 @@ def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int
 def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, seed: int) -> CellResult:
     dev = runner.device
     clock = Clock(dev)
-    tok = torch.randint(0, runner.config.vocab_size, (batch, 1), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
+    tok = torch.randint(0, runner.vocab_size, (batch, 1), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
     with torch.inference_mode():
         cache = runner.random_cache(batch, min(ctx, WARMUP_TOKENS), WARMUP_STEPS + 1, seed)   # warm-up
         for _ in range(WARMUP_STEPS):
@@ -177,9 +185,12 @@ def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: 
     return res
 
 
-def shares(analytic: dict, res: CellResult, ceil: Ceilings | None) -> dict[str, float | None]:
-    """Achieved TFLOP/s and the shares of the measured ceilings (None where not measurable)."""
+def shares(analytic: dict | None, res: CellResult, ceil: Ceilings | None) -> dict[str, float | None]:
+    """Achieved TFLOP/s and the shares of the measured ceilings (None where not measurable, and
+    without a cost model)."""
     out: dict[str, float | None] = {"prefill_tflops": None, "prefill_share": None, "decode_share": None}
+    if analytic is None:
+        return out
     if res.prefill_s:
         out["prefill_tflops"] = analytic["flops"] / res.prefill_s / 1e12
         if ceil and ceil.matmul_tflops > 0:
@@ -205,7 +216,8 @@ class Cell:
 
 @dataclass
 class Plan:
-    """What one ``yoco profile`` run measures: every (arch, size, batch, ctx) of these lists."""
+    """What one ``yoco profile`` run measures: every (arch, size, batch, ctx) of these lists; with
+    ``folder``, every arch on that model folder (``sizes`` is then its name alone)."""
     archs: list[str]
     sizes: list[str]
     ctxs: list[int]
@@ -218,6 +230,7 @@ class Plan:
     decode_only: bool = False
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    folder: FolderModel | None = None
 
     @property
     def dtype_name(self) -> str:
@@ -236,9 +249,41 @@ class Plan:
     def max_tokens(self) -> int:
         return max(self.ctxs) + self.reserve
 
+    def model_name(self, arch: str, size: str) -> str:
+        """profile.csv's model column of (arch, size)."""
+        return self.folder.model_name(arch) if self.folder else model_name(arch, size, self.self_decoder)
+
     def cells(self) -> list[Cell]:
-        return [Cell(a, s, model_name(a, s, self.self_decoder), b, c)
+        return [Cell(a, s, self.model_name(a, s), b, c)
                 for a in self.archs for s in self.sizes for b in self.batches for c in self.ctxs]
+
+    def config_for(self, cell: Cell) -> ModelConfig | None:
+        """The config the cost model reads for ``cell`` (None: a folder only transformers runs)."""
+        if self.folder:
+            return self.folder.config_for(cell.arch, self.self_decoder)[0]
+        return size_config(cell.arch, cell.size, self.self_decoder)
+
+    def note_for(self, cell: Cell) -> str:
+        """What every row of ``cell``'s model says: on a folder, what the YOCO of its shape differs
+        in, that there is no cost model (a model_type only transformers runs), and positions past
+        its config's maximum (run all the same: the RoPE extrapolates)."""
+        if not self.folder:
+            return ""
+        note = self.folder.config_for(cell.arch, self.self_decoder)[1]
+        if self.folder.config is None:
+            note = f"no cost model (no native config of model_type {self.folder.model_type!r})"
+        top = self.folder.config.max_seq_len if self.folder.config else None
+        if top and cell.arch != "yoco" and cell.ctx + self.reserve > top:
+            note = _join(note, f"{cell.ctx + self.reserve} positions, past its config's max_seq_len {top}")
+        return note
+
+    def build(self, cell: Cell) -> Runner:
+        """The runner of ``cell``'s model (random weights for a preset, the folder's for -m)."""
+        if self.folder:
+            return build_folder_runner(cell.arch, self.folder, self.device, self.dtype, self.max_tokens,
+                                       self.self_decoder, self.seed)
+        return build_runner(cell.arch, cell.size, self.device, self.dtype, max_tokens=self.max_tokens,
+                            self_decoder=self.self_decoder, seed=self.seed)
 
     def chunk_for(self, cell: Cell) -> int:
         """The prefill chunk of a cell; 0: unchunked (and for decode-only cells, which have none)."""
@@ -272,7 +317,7 @@ class Record:
     arch: str
     model: str
     size: str
-    params: int
+    params: int | None
     ctx: int
     batch: int
     status: str = ""
@@ -341,13 +386,11 @@ class _Models:
             self.close()
             self.model = cell.model
             emit("build", cell)
-            p = self.plan
             try:
-                self.runner = build_runner(cell.arch, cell.size, p.device, p.dtype, max_tokens=p.max_tokens,
-                                           self_decoder=p.self_decoder, seed=p.seed)
+                self.runner = self.plan.build(cell)
             except Exception as e:  # noqa: BLE001 - recorded on each of its cells
                 self.failure = ("oom" if is_out_of_memory(e) else "error", "building the model: " + first_line(e))
-                release(p.device)
+                release(self.plan.device)
             emit("cell", cell)
         return self.runner
 
@@ -376,29 +419,29 @@ def sweep(plan: Plan, cells: list[Cell], machine: Machine, blockers: Blockers,
 
 def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, models: _Models, emit,
              tokens) -> Record:
-    cfg = size_config(cell.arch, cell.size, plan.self_decoder)
     chunk = plan.chunk_for(cell)
-    analytic = cell_analytics(cfg, cell.ctx, cell.batch, element_size(plan.dtype),
-                              1 if plan.decode_only else chunk, plan.reserve)
     ceil = machine.ceilings
-    rec = Record(arch=cell.arch, model=cell.model, size=cell.size, params=cfg.n_params(), ctx=cell.ctx,
-                 batch=cell.batch, est_gb=analytic["est_bytes"] / GB,
-                 decode_gb_per_token=analytic["decode_bytes"] / GB,
-                 matmul_tflops=ceil.matmul_tflops if ceil else None, copy_tbs=ceil.copy_tbs if ceil else None,
-                 mode=plan.mode, gen_tokens=plan.gen_tokens, chunk_size=chunk, device=machine.name, dtype=plan.dtype_name,
-                 torch=machine.torch, triton=machine.triton)
-    skip = _skip_note(cell, analytic["est_bytes"], machine.memory, blockers, tokens)
+    rec = Record(arch=cell.arch, model=cell.model, size=cell.size, params=None, ctx=cell.ctx,
+                 batch=cell.batch, matmul_tflops=ceil.matmul_tflops if ceil else None,
+                 copy_tbs=ceil.copy_tbs if ceil else None, mode=plan.mode, gen_tokens=plan.gen_tokens,
+                 chunk_size=chunk, device=machine.name, dtype=plan.dtype_name, torch=machine.torch,
+                 triton=machine.triton)
+    analytic = _analyse(rec, plan.config_for(cell), plan, chunk)
+    model_note = plan.note_for(cell)
+    skip = _skip_note(cell, analytic and analytic["est_bytes"], machine.memory, blockers, tokens)
     if skip:
-        rec.status, rec.note = "skipped", skip
+        rec.status, rec.note = "skipped", _join(skip, model_note)
         return rec
     runner = models.runner_for(cell, emit)
     if runner is None:
-        rec.status, rec.note = models.failure
+        rec.status, rec.note = models.failure[0], _join(models.failure[1], model_note)
         return rec
+    if runner.config is not None:            # what was built: a loaded folder's own config
+        analytic = _analyse(rec, runner.config, plan, chunk)
     rec.params = runner.params
     res = run_cell(runner, cell.ctx, cell.batch, plan.gen_tokens, chunk or None, plan.repeats, plan.seed,
                    plan.decode_only)
-    rec.status, rec.note = res.status, res.note
+    rec.status, rec.note = res.status, _join(res.note, model_note)
     if res.status == "oom":
         blockers.add(cell.model, cell.ctx, cell.batch)
     if res.status == "ok":
@@ -406,9 +449,25 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
     return rec
 
 
-def _skip_note(cell: Cell, est: float, memory: int | None, blockers: Blockers, tokens) -> str:
+def _analyse(rec: Record, cfg: ModelConfig | None, plan: Plan, chunk: int) -> dict | None:
+    """The cost model of ``cfg`` for the record's cell (None without a config), its parameter
+    count, memory estimate and decode bytes written into ``rec``."""
+    if cfg is None:
+        return None
+    analytic = cell_analytics(cfg, rec.ctx, rec.batch, element_size(plan.dtype),
+                              1 if plan.decode_only else chunk, plan.reserve)
+    rec.params, rec.est_gb = cfg.n_params(), analytic["est_bytes"] / GB
+    rec.decode_gb_per_token = analytic["decode_bytes"] / GB
+    return analytic
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def _skip_note(cell: Cell, est: float | None, memory: int | None, blockers: Blockers, tokens) -> str:
     """Why ``cell`` is not run (empty: it is)."""
-    if memory is not None and est > memory:
+    if memory is not None and est is not None and est > memory:
         return f"estimate {est / GB:.1f} GB exceeds the device's {memory / GB:.1f} GB (available)"
     blocker = blockers.blocker(cell)
     if blocker is not None:
@@ -420,7 +479,7 @@ def _gb(n: int | None) -> float | None:
     return None if n is None else n / GB
 
 
-def _add_measured(rec: Record, res: CellResult, analytic: dict, ceil: Ceilings | None) -> None:
+def _add_measured(rec: Record, res: CellResult, analytic: dict | None, ceil: Ceilings | None) -> None:
     rec.prefill_s, rec.decode_ms = res.prefill_s, res.decode_ms
     rec.decode_tok_s = rec.batch * 1e3 / res.decode_ms if res.decode_ms else None
     rec.peak_alloc_gb, rec.peak_reserved_gb = _gb(res.peak_alloc), _gb(res.peak_reserved)
