@@ -5,9 +5,10 @@
   costs no per-token reallocation.
 * ``YOCOCache``: one global ``KVBuffer`` shared by every cross-decoder layer (its size does not
   depend on depth) plus each self-decoder layer's constant-size state: the gated-retention state
-  ``[B, H, K, V]`` (float32) or, for SWA, the last ``window - 1`` keys and values. The states' shape
-  (``StateSpec``) is given when the model makes the cache, so a cache can be filled without a
-  prefill (``fill_random``).
+  ``[B, H, K, V]`` (float32) or, for SWA, a ring of the newest ``window`` keys and values,
+  preallocated with the cache and written in place (position ``p`` in slot ``p % window``), so its
+  address never changes and a CUDA graph can decode over it. The states' shape (``StateSpec``) is
+  given when the model makes the cache, so a cache can be filled without a prefill (``fill_random``).
 * ``TransformerCache``: one ``KVBuffer`` per layer.
 
 Both share one interface (``Cache``): ``batch``, ``length``, ``capacity``, ``buffers()`` (the
@@ -68,8 +69,9 @@ class KVBuffer:
 @dataclass(frozen=True)
 class StateSpec:
     """The shape of every self-decoder layer's state: gRet ``[B, heads, head_dim, head_dim]``
-    float32; SWA the last ``min(n, window - 1)`` keys and values ``[B, heads, keep, head_dim]``
-    in ``dtype`` (the model's)."""
+    float32; SWA a ring ``[2, B, heads, window, head_dim]`` (keys, values) in ``dtype`` (the
+    model's), position ``p`` in slot ``p % window``: room for the newest ``window`` keys, the
+    current token's included, whatever the context length."""
     kind: str                       # gret or swa (ModelConfig.self_decoder)
     heads: int
     head_dim: int
@@ -81,14 +83,24 @@ class StateSpec:
         """The states of a YOCO ``ModelConfig`` run in ``dtype``."""
         return cls(cfg.self_decoder, cfg.n_self_heads, cfg.self_head_dim, cfg.window, dtype)
 
-    def random(self, batch: int, ctx: int, device, generator: torch.Generator):
-        """A standard-normal state as ``ctx`` tokens would leave it."""
+    def empty(self, batch: int, device):
+        """A layer's state before any token: SWA's ring, allocated (unfilled slots are never
+        read); None for gRet, whose state the first prefill chunk makes."""
+        if self.kind == "gret":
+            return None
+        return torch.empty(2, batch, self.heads, self.window, self.head_dim, device=device, dtype=self.dtype)
+
+    def random(self, batch: int, ctx: int, device, generator: torch.Generator, state=None):
+        """A standard-normal state as ``ctx`` tokens would leave it. SWA: the slots of the last
+        ``min(ctx, window)`` positions random, the others zero, written into the ring ``state``
+        where one is given (so its address stays) and returned."""
         H, h = self.heads, self.head_dim
         if self.kind == "gret":
             return torch.randn(batch, H, h, h, device=device, dtype=torch.float32, generator=generator)
-        keep = min(ctx, self.window - 1)
-        return tuple(torch.randn(batch, H, keep, h, device=device, dtype=self.dtype, generator=generator)
-                     for _ in range(2))
+        ring = self.empty(batch, device) if state is None else state
+        ring.zero_()
+        ring[:, :, :, : min(ctx, self.window)].normal_(generator=generator)
+        return ring
 
 
 class Cache:
@@ -145,7 +157,7 @@ class Cache:
 @dataclass
 class YOCOCache(Cache):
     kv: KVBuffer
-    states: list = field(default_factory=list)   # per self-decoder layer: Tensor or (k, v) or None
+    states: list = field(default_factory=list)   # per self-decoder layer: gRet Tensor or None, SWA ring
     state_spec: StateSpec | None = None            # what the states look like (for fill_random)
 
     def buffers(self) -> list[KVBuffer]:
@@ -155,8 +167,8 @@ class YOCOCache(Cache):
         if self.states and self.state_spec is None:
             raise ValueError("fill_random: this YOCOCache was made without its state_spec")
         super().fill_random(ctx, generator)
-        for i in range(len(self.states)):
-            self.states[i] = self.state_spec.random(self.batch, ctx, self.kv.k.device, generator)
+        for i, s in enumerate(self.states):
+            self.states[i] = self.state_spec.random(self.batch, ctx, self.kv.k.device, generator, s)
 
 
 @dataclass

@@ -98,6 +98,11 @@ def graph_capable(model) -> bool:
     """gRet YOCO or Transformer, with a head size the split-KV kernel takes (a power of two, 16-256;
     e.g. not OpenLLaMA-3B's 100): the others decode eagerly."""
     cfg = model.config
+    # The SWA YOCO's decode_step is graph-safe as written (its ring is written in place at the
+    # device slot `at % window` and attended with the split-KV kernel; tests/test_swa_ring.py runs
+    # it eagerly on the CPU), but enabling its capture here waits for a committed GPU check of
+    # CUDAGraphDecoder over the ring (tests/gpu); it then also needs
+    # supports_head_dim(cfg.self_head_dim), the ring's head size.
     return supports_head_dim(cfg.head_dim) and (cfg.arch == "transformer" or cfg.self_decoder == "gret")
 
 

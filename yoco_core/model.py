@@ -48,6 +48,7 @@ from .cache import KVBuffer, StateSpec, TransformerCache, YOCOCache
 from .config import ModelConfig
 from .kernels import fused
 from .kernels.attention import attend, sliding_window_attend
+from .kernels.decode_attention import supports_head_dim
 from .kernels.gret import gated_retention
 from .rope import attention_scaling, depends_on_length, inv_freq
 
@@ -175,7 +176,13 @@ class GatedRetention(nn.Module):
 
 
 class SlidingWindowAttention(nn.Module):
-    """SWA with RoPE; state: the last ``window - 1`` keys and values ``[B, H, window - 1, d]``."""
+    """SWA with RoPE: each query sees its last ``window`` keys, itself included.
+
+    State: a ring ``[2, B, H, window, d]`` (keys, values; ``StateSpec.empty``) made with the cache,
+    whose address never changes: position ``p`` lives in slot ``p % window``. A step writes its
+    keys into the ring in place; one token attends the whole ring with the split-KV decode kernel
+    (attention is order-invariant over keys, and the cached keys already carry their RoPE), so
+    the decoding step has no shape or host value that changes with the position."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -184,17 +191,53 @@ class SlidingWindowAttention(nn.Module):
         fused_linear(self, "qkv", d, (("q_proj", d), ("k_proj", d), ("v_proj", d)))
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def forward(self, x, rope, state=None):
+    def forward(self, x, rope, ring=None, at=None, start: int | None = None):
+        """Without ``ring``: the full forward. With it, the tokens continue the ring: ``at`` (a
+        device tensor ``[1]``, one token per row): the decoding step at that position (graph-safe;
+        ``start``, the same position as an int, where the caller has it); otherwise ``start``
+        (int): the position of the first of ``n`` tokens (a prefill chunk, a multi-token decode)."""
         B, n, d = x.shape
         H, D = self.n_heads, self.head_dim
         p = self.qkv(x)
         q, k, v = (t.transpose(1, 2) for t in fused.rope(p.view(B, n, 3 * H, D), *rope, n_first=H, n_plain=H))
-        if state is not None:
-            k, v = torch.cat((state[0], k), dim=2), torch.cat((state[1], v), dim=2)
-        o = sliding_window_attend(q, k, v, self.window)
-        keep = self.window - 1
-        state = (k[:, :, -keep:].contiguous(), v[:, :, -keep:].contiguous())
-        return o.transpose(1, 2).reshape(B, n, d), state
+        if ring is None:
+            o = sliding_window_attend(q, k, v, self.window)
+        elif at is not None:
+            o = self._step(q, k, v, ring, at, start)
+        else:
+            o = self._chunk(q, k, v, ring, start)
+        return o.transpose(1, 2).reshape(B, n, d), None
+
+    def _step(self, q, k, v, ring, at, start: int | None):
+        """One token per row at the device position ``at``: written at slot ``at % window``, then
+        attention over the first ``min(at + 1, window)`` slots, all computed on the device."""
+        W = self.window
+        slot = torch.remainder(at, W)
+        ring[0].index_copy_(2, slot, k)
+        ring[1].index_copy_(2, slot, v)
+        if start is not None and q.is_cuda and not supports_head_dim(self.head_dim):
+            filled = min(start + 1, W)     # eager, a head size the split-KV kernel does not tile
+            return F.scaled_dot_product_attention(q, ring[0][:, :, :filled], ring[1][:, :, :filled])
+        return attend(q, ring[0], ring[1], torch.clamp(at + 1, max=W))
+
+    def _chunk(self, q, k, v, ring, start: int):
+        """``n`` tokens from position ``start``: the band attention over the previous
+        ``window - 1`` keys (gathered from the ring in temporal order) and the chunk's own; then
+        the chunk's last ``min(n, window)`` keys written into their slots."""
+        W, n = self.window, q.shape[2]
+        before = min(start, W - 1)
+        if before:
+            order = torch.arange(start - before, start, device=q.device) % W
+            k_all = torch.cat((ring[0].index_select(2, order), k), dim=2)
+            v_all = torch.cat((ring[1].index_select(2, order), v), dim=2)
+        else:
+            k_all, v_all = k, v
+        o = sliding_window_attend(q, k_all, v_all, W)
+        kept = min(n, W)
+        slots = torch.arange(start + n - kept, start + n, device=q.device) % W
+        ring[0].index_copy_(2, slots, k[:, :, n - kept:])
+        ring[1].index_copy_(2, slots, v[:, :, n - kept:])
+        return o
 
 
 class CrossAttention(nn.Module):
@@ -458,15 +501,21 @@ class YOCO(CausalLM):
     def new_cache(self, batch: int, capacity: int) -> YOCOCache:
         cfg = self.config
         kv = KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
-        return YOCOCache(kv=kv, states=[None] * len(self.self_layers), state_spec=StateSpec.of(cfg, self.dtype))
+        spec = StateSpec.of(cfg, self.dtype)      # SWA's rings preallocated here, gRet's states by the prefill
+        return YOCOCache(kv=kv, states=[spec.empty(batch, self.device) for _ in self.self_layers], state_spec=spec)
 
     def _run(self, input_ids, cache: YOCOCache, need, horizon=None):
-        positions = self.positions(cache.length, input_ids.shape[1])
-        seq_len = self.seq_len_of(cache.length + input_ids.shape[1], horizon)
+        n = input_ids.shape[1]
+        positions = self.positions(cache.length, n)
+        seq_len = self.seq_len_of(cache.length + n, horizon)
         rs, cross = self.ropes(positions, seq_len)
         x = self.embed_tokens(input_ids)
+        swa = self.config.self_decoder == "swa"
         for i, layer in enumerate(self.self_layers):
-            x, cache.states[i] = layer(x, rs, cache.states[i])
+            if swa:       # the ring written in place; one token: the decoding step at that position
+                x, _ = layer(x, rs, cache.states[i], positions if n == 1 else None, cache.length)
+            else:
+                x, cache.states[i] = layer(x, rs, cache.states[i])
         cache.kv.append(*self.global_kv(x, cross[0]))
         if need is None:                      # early exit: the cross-decoder is not needed here
             return None
@@ -481,13 +530,14 @@ class YOCO(CausalLM):
     def decode_step(self, input_ids, cache: YOCOCache, at):
         """One token per row at the device position ``at`` ``[1]``, with no host sync and no shape
         that depends on the context length: what ``CUDAGraphDecoder`` captures. States are
-        updated in place; the caller advances ``cache`` (and ``at``) afterwards."""
-        if self.config.self_decoder != "gret":
-            raise NotImplementedError("the graph-safe decode step needs the gRet self-decoder")
+        updated in place (gRet's state, SWA's ring at slot ``at % window``); the caller advances
+        ``cache`` (and ``at``) afterwards."""
         rs, cross = self.ropes(at, self.seq_len_of(at + 1))
         x = self.embed_tokens(input_ids)
+        swa = self.config.self_decoder == "swa"
         for i, layer in enumerate(self.self_layers):
-            x, _ = layer(x, rs, cache.states[i], cache.states[i])     # the state updated in place
+            state = cache.states[i]        # written in place: gRet's state, SWA's ring
+            x, _ = layer(x, rs, state, at) if swa else layer(x, rs, state, state)
         cache.kv.write_at(at, *self.global_kv(x, cross[0]))
         length = at + 1
         for layer in self.cross_layers:

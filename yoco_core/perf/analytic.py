@@ -26,7 +26,8 @@ depth):
 * **Decode bytes per step** (``decode_bytes``): what one step must read from memory: every weight
   once (all parameters but the embedding table, of which only ``B`` rows are read) plus the cache:
   for YOCO the global KV once per cross-decoder layer, ``L/2 * 2 B T kv b``, plus each self-decoder
-  layer's state (gRet: ``B H h^2`` float32; SWA: its last ``w - 1`` keys and values); for the
+  layer's state (gRet: ``B H h^2`` float32; SWA: the ring slots of its last ``min(T + 1, w)``
+  keys and values; the ring itself, allocated whole, holds ``w``); for the
   Transformer every layer's KV, ``L * 2 B T kv b``, of which a windowed layer reads only its last
   ``min(T, w)`` positions (the decode kernels start there).
 
@@ -115,8 +116,15 @@ def state_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> int:
     half = cfg.n_layers // 2
     if cfg.self_decoder == "gret":
         return half * batch * cfg.n_self_heads * cfg.self_head_dim ** 2 * 4   # float32 state
-    keep = min(ctx, cfg.window - 1)
-    return half * 2 * batch * keep * cfg.dim * elem
+    return half * 2 * batch * cfg.window * cfg.dim * elem      # SWA: the ring, allocated whole
+
+
+def _state_read(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> int:
+    """Bytes of the self-decoder states one decode step reads: gRet its whole state, SWA the ring
+    slots holding the last ``min(ctx + 1, w)`` positions."""
+    if cfg.arch == "yoco" and cfg.self_decoder == "swa":
+        return cfg.n_layers // 2 * 2 * batch * min(ctx + 1, cfg.window) * cfg.dim * elem
+    return state_bytes(cfg, ctx, batch, elem)
 
 
 def cache_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, reserve: int = 0) -> dict[str, int]:
@@ -143,7 +151,7 @@ def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> dict[str,
         kv = cfg.n_layers // 2 * kv_layer(ctx)
     else:                                   # a windowed layer reads its last w positions only
         kv = sum(kv_layer(min(ctx, w) if w else ctx) for w in _layer_windows(cfg))
-    out = {"weights": weight_bytes_read(cfg, elem), "cache": kv + state_bytes(cfg, ctx, batch, elem)}
+    out = {"weights": weight_bytes_read(cfg, elem), "cache": kv + _state_read(cfg, ctx, batch, elem)}
     out["total"] = out["weights"] + out["cache"]
     return out
 
