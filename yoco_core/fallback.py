@@ -145,7 +145,7 @@ class FallbackLM(nn.Module):
         self.config = config
         self.tokenizer = None      # load_fallback attaches one, as load_model does
         params = inspect.signature(hf.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"    # transformers 5 / 4
+        self._cache_arg = cache_kwarg(hf)
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
 
     @property
@@ -177,8 +177,7 @@ class FallbackLM(nn.Module):
         if need != "all" and self._keep_arg:
             kw[self._keep_arg] = 1                # the head for one position only
         out = self.hf(input_ids=input_ids, **kw)
-        new = out.get("cache")
-        cache.hf = new if new is not None else out.get("past_key_values")
+        cache.hf = returned_cache(out)
         cache._length += input_ids.shape[1]
         if need is None:
             return None
@@ -200,6 +199,18 @@ class FallbackLM(nn.Module):
 
 
 # -- loading --------------------------------------------------------------------------------------
+def cache_kwarg(model: nn.Module) -> str:
+    """The name ``model.forward`` takes its cache by: ``cache`` in transformers 5's models,
+    ``past_key_values`` before them and in fla's models."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The cache a transformers forward returned, under either name."""
+    new = out.get("cache")
+    return new if new is not None else out.get("past_key_values")
+
+
 def load_fallback(folder: Path, source: str, device="cpu", dtype=None, tokenizer=None) -> FallbackLM:
     """The model of the transformers folder ``folder`` (``source``: how the user named it, for
     messages) on ``device`` in ``dtype`` (None: bf16 on CUDA, fp32 elsewhere), with its tokenizer

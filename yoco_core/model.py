@@ -48,7 +48,6 @@ from .cache import KVBuffer, StateSpec, TransformerCache, YOCOCache
 from .config import ModelConfig
 from .kernels import fused
 from .kernels.attention import attend, sliding_window_attend
-from .kernels.decode_attention import supports_head_dim
 from .kernels.gret import gated_retention
 from .rope import attention_scaling, depends_on_length, inv_freq
 
@@ -122,8 +121,8 @@ def rope_cos_sin(positions, head_dim: int, theta: float, dtype, scaling: dict | 
     freqs = torch.outer(positions.float(), inv_freq(head_dim, theta, scaling, positions.device, seq_len))
     emb = torch.cat((freqs, freqs), dim=-1)
     cos, sin = emb.cos(), emb.sin()
-    factor = attention_scaling(head_dim, theta, scaling) if scaling else 1.0
-    if not isinstance(factor, float) or factor != 1.0:
+    factor = attention_scaling(head_dim, theta, scaling)
+    if factor != 1.0:
         cos, sin = cos * factor, sin * factor
     return cos.to(dtype), sin.to(dtype)
 
@@ -193,9 +192,9 @@ class SlidingWindowAttention(nn.Module):
 
     def forward(self, x, rope, ring=None, at=None, start: int | None = None):
         """Without ``ring``: the full forward. With it, the tokens continue the ring: ``at`` (a
-        device tensor ``[1]``, one token per row): the decoding step at that position (graph-safe;
-        ``start``, the same position as an int, where the caller has it); otherwise ``start``
-        (int): the position of the first of ``n`` tokens (a prefill chunk, a multi-token decode)."""
+        device tensor ``[1]``, one token per row): the decoding step at that position
+        (graph-safe); otherwise ``start`` (int): the position of the first of ``n`` tokens (a
+        prefill chunk, a multi-token decode)."""
         B, n, d = x.shape
         H, D = self.n_heads, self.head_dim
         p = self.qkv(x)
@@ -203,21 +202,18 @@ class SlidingWindowAttention(nn.Module):
         if ring is None:
             o = sliding_window_attend(q, k, v, self.window)
         elif at is not None:
-            o = self._step(q, k, v, ring, at, start)
+            o = self._step(q, k, v, ring, at)
         else:
             o = self._chunk(q, k, v, ring, start)
         return o.transpose(1, 2).reshape(B, n, d), None
 
-    def _step(self, q, k, v, ring, at, start: int | None):
+    def _step(self, q, k, v, ring, at):
         """One token per row at the device position ``at``: written at slot ``at % window``, then
         attention over the first ``min(at + 1, window)`` slots, all computed on the device."""
         W = self.window
         slot = torch.remainder(at, W)
         ring[0].index_copy_(2, slot, k)
         ring[1].index_copy_(2, slot, v)
-        if start is not None and q.is_cuda and not supports_head_dim(self.head_dim):
-            filled = min(start + 1, W)     # eager, a head size the split-KV kernel does not tile
-            return F.scaled_dot_product_attention(q, ring[0][:, :, :filled], ring[1][:, :, :filled])
         return attend(q, ring[0], ring[1], torch.clamp(at + 1, max=W))
 
     def _chunk(self, q, k, v, ring, start: int):

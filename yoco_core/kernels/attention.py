@@ -54,42 +54,62 @@ def attend(q, k, v, length=None, *, scale: float | None = None, window: int = 0,
     if n == 1:
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa, scale=scale)
     if n == L:
-        if q.is_cuda and n > SPLIT_CHUNK and not backend.refused("cudnn_attention", q.device):
-            try:
-                return causal_attention_split(q, k, v, SPLIT_CHUNK, scale)
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError:     # no cuDNN fused attention on this GPU / build: the single call
-                backend.refuse("cudnn_attention", q.device)
+        if q.is_cuda and n > SPLIT_CHUNK:
+            out = _on_cudnn(causal_attention_split, q, k, v, SPLIT_CHUNK, scale)
+            if out is not None:
+                return out
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=scale)
-    if q.is_cuda and not backend.refused("cudnn_attention", q.device):    # a prefill chunk after others
-        try:
-            return causal_with_prefix(q, k, v, scale)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError:
-            backend.refuse("cudnn_attention", q.device)
+    if q.is_cuda:                                   # a prefill chunk after others
+        out = _on_cudnn(causal_with_prefix, q, k, v, scale)
+        if out is not None:
+            return out
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa, scale=scale)
+
+
+def _on_cudnn(fn, q, *args):
+    """``fn(q, *args)`` (a form built on cuDNN's fused attention), or None where this device has
+    no cuDNN fused attention (recorded the first time, ``backend.refuse``: the SDPA call then)."""
+    if backend.refused("cudnn_attention", q.device):
+        return None
+    try:
+        return fn(q, *args)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError:
+        backend.refuse("cudnn_attention", q.device)
+        return None
+
+
+def _band_blocks(n: int, L: int, window: int, block: int, device):
+    """The queries (the last ``n`` of ``L`` positions) in blocks ``[s, e)`` of ``block``, each with
+    the keys ``[ks, ke)`` it can see and the causal (and ``window``) mask over them: None for a
+    single query, which sees every key of its range (so no mask, and no host sync)."""
+    off = L - n
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        ks, ke = (max(0, off + s - window + 1) if window else 0), off + e
+        mask = None
+        if e - s > 1:
+            qpos = torch.arange(off + s, off + e, device=device)[:, None]
+            kpos = torch.arange(ks, ke, device=device)[None, :]
+            mask = (kpos <= qpos) & (kpos > qpos - window) if window else kpos <= qpos
+        yield s, e, ks, ke, mask
 
 
 def softcap_attend(q, k, v, softcap: float, scale: float | None = None, window: int = 0, block: int = 1024):
     """Causal attention (queries the last ``n`` of ``L`` positions) with soft-capped logits and an
     optional sliding window, an explicit float32 softmax over blocks of ``block`` queries (each block
     only against the keys it can see), so no mask larger than ``block x L`` exists."""
-    n, L, D = q.shape[2], k.shape[2], q.shape[-1]
-    scale = D ** -0.5 if scale is None else scale
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     rep = q.shape[1] // k.shape[1]
-    off, outs = L - n, []
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        ks, ke = (max(0, off + s - window + 1) if window else 0), off + e
+    outs = []
+    for s, e, ks, ke, mask in _band_blocks(q.shape[2], k.shape[2], window, block, q.device):
         kb = k[:, :, ks:ke].repeat_interleave(rep, dim=1).float()
         vb = v[:, :, ks:ke].repeat_interleave(rep, dim=1).float()
         logits = torch.tanh((q[:, :, s:e].float() @ kb.transpose(-1, -2)) * (scale / softcap)) * softcap
-        qpos = torch.arange(off + s, off + e, device=q.device)[:, None]
-        kpos = torch.arange(ks, ke, device=q.device)[None, :]
-        allowed = (kpos <= qpos) & ((kpos > qpos - window) if window else True)
-        outs.append((logits.masked_fill(~allowed, float("-inf")).softmax(-1) @ vb).to(q.dtype))
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        outs.append((logits.softmax(-1) @ vb).to(q.dtype))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
@@ -152,21 +172,10 @@ def causal_attention_split(q, k, v, chunk: int, scale: float | None = None):
 
 def sliding_window_attend(q, k, v, window: int, block: int = 1024, scale: float | None = None):
     """Causal attention where query i (the i-th of the last n positions) sees keys (p-window, p]."""
-    n, L = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    off = L - n
-    outs = []
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        ks, ke = max(0, off + s - window + 1), off + e
-        if e - s == 1:      # one query sees every key of [ks, ke): no mask (and no host sync)
-            mask = None
-        else:               # several queries: the first never sees the last key, so a mask
-            qpos = torch.arange(off + s, off + e, device=q.device)[:, None]
-            kpos = torch.arange(ks, ke, device=q.device)[None, :]
-            mask = (kpos <= qpos) & (kpos > qpos - window)
-        outs.append(F.scaled_dot_product_attention(
-            q[:, :, s:e], k[:, :, ks:ke], v[:, :, ks:ke], attn_mask=mask, enable_gqa=gqa, scale=scale))
+    outs = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, ks:ke], v[:, :, ks:ke], attn_mask=mask,
+                                           enable_gqa=gqa, scale=scale)
+            for s, e, ks, ke, mask in _band_blocks(q.shape[2], k.shape[2], window, block, q.device)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..config import PRESETS, ModelConfig, get_config
+from ..fallback import cache_kwarg, returned_cache
 from ..graphs import make_decoder
 from ..model import build_model
 from .analytic import effective_chunk
@@ -143,13 +144,9 @@ class HFRunner(Runner):
 
     def _call(self, ids, cache, **kw):
         if "cache_arg" not in self.extra:
-            import inspect
-
-            params = inspect.signature(self.model.forward).parameters
-            self.extra["cache_arg"] = "cache" if "cache" in params else "past_key_values"
+            self.extra["cache_arg"] = cache_kwarg(self.model)
         out = self.model(input_ids=ids, use_cache=True, **{self.extra["cache_arg"]: cache}, **kw)
-        new = out.get("cache")
-        return out.logits[:, -1], new if new is not None else out.get("past_key_values")
+        return out.logits[:, -1], returned_cache(out)
 
     @torch.inference_mode()
     def prefill(self, ids, chunk_size, reserve):

@@ -4,9 +4,9 @@ plain-PyTorch reference elsewhere.
 ``decode_attention(q, k, v, length)``: q ``[B, H, D]``, k / v ``[B, H_kv, C, D]`` (C = capacity),
 attends positions ``[0, length)``. On CUDA the split-KV Triton kernel runs (``split_kv.py``); it
 reads ``length`` from a device tensor and never synchronises, so the call can be captured in a CUDA
-graph. It takes head sizes that ``supports_head_dim``. Elsewhere ``decode_attention_ref`` runs, except that
-``YOCO_KERNEL_DECODE=triton`` together with ``TRITON_INTERPRET=1`` runs the Triton kernel in the
-interpreter on the CPU, for tests. ``YOCO_KERNEL_DECODE=torch`` forces the reference everywhere
+graph. It takes head sizes that ``supports_head_dim`` (others run the reference, eagerly).
+Elsewhere ``decode_attention_ref`` runs, except that ``YOCO_KERNEL_DECODE=triton`` together with
+``TRITON_INTERPRET=1`` runs the Triton kernel in the interpreter on the CPU, for tests. ``YOCO_KERNEL_DECODE=torch`` forces the reference everywhere
 (the rule: ``kernels/backend``).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def decode_attention(q, k, v, length, *, scale: float | None = None, window: int
 
     ``length``: int or integer tensor (0-d, [1] or [B]); on the Triton path pass it as a device
     tensor to capture the call in a CUDA graph."""
-    if backend_for(q) == "triton":
+    if supports_head_dim(q.shape[-1]) and backend_for(q) == "triton":
         return decode_attention_triton(q, k, v, length, scale=scale, window=window, softcap=softcap)
     return decode_attention_ref(q, k, v, length, scale=scale, window=window, softcap=softcap)
 
