@@ -66,6 +66,26 @@ def test_sliding_window_attend(n, L, window, block):
     _close(sliding_window_attend(q, k, v, window, block=block), attention_ref(q, k, v, window=window))
 
 
+@pytest.mark.parametrize("B,n,L,window,H,Hkv,scale", [
+    (1, 64, 64, 16, 4, 2, None),     # a fresh prefill: the first block has no keys before it
+    (2, 70, 70, 16, 4, 4, 0.3),      # batch rows, a partial last block
+    (1, 64, 79, 16, 2, 1, None),     # a later chunk with exactly window - 1 keys before it
+    (1, 48, 200, 16, 6, 2, None),    # a later chunk with more keys before it than it sees
+    (1, 64, 64, 2, 2, 2, None),      # the smallest window
+    (1, 30, 40, 16, 2, 2, None),     # 10 keys before: fewer than window - 1, the masked blocks
+    (1, 9, 9, 16, 2, 2, None)])      # shorter than a window
+def test_band_attention_is_sliding_window_attention(B, n, L, window, H, Hkv, scale):
+    """The GPU's sliding-window prefill (whole windows of queries as the batch of two causal calls,
+    one of them mirrored, merged by log-sum-exp) on its CPU path equals the float64 reference."""
+    from yoco_core.kernels.attention import band_attention
+
+    q, k, v = _attn_inputs(B, H, Hkv, n, L, 8, seed=n + L + window)
+    ref = attention_ref(q, k, v, window=window, scale=scale)
+    _close(band_attention(q, k, v, window, scale=scale), ref)
+    if L > window:       # the window bites: full causal attention differs
+        assert (ref - attention_ref(q, k, v, scale=scale)).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("n,L", [(1, 40), (40, 40), (9, 40)])
 @pytest.mark.parametrize("scale,window,softcap", [(0.2, 0, 0.0), (None, 6, 0.0), (0.3, 0, 4.0), (None, 7, 3.0)])
 def test_attend_scale_window_softcap(n, L, scale, window, softcap):
@@ -171,3 +191,30 @@ def test_backend_records_a_refusal_per_device():
     backend.refuse("test_capability", dev)
     assert backend.refused("test_capability", dev)
     assert not backend.refused("test_capability", torch.device("cuda:6"))
+
+
+def test_fla_gated_retention_goes_through_in_batch_slices_below_its_index_limit(monkeypatch):
+    """fla-core indexes with 32-bit offsets: a batch whose tensors reach FLA_MAX_ELEMENTS goes to
+    it in slices (each below the limit), and the result is the whole batch's, state included."""
+    from yoco_core.kernels import gret
+
+    calls = []
+
+    def fake_fla(q, k, v, g, scale, initial_state, output_final_state):
+        assert q.numel() <= gret.FLA_MAX_ELEMENTS and v.numel() <= gret.FLA_MAX_ELEMENTS
+        calls.append(q.shape[0])
+        return gret_chunk(q, k, v, g, scale, initial_state)
+
+    monkeypatch.setattr(gret, "_fla_chunk", lambda: fake_fla)
+    monkeypatch.setattr(gret, "backend_for", lambda x: "fla")
+    q, k, v, g, s0 = _gret_inputs(7, 12, 2, 8, 16, seed=5)
+    monkeypatch.setattr(gret, "FLA_MAX_ELEMENTS", 2 * 12 * 2 * 16)      # two rows of v per call
+    o, s = gated_retention(q, k, v, g, 0.4, s0)
+    assert calls == [2, 2, 2, 1]
+    monkeypatch.setattr(gret, "FLA_CHUNK", 4)         # then a row's chunk states, 3 x 2 x 8 x 16, are more
+    calls.clear()
+    gated_retention(q, k, v, g, 0.4, s0)
+    assert calls == [1] * 7
+    ref_o, ref_s = gret_recurrent_ref(q, k, v, g, 0.4, s0)
+    _close(o, ref_o)
+    _close(s, ref_s)

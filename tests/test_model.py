@@ -176,7 +176,8 @@ def test_graph_decoding_only_for_head_sizes_the_kernel_takes():
 
     assert graph_capable(small_model("yoco-gret"))                      # head dim 16
     assert graph_capable(small_model("transformer"))
-    assert not graph_capable(small_model("yoco-swa"))                   # SWA decodes eagerly
+    assert graph_capable(small_model("yoco-swa"))                       # the ring, written in place
+    assert not graph_capable(small_model("yoco-swa", n_self_heads=8))   # self heads of 64 / 8 = 8
     assert not graph_capable(small_model("transformer", dim=96, n_heads=4, n_kv_heads=2))  # 24
 
 

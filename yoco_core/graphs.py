@@ -8,7 +8,7 @@ device tensor, the KV cache is written in place, and attention reads the whole b
 position with the split-KV kernel, so nothing in the graph depends on the context length.
 
 ``make_decoder(model, cache)`` returns the graph decoder where it applies (CUDA, one token per
-row, a gRet or Transformer model) and an eager one otherwise; both are called as
+row, a split-KV head size) and an eager one otherwise; both are called as
 ``step(token_ids [B, 1]) -> logits [B, 1, V]`` and advance the cache.
 """
 from __future__ import annotations
@@ -95,15 +95,14 @@ class CUDAGraphDecoder(StaticDecoder):
 
 
 def graph_capable(model) -> bool:
-    """gRet YOCO or Transformer, with a head size the split-KV kernel takes (a power of two, 16-256;
-    e.g. not OpenLLaMA-3B's 100): the others decode eagerly."""
+    """A YOCO (gRet or SWA) or Transformer (not a model transformers runs) whose attention head sizes the split-KV kernel takes (a
+    power of two, 16-256; e.g. not OpenLLaMA-3B's 100): the others decode eagerly. The SWA ring is
+    written in place at the device slot ``at % window`` and attended by the same kernel
+    (``tests/gpu/test_gpu_decoding.py`` checks the captured step against float64)."""
     cfg = model.config
-    # The SWA YOCO's decode_step is graph-safe as written (its ring is written in place at the
-    # device slot `at % window` and attended with the split-KV kernel; tests/test_swa_ring.py runs
-    # it eagerly on the CPU), but enabling its capture here waits for a committed GPU check of
-    # CUDAGraphDecoder over the ring (tests/gpu); it then also needs
-    # supports_head_dim(cfg.self_head_dim), the ring's head size.
-    return supports_head_dim(cfg.head_dim) and (cfg.arch == "transformer" or cfg.self_decoder == "gret")
+    if cfg.arch == "yoco" and cfg.self_decoder == "swa":
+        return supports_head_dim(cfg.head_dim) and supports_head_dim(cfg.self_head_dim)
+    return cfg.arch in ("yoco", "transformer") and supports_head_dim(cfg.head_dim)
 
 
 def make_decoder(model, cache):

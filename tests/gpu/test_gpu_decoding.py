@@ -84,3 +84,21 @@ def test_chunked_prefill_and_graph_decoding_of_the_shipped_models(device, name, 
             steps.append(decoder(ids[:, t:t + 1])[:, -1].float().clone())   # the graph's buffer is reused
     plain, ref = _full_forwards(model, ids, 1999, 2999)
     _check(torch.stack(steps, 1), plain, ref, f"{name} bf16 prefill ({gret}) + {type(decoder).__name__}")
+
+
+def test_swa_prefill_and_graph_decoding(device):
+    """The SWA YOCO (random weights, window 64): 300 tokens prefilled in chunks of 128 (whole
+    windows on cuDNN), then 199 tokens decoded by the CUDA graph over the ring (written in place
+    at slot ``at % window``, attended by the split-KV kernel)."""
+    torch.manual_seed(0)
+    model = build_model(get_config("yoco-swa-tiny").replace(window=64), device=device, dtype=torch.bfloat16)
+    ids = torch.randint(0, 256, (2, 500), device=device)
+    with torch.inference_mode():
+        last, cache = model.prefill(ids[:, :300], chunk_size=128, reserve=200)
+        decoder = make_decoder(model, cache)
+        assert isinstance(decoder, CUDAGraphDecoder)
+        steps = [last.float()]
+        for t in range(300, 499):
+            steps.append(decoder(ids[:, t:t + 1])[:, -1].float().clone())
+    plain, ref = _full_forwards(model, ids, 299, 499)
+    _check(torch.stack(steps, 1), plain, ref, "yoco-swa-tiny bf16 prefill + CUDAGraphDecoder")

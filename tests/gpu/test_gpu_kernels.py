@@ -180,3 +180,39 @@ def test_prefill_chunk_attention(gen, heads, kv_heads, scale):
     want = fused.merge_attention_ref(o1.double(), l1.double(), o2.double(), l2.double())
     assert_as_accurate(wide[:, :, n:], fused.merge_attention_ref(o1, l1, o2, l2), want, KERNEL_K, what="merge")
     assert wide[:, :, :n].abs().max() == 0
+
+
+@pytest.mark.parametrize("form", ["band_attention", "flash_window"])
+@pytest.mark.parametrize("heads,kv_heads,n,L", [(8, 2, 2048, 2048), (4, 4, 1500, 2523)])
+def test_sliding_window_prefill_attention(gen, form, heads, kv_heads, n, L):
+    """Sliding-window prefill attention (window 512): by whole windows on cuDNN, or flash-attention
+    2's own window, against float64; the plain path is the masked blocks in bf16. A fresh prompt,
+    and a later chunk with a partial last window."""
+    from yoco_core.kernels import attention
+
+    W, D = 512, 128
+    q = _randn(gen, 1, heads, n, D)
+    k, v = _randn(gen, 1, kv_heads, L, D), _randn(gen, 1, kv_heads, L, D)
+    fast = getattr(attention, form)(q, k, v, W)
+    plain = attention._masked_band(q, k, v, W)
+    ref = attention.attention_ref(*_f64(q, k, v), window=W)
+    assert_as_accurate(fast, plain, ref, KERNEL_K, what=f"{form} {heads}/{kv_heads}")
+
+
+def test_fla_gated_retention_past_32_bit_offsets(gen):
+    """A batch whose tensors pass 2^31 elements (YOCO-3B's 24 heads of 128, an 8K chunk, batch
+    90): fla-core gets it in slices; the last row, past the limit, equals the PyTorch form's."""
+    if not gret.fla_available():
+        pytest.skip("fla-core is not installed")
+    B, T = 90, 8192
+    q, k, v = (_randn(gen, B, T, HEADS, HEAD_DIM) for _ in range(3))
+    g = F.logsigmoid(torch.randn(B, T, HEADS, generator=gen, device=gen.device) * 3) / 16
+    with backend.override(gret="fla"):
+        o, s = gret.gated_retention(q, k, v, g, HEAD_DIM ** -0.5)
+    with backend.override(gret="torch"):
+        o_ref, s_ref = gret.gated_retention(q[-1:], k[-1:], v[-1:], g[-1:], HEAD_DIM ** -0.5)
+    assert torch.isfinite(o).all()
+    err = float((o[-1:].float() - o_ref.float()).norm() / o_ref.float().norm())
+    assert err < 2e-2, err
+    err_s = float((s[-1:] - s_ref).norm() / s_ref.norm())
+    assert err_s < 2e-2, err_s

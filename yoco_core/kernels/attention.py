@@ -22,8 +22,10 @@ buffers of which the first ``length`` positions are valid: the split-KV decode k
 (``kernels/decode_attention``) runs, with no shape that depends on the length, so the decode step
 can be captured in a CUDA graph.
 
-``sliding_window_attend`` does the same for a band of ``window`` keys, block by block so that no
-mask larger than ``block x (block + window)`` exists. ``attention_ref`` is the float64 reference.
+``sliding_window_attend`` does the same for a band of ``window`` keys: on CUDA flash-attention 2's
+windowed kernel or whole windows of queries on cuDNN (``band_attention``); elsewhere block by block
+so that no mask larger than ``block x (block + window)`` exists. The fused forms take bf16 / fp16
+only (``_on_fused``). ``attention_ref`` is the float64 reference.
 """
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ from .decode_attention import decode_attention
 
 
 SPLIT_CHUNK = 65536
+# Sliding windows up to this many keys take flash-attention 2's own window, wider ones the cuDNN
+# band (H200, bf16, heads of 128): window 1024, a 16K chunk of 24 heads: flash 0.93 ms, band 1.40,
+# masked blocks 3.79; window 4096, a 64K chunk of 32 over 8 heads: flash 15.6 ms, band 10.3, masked
+# 33.6 (scripts/diag_prefill_kernels.py --parts swa).
+FLASH_WINDOW = 2048
 
 
 def attend(q, k, v, length=None, *, scale: float | None = None, window: int = 0, softcap: float = 0.0):
@@ -54,29 +61,30 @@ def attend(q, k, v, length=None, *, scale: float | None = None, window: int = 0,
     if n == 1:
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa, scale=scale)
     if n == L:
-        if q.is_cuda and n > SPLIT_CHUNK:
-            out = _on_cudnn(causal_attention_split, q, k, v, SPLIT_CHUNK, scale)
-            if out is not None:
-                return out
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=scale)
-    if q.is_cuda:                                   # a prefill chunk after others
-        out = _on_cudnn(causal_with_prefix, q, k, v, scale)
-        if out is not None:
-            return out
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa, scale=scale)
+        out = _on_fused("cudnn_attention", causal_attention_split, q, k, v, SPLIT_CHUNK, scale) \
+            if n > SPLIT_CHUNK else None
+        if out is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=scale)
+        return out
+    out = _on_fused("cudnn_attention", causal_with_prefix, q, k, v, scale)     # a prefill chunk after others
+    if out is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa, scale=scale)
+    return out
 
 
-def _on_cudnn(fn, q, *args):
-    """``fn(q, *args)`` (a form built on cuDNN's fused attention), or None where this device has
-    no cuDNN fused attention (recorded the first time, ``backend.refuse``: the SDPA call then)."""
-    if backend.refused("cudnn_attention", q.device):
+def _on_fused(kind: str, fn, q, *args):
+    """``fn(q, *args)`` (a form built on cuDNN's or flash-attention's fused kernels, ``kind``), or
+    None where it does not apply: not bf16 / fp16 on CUDA (a float64 reference must never reach
+    them), or a device that refused it before (recorded the first time, ``backend.refuse``: the
+    plain form then)."""
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16) or backend.refused(kind, q.device):
         return None
     try:
         return fn(q, *args)
     except torch.OutOfMemoryError:
         raise
     except RuntimeError:
-        backend.refuse("cudnn_attention", q.device)
+        backend.refuse(kind, q.device)
         return None
 
 
@@ -171,12 +179,72 @@ def causal_attention_split(q, k, v, chunk: int, scale: float | None = None):
 
 
 def sliding_window_attend(q, k, v, window: int, block: int = 1024, scale: float | None = None):
-    """Causal attention where query i (the i-th of the last n positions) sees keys (p-window, p]."""
+    """Causal attention where query i (the i-th of the last n positions) sees keys (p-window, p].
+    In bf16 / fp16 on CUDA one fused form: ``flash_window`` for windows up to ``FLASH_WINDOW``,
+    ``band_attention`` (cuDNN) for wider ones and wherever flash refused; otherwise blocks of
+    ``block`` queries with their masks."""
+    out = _on_fused("flash_window", flash_window, q, k, v, window, scale) if window <= FLASH_WINDOW else None
+    if out is None:
+        out = _on_fused("cudnn_band", band_attention, q, k, v, window, scale)
+    return _masked_band(q, k, v, window, block, scale) if out is None else out
+
+
+def _masked_band(q, k, v, window: int, block: int = 1024, scale: float | None = None):
     gqa = q.shape[1] != k.shape[1]
     outs = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, ks:ke], v[:, :, ks:ke], attn_mask=mask,
                                            enable_gqa=gqa, scale=scale)
             for s, e, ks, ke, mask in _band_blocks(q.shape[2], k.shape[2], window, block, q.device)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def band_attention(q, k, v, window: int, scale: float | None = None):
+    """``sliding_window_attend`` by whole windows of queries, with no mask larger than one window.
+
+    The queries (the last ``n`` of ``L`` positions) in blocks of ``W = window``: block ``b``'s query
+    ``j`` sees its own block's keys causally (one causal call over all blocks at once, the blocks as
+    the batch) and, of the ``W - 1`` keys before the block, those at or after ``j`` (the
+    anti-causal part: queries 0..W-2, a second call over all blocks, causal over the reversed
+    queries and keys); the two merge by log-sum-exp. Needs the ``W - 1`` keys before the first block to exist
+    (``L - n >= W - 1``) or none at all (``L == n``); the queries past the last whole block, and
+    any other case, take ``_masked_band``."""
+    B, H, n, D = q.shape
+    L, W = k.shape[2], window
+    off, nb = L - n, n // window
+    if nb == 0 or W < 2 or not (off == 0 or off >= W - 1):
+        return _masked_band(q, k, v, W, scale=scale)
+    out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+    first = 1 if off == 0 else 0            # the first block has no keys before it
+    for b in range(B):
+        blocks = lambda t, start, count: t[b, :, start:start + count * W].unflatten(1, (count, W)).transpose(0, 1)
+        od, ld = partial_attention(blocks(q, 0, nb), blocks(k, off, nb), blocks(v, off, nb), True, scale)
+        o = blocks(out, 0, nb)
+        o.copy_(od)
+        if nb > first:
+            qa = blocks(q, first * W, nb - first)[:, :, : W - 1]
+            ka, va = (blocks(t, off + first * W - W + 1, nb - first)[:, :, : W - 1] for t in (k, v))
+            oa, la = _anti_causal(qa, ka, va, scale)
+            merge_partials(od[first:, :, : W - 1], ld[first:, :, : W - 1], oa, la, o[first:, :, : W - 1])
+    if nb * W < n:
+        out[:, :, nb * W:] = _masked_band(q[:, :, nb * W:], k, v, W, scale=scale)
+    return out
+
+
+def _anti_causal(q, k, v, scale):
+    """Attention of ``q [N, H, m, D]`` over ``k`` / ``v`` ``[N, H_kv, m, D]`` where query ``j`` sees
+    the keys ``>= j`` (the mirror of causal: causal over both reversed), and its log-sum-exp."""
+    o, lse = partial_attention(q.flip(2), k.flip(2), v.flip(2), True, scale)
+    return o.flip(2), lse.flip(2)
+
+
+def flash_window(q, k, v, window: int, scale: float | None = None):
+    """``sliding_window_attend`` as one call of PyTorch's flash-attention 2 kernel with its window
+    (``window_size_left``), which skips the tiles outside the band; queries the last ``n`` of
+    ``L`` positions (bottom-right aligned), grouped-query heads as they are. CUDA only."""
+    n, L = q.shape[2], k.shape[2]
+    out = torch.ops.aten._flash_attention_forward(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, None, n, L, 0.0, True, False,
+        scale=scale, window_size_left=window - 1, window_size_right=0)[0]
+    return out.transpose(1, 2)
 
 
 def attention_ref(q, k, v, window: int | None = None, scale: float | None = None, softcap: float = 0.0):

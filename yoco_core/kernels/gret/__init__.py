@@ -23,6 +23,9 @@ __all__ = ["gated_retention", "gret_chunk", "gret_step", "gret_parallel_ref", "g
 
 @functools.lru_cache(maxsize=None)
 def _fla_chunk():
+    from ...warmup import enable_autotune_cache
+
+    enable_autotune_cache()          # before fla-core's @triton.autotune runs: its results stay on disk
     try:
         from fla.ops.simple_gla import chunk_simple_gla
     except Exception:  # not installed, or its import fails (no GPU): the PyTorch path runs
@@ -45,11 +48,37 @@ def gated_retention(q, k, v, g, scale: float, initial_state=None):
         # decoding steps do not come here: they run kernels/fused.gret_decode (RoPE to gate in one)
         return gret_step(q, k, v, g, scale, initial_state)
     if backend_for(q) == "fla":
-        chunk = _fla_chunk()
         if q.dtype != v.dtype or k.dtype != v.dtype:   # autocast: q, k leave RoPE in float32, v is bf16
             q, k = q.to(v.dtype), k.to(v.dtype)
-        o, state = chunk(q=q, k=k, v=v, g=g.float(), scale=scale,
-                         initial_state=None if initial_state is None else initial_state.float(),
-                         output_final_state=True)
-        return o, state.float()
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        per_row = max(T * H * max(K, V), -(-T // FLA_CHUNK) * H * K * V)    # its inputs, its chunk states
+        rows = max(1, FLA_MAX_ELEMENTS // per_row)
+        if rows >= B:
+            return _fla(q, k, v, g, scale, initial_state)
+        o, state = None, None
+        for s in range(0, B, rows):      # each slice's result into its place (no second copy of o)
+            o_s, state_s = _fla(q[s:s + rows], k[s:s + rows], v[s:s + rows], g[s:s + rows], scale,
+                                None if initial_state is None else initial_state[s:s + rows])
+            if o is None:
+                o = o_s.new_empty((B, *o_s.shape[1:]))
+                state = state_s.new_empty((B, *state_s.shape[1:]))
+            o[s:s + rows], state[s:s + rows] = o_s, state_s
+            del o_s, state_s
+        return o, state
     return gret_chunk(q, k, v, g, scale, initial_state)
+
+
+# fla-core 0.6.0 forms offsets into its tensors in 32 bits (batch index x T x H x K for the inputs;
+# its per-chunk states [B, T / 64, H, K, V] likewise): a batch whose inputs or states reach 2^31
+# elements reads out of bounds (YOCO-3B at 128K, 8K chunks, batch 88 on an H200: an illegal memory
+# access), so larger batches go through it in slices below that
+FLA_MAX_ELEMENTS = 2**31 - 1
+FLA_CHUNK = 64                 # chunk_simple_gla's chunk length
+
+
+def _fla(q, k, v, g, scale, initial_state):
+    o, state = _fla_chunk()(q=q, k=k, v=v, g=g.float(), scale=scale,
+                            initial_state=None if initial_state is None else initial_state.float(),
+                            output_final_state=True)
+    return o, state.float()
