@@ -39,6 +39,7 @@ position, whose logits are the ones needed. That is what makes its prefill linea
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -66,11 +67,13 @@ def add_linear(x, a, linear: nn.Linear):
     """``x + linear(a)``: a projection added to the residual stream ``x``. Without gradients the
     matmul adds into ``x`` itself (``addmm`` with ``out=x``: cuBLAS reads the output it
     overwrites; unlike ``addmm_``, FLOP counters see it), one kernel and no new tensor instead of a
-    matmul and an add, so ``x`` is the caller's to give up; with gradients (training), the plain
-    sum."""
+    matmul and an add, so ``x`` is the caller's to give up; with gradients (training), or for a
+    projection that is not a plain ``nn.Linear`` (one whose forward does more, as tensor parallel's
+    row-parallel projection summing the ranks' parts), the plain sum."""
     w = linear.weight
     if (torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or w.requires_grad)) \
-            or linear.bias is not None or not x.is_contiguous() or not x.dtype == a.dtype == w.dtype:
+            or type(linear) is not nn.Linear or linear.bias is not None or not x.is_contiguous() \
+            or not x.dtype == a.dtype == w.dtype:
         return x + linear(a)
     x2 = x.view(-1, x.shape[-1])
     torch.addmm(x2, a.reshape(-1, a.shape[-1]), w.t(), out=x2)
@@ -163,8 +166,9 @@ class GatedRetention(nn.Module):
     def forward(self, x, rope, state=None, state_out=None):
         """``state_out`` (a one-token step only): write the new state there (in place if it is
         ``state``), as the graph-captured decoding step does."""
-        B, n, d = x.shape
+        B, n, _ = x.shape
         H, D = self.n_heads, self.head_dim
+        d = H * D       # the heads' width: the model's dim (a tensor-parallel rank's share of it)
         p = self.proj(x)
         if n == 1 and state is not None:      # a decoding step: one fused kernel after the matmul
             return fused.gret_decode(p, *rope, state, H, D ** -0.5, self.normalizer, self.eps, state_out)
@@ -195,7 +199,7 @@ class SlidingWindowAttention(nn.Module):
         device tensor ``[1]``, one token per row): the decoding step at that position
         (graph-safe); otherwise ``start`` (int): the position of the first of ``n`` tokens (a
         prefill chunk, a multi-token decode)."""
-        B, n, d = x.shape
+        B, n, _ = x.shape
         H, D = self.n_heads, self.head_dim
         p = self.qkv(x)
         q, k, v = (t.transpose(1, 2) for t in fused.rope(p.view(B, n, 3 * H, D), *rope, n_first=H, n_plain=H))
@@ -205,7 +209,7 @@ class SlidingWindowAttention(nn.Module):
             o = self._step(q, k, v, ring, at)
         else:
             o = self._chunk(q, k, v, ring, start)
-        return o.transpose(1, 2).reshape(B, n, d), None
+        return o.transpose(1, 2).reshape(B, n, H * D), None
 
     def _step(self, q, k, v, ring, at):
         """One token per row at the device position ``at``: written at slot ``at % window``, then
@@ -452,6 +456,7 @@ class YOCO(CausalLM):
         mixer = GatedRetention if cfg.self_decoder == "gret" else SlidingWindowAttention
         self.self_layers = nn.ModuleList(Block(cfg, mixer(cfg)) for _ in range(half))
         self.kv_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.n_kv_heads = cfg.n_kv_heads      # the global cache's (a tensor-parallel rank's share)
         kv = cfg.n_kv_heads * cfg.head_dim
         fused_linear(self, "kv_proj", cfg.dim, (("k_proj", kv), ("v_proj", kv)))
         self.cross_layers = nn.ModuleList(CrossBlock(cfg, CrossAttention(cfg)) for _ in range(half))
@@ -460,8 +465,8 @@ class YOCO(CausalLM):
         """The single KV cache of the cross-decoder, ``[B, H_kv, n, d]`` each."""
         B, n, _ = x.shape
         cfg = self.config
-        kv = self.kv_proj(self.kv_norm(x)).view(B, n, 2 * cfg.n_kv_heads, cfg.head_dim)
-        k, v = kv[:, :, : cfg.n_kv_heads], kv[:, :, cfg.n_kv_heads:]
+        kv = self.kv_proj(self.kv_norm(x)).view(B, n, 2 * self.n_kv_heads, cfg.head_dim)
+        k, v = kv[:, :, : self.n_kv_heads], kv[:, :, self.n_kv_heads:]
         if rope is not None:
             k = fused.rope(k, *rope)
         return k.transpose(1, 2), v.transpose(1, 2)
@@ -496,8 +501,9 @@ class YOCO(CausalLM):
 
     def new_cache(self, batch: int, capacity: int) -> YOCOCache:
         cfg = self.config
-        kv = KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
-        spec = StateSpec.of(cfg, self.dtype)      # SWA's rings preallocated here, gRet's states by the prefill
+        kv = KVBuffer(batch, self.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
+        # SWA's rings preallocated here, gRet's states by the prefill; the heads the layers hold
+        spec = replace(StateSpec.of(cfg, self.dtype), heads=self.self_layers[0].attn.n_heads)
         return YOCOCache(kv=kv, states=[spec.empty(batch, self.device) for _ in self.self_layers], state_spec=spec)
 
     def _run(self, input_ids, cache: YOCOCache, need, horizon=None):
@@ -569,8 +575,8 @@ class Transformer(CausalLM):
 
     def new_cache(self, batch: int, capacity: int) -> TransformerCache:
         cfg = self.config
-        return TransformerCache([KVBuffer(batch, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
-                                 for _ in self.layers])
+        return TransformerCache([KVBuffer(batch, layer.attn.n_kv_heads, cfg.head_dim, capacity, self.device,
+                                          self.dtype) for layer in self.layers])
 
     def _run(self, input_ids, cache: TransformerCache, need, horizon=None):
         n = input_ids.shape[1]
