@@ -30,8 +30,8 @@ def write_profile(folder, devices=("NVIDIA H100 80GB HBM3",), ctxs=(1024, 4096, 
                     status = "oom" if base and ctx >= oom_from else "ok"
                     row = dict(arch=arch, model=f"{arch}-{size}", size=size, params=3_000_000_000,
                                ctx=ctx, batch=batch, status=status, device=dev, dtype="bf16",
-                               torch="2.13.0", triton="3.4.0", date=DATE, gen_tokens=32,
-                               chunk_size=0, note="" if status == "ok" else "CUDA out of memory")
+                               torch="2.13.0", triton="3.4.0", date=DATE, gen_tokens=32, timed_steps=32,
+                               mode="full", chunk_size=0, note="" if status == "ok" else "CUDA out of memory")
                     if status == "ok":
                         k = ctx / 1024
                         row.update(
@@ -42,9 +42,34 @@ def write_profile(folder, devices=("NVIDIA H100 80GB HBM3",), ctxs=(1024, 4096, 
                             peak_reserved_gb=7 + (0.4 if base else 0.03) * k,
                             cache_gb=(0.4 if base else 0.03) * k, est_gb=6.5 + (0.4 if base else 0.03) * k,
                             prefill_tflops=300.0, prefill_share=0.4, decode_gb_per_token=6.1,
-                            decode_share=0.7, matmul_tflops=750.0, copy_tbs=2.9)
+                            decode_share=0.7, matmul_tflops=750.0, copy_tbs=2.9, read_tbs=3.2)
                     schemas.PROFILE.append_row(folder, row)
     schemas.write_command(folder, "yoco profile --sizes 3b --ctx 64k --out " + str(folder))
+    return schemas.PROFILE.path(folder)
+
+
+# (arch, ctx, batch, status, tokens/s) of a throughput sweep: the batches each search tried, in order
+THROUGHPUT = (("yoco", 32768, 140, "oom", None), ("yoco", 32768, 117, "ok", 1684.0),
+              ("yoco", 524288, 44, "ok", 108.0), ("yoco", 1 << 20, 26, "ok", 53.8),
+              ("transformer", 32768, 24, "ok", 695.0), ("transformer", 524288, 2, "ok", 10.8),
+              ("transformer", 1 << 20, 1, "oom", None))
+
+
+def write_throughput(folder, device="NVIDIA H200", rows=THROUGHPUT, timed=64, cap=None, note=None):
+    """A --throughput sweep of the 3B models (decode timed over ``timed`` of 1024 steps; ``cap``: every
+    row's batch_cap; ``note``: every row's note instead of the sweep's; a row's sixth item: its model,
+    else ``<arch>-3b``)."""
+    for arch, ctx, batch, status, tok_s, *model in rows:
+        row = dict(arch=arch, model=model[0] if model else f"{arch}-3b", size="3b", params=3_000_000_000, ctx=ctx,
+                   batch=batch, batch_cap=cap, status=status, mode="throughput", gen_tokens=1024, timed_steps=timed,
+                   chunk_size=8192, device=device, dtype="bf16", torch="2.11.0", triton="3.6.0", date=DATE,
+                   note=note if note is not None else "CUDA out of memory" if status == "oom" else
+                   f"decode: {timed} of 1024 steps timed, the time of all 1024 extrapolated (x16.2)")
+        if status == "ok":
+            row.update(prefill_s=batch * 0.2, decode_ms=30.0, decode_tok_s=batch / 0.03, decode_s=batch * 1024 / tok_s
+                       - batch * 0.2, throughput_tok_s=tok_s, peak_alloc_gb=120.0, cache_gb=20.0, est_gb=130.0)
+        schemas.PROFILE.append_row(folder, row)
+    schemas.write_command(folder, "yoco profile --throughput --size 3b --ctx 32k,512k,1m --out " + str(folder))
     return schemas.PROFILE.path(folder)
 
 
@@ -193,3 +218,71 @@ def test_empty_frames_write_nothing(tmp_path):
 def test_slug_is_file_safe(name):
     s = plots.slug(name)
     assert s and "/" not in s and " " not in s
+
+
+def test_throughput_rows_pair_each_contexts_final_rows_with_the_paper(tmp_path):
+    """Each arch's last batch tried (not the out-of-memory attempts above it), YOCO over the
+    Transformer, the paper's ratio where it has one; the per-batch figures leave these rows out."""
+    df = schemas.PROFILE.read(write_throughput(tmp_path / "run"))
+    r = plots.throughput_rows(df).set_index("ctx")
+    assert list(r.index) == [32768, 524288, 1 << 20]
+    assert (r.loc[32768, "yoco_batch"], r.loc[32768, "base_batch"]) == (117, 24)
+    assert r.loc[32768, "ratio"] == pytest.approx(1684 / 695) and r.loc[32768, "paper_ratio"] == 2.72
+    assert r.loc[524288, "ratio"] == pytest.approx(10.0) and r.loc[524288, "paper_ratio"] == 9.56
+    assert np.isnan(r.loc[1 << 20, "ratio"]) and np.isnan(r.loc[1 << 20, "paper_ratio"])
+    assert r.loc[1 << 20, "note"] == "Transformer OOM; decode extrapolated from 64 of 1024 steps"
+    assert r.loc[32768, "note"] == "decode extrapolated from 64 of 1024 steps"
+    (fig,) = plots.throughput_figure(df, tmp_path / "fig")
+    assert fig.name == plots.THROUGHPUT_FIGURE
+    assert_png(fig)
+    assert plots.profile_figures(df, tmp_path / "fig") == [] and plots.ratio_figures(df, tmp_path / "fig") == []
+    assert plots.throughput_figure(schemas.PROFILE.read(write_profile(tmp_path / "other")), tmp_path / "f2") == []
+
+
+def test_throughput_rows_say_which_batch_its_cap_limited(tmp_path):
+    """A batch at its row's batch_cap ran at the cap, maybe below the largest that fits: the note
+    says so per model (the Transformer's batches under the cap are not marked); no cap, no mark."""
+    df = schemas.PROFILE.read(write_throughput(tmp_path / "capped", cap=16, rows=(
+        ("yoco", 32768, 16, "ok", 400.0), ("transformer", 32768, 16, "ok", 300.0),
+        ("yoco", 524288, 16, "ok", 40.0), ("transformer", 524288, 2, "ok", 10.0))))
+    r = plots.throughput_rows(df).set_index("ctx")
+    assert list(r["yoco_capped"]) == [True, True] and list(r["base_capped"]) == [True, False]
+    assert r.loc[32768, "note"].startswith("YOCO capped at 16; Transformer capped at 16; decode extrapolated")
+    assert r.loc[524288, "note"].startswith("YOCO capped at 16; decode extrapolated")
+    free = plots.throughput_rows(schemas.PROFILE.read(write_throughput(tmp_path / "free")))
+    assert not free["yoco_capped"].any() and not free["note"].str.contains("capped").any()
+
+
+def test_extrapolation_is_read_from_the_step_columns_not_the_note(tmp_path):
+    """timed_steps below gen_tokens is an extrapolated decode, whatever the notes say."""
+    rows = (("yoco", 32768, 117, "ok", 1684.0), ("transformer", 32768, 24, "ok", 695.0))
+    quiet = plots.throughput_rows(schemas.PROFILE.read(write_throughput(tmp_path / "a", rows=rows, note="")))
+    assert list(quiet["note"]) == ["decode extrapolated from 64 of 1024 steps"]
+    said = plots.throughput_rows(schemas.PROFILE.read(
+        write_throughput(tmp_path / "b", rows=rows, timed=1024, note="remark: nothing extrapolated")))
+    assert list(said["note"]) == [""]
+
+
+def test_the_throughput_figure_draws_each_yoco_model(tmp_path, monkeypatch):
+    """A gRet and an SWA YOCO at the same contexts: one line each (left and right), the Transformer's once."""
+    rows = tuple((a, c, 8, "ok", t, m) for c in (32768, 65536) for a, m, t in (
+        ("yoco", "yoco-3b", 100.0), ("yoco", "yoco-swa-3b", 120.0), ("transformer", "transformer-3b", 50.0)))
+    df = schemas.PROFILE.read(write_throughput(tmp_path / "run", rows=rows))
+    r = plots.throughput_rows(df)
+    assert plots.several_yoco_models(r) and not plots.several_yoco_models(r[r["yoco_model"] == "yoco-3b"])
+    drawn = {}
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(
+        {i: {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()} for i, ax in enumerate(fig.axes)})
+        or real(fig, path))
+    plots.throughput_figure(df, tmp_path / "fig")
+    assert drawn[0]["yoco-3b 3b"] == [100.0, 100.0] and drawn[0]["yoco-swa-3b 3b"] == [120.0, 120.0]
+    assert drawn[0]["transformer 3b"] == [50.0, 50.0]
+    assert drawn[1]["measured yoco-3b 3b"] == [2.0, 2.0] and drawn[1]["measured yoco-swa-3b 3b"] == [2.4, 2.4]
+
+
+def test_one_status_word_and_whole_number_everywhere():
+    assert [plots.status_word(s) for s in ("oom", "skipped", "error", "")] == [
+        "OOM", "skipped (over memory)", "error", "missing"]
+    assert [plots.fmt_int(x) for x in (16, 16.0, "16", float("nan"), None, "", 2.5)] == [
+        "16", "16", "16", "", "", "", "2.5"]

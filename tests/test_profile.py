@@ -1,5 +1,7 @@
-"""`yoco profile` on the CPU: the analytic model against real caches and a FLOP counter, the whole
-sweep on tiny presets (CSV schema, plots, an injected out-of-memory, --resume), and bad input."""
+"""`yoco profile` on the CPU: the analytic model against real caches and a FLOP counter, the
+ceilings, the whole sweep on tiny presets (CSV schema, plots, an injected out-of-memory, --resume,
+files of older layouts), the throughput protocol (batch search, arithmetic, CSV, report), and bad
+input."""
 from __future__ import annotations
 
 import csv
@@ -234,8 +236,13 @@ def test_sweep_writes_schema_plots_oom_and_resumes(tmp_path, monkeypatch, capsys
 
     ok = df[df["status"] == "ok"]
     for col in ("prefill_s", "decode_ms", "decode_tok_s", "cache_gb", "est_gb", "prefill_tflops",
-                "prefill_share", "decode_gb_per_token", "decode_share", "matmul_tflops", "copy_tbs", "params"):
+                "prefill_share", "decode_gb_per_token", "decode_share", "matmul_tflops", "copy_tbs", "read_tbs",
+                "params"):
         assert (ok[col] > 0).all(), col
+    assert list(ok["decode_share"]) == pytest.approx(
+        list(ok["decode_gb_per_token"] * GB / (ok["decode_ms"] / 1e3) / (ok["read_tbs"] * 1e12)))
+    assert ok[["decode_s", "throughput_tok_s"]].isna().all().all()      # throughput mode only
+    assert set(ok["mode"]) == {"full"} and list(ok["timed_steps"]) == list(ok["gen_tokens"])
     assert list(ok["decode_tok_s"]) == pytest.approx(list(ok["batch"] * 1e3 / ok["decode_ms"]))
     assert ok["peak_alloc_gb"].isna().all()               # no GPU: no peak measured, none invented
     assert set(ok["dtype"]) == {"fp32"} and set(ok["gen_tokens"]) == {2}
@@ -288,7 +295,7 @@ def measured(monkeypatch):
     from yoco_cli import profile
     from yoco_core.perf.hardware import Ceilings
 
-    monkeypatch.setattr(profile, "_ceilings", lambda plan: Ceilings(1.0, 1.0))
+    monkeypatch.setattr(profile, "_ceilings", lambda plan: Ceilings(1.0, 1.0, 1.0))
     calls, real = [], sweep.measure_cell
     monkeypatch.setattr(sweep, "measure_cell", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
     return calls
@@ -331,6 +338,62 @@ def _drop_column(path, column: str) -> None:
         w.writerows(rows)
 
 
+# profile.csv's columns before read_tbs, timed_steps, decode_s and throughput_tok_s (commit fbfc9d3)
+PREVIOUS_PROFILE_COLUMNS = [
+    "arch", "model", "size", "params", "ctx", "batch", "status", "prefill_s", "decode_ms", "decode_tok_s",
+    "peak_alloc_gb", "peak_reserved_gb", "cache_gb", "est_gb", "prefill_tflops", "prefill_share",
+    "decode_gb_per_token", "decode_share", "matmul_tflops", "copy_tbs", "mode", "gen_tokens", "chunk_size",
+    "device", "dtype", "torch", "triton", "date", "note"]
+
+
+def _keep_columns(path, columns: list[str]) -> list[dict]:
+    """Rewrite ``path`` with only ``columns`` (in that order), as an older version wrote it."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return [{c: r[c] for c in columns} for r in rows]
+
+
+def test_a_csv_of_the_previous_layout_resumes_and_is_upgraded_with_blanks(tmp_path, measured):
+    """A profile.csv of the previous column set (no read_tbs, timed_steps, decode_s,
+    throughput_tok_s): its cells resume as done (every step was timed), and the first append
+    rewrites it in the new layout, its rows' values kept and the new columns blank (timed_steps:
+    their gen_tokens)."""
+    argv = [*ONE_CELL, "--out", str(tmp_path)]
+    assert main(argv) == 0 and len(measured) == 1
+    path = schemas.PROFILE.path(tmp_path)
+    [old] = _keep_columns(path, PREVIOUS_PROFILE_COLUMNS)
+    assert not schemas.PROFILE.is_layout(PREVIOUS_PROFILE_COLUMNS + ["surplus"])
+    assert schemas.PROFILE.is_layout(PREVIOUS_PROFILE_COLUMNS)
+    assert main([*argv, "--resume"]) == 0 and len(measured) == 1
+    assert path.read_text().splitlines()[0].split(",") == PREVIOUS_PROFILE_COLUMNS     # nothing appended yet
+    assert main([*argv, "--resume", "--ctx", "64,128"]) == 0 and measured[1:] == [(128, 1)]
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == schemas.PROFILE.names
+    first, new = _rows(tmp_path)
+    assert {c: first[c] for c in PREVIOUS_PROFILE_COLUMNS} == old
+    assert (first["read_tbs"], first["decode_s"], first["throughput_tok_s"], first["timed_steps"]) == ("", "", "", "2")
+    assert first["batch_cap"] == new["batch_cap"] == ""                 # no cap outside --throughput
+    assert float(new["read_tbs"]) == 1.0 and new["timed_steps"] == "2"
+
+
+def test_upgrade_takes_any_older_subset_and_refuses_foreign_columns(tmp_path):
+    path = schemas.PROFILE.path(tmp_path)
+    names = [c for c in schemas.PROFILE.names if c not in ("read_tbs", "mode")]      # two of the later ones
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([names, ["yoco" if c == "arch" else "64" if c == "ctx" else "" for c in names]])
+    schemas.PROFILE.upgrade(tmp_path)
+    [row] = _rows(tmp_path)
+    assert list(row) == schemas.PROFILE.names and row["mode"] == "full" and row["read_tbs"] == ""
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerow([*names, "surplus"])
+    with pytest.raises(schemas.SchemaError, match="not a profile.csv of this or an older layout"):
+        schemas.PROFILE.upgrade(tmp_path)
+
+
 def test_an_old_csv_without_the_mode_column_resumes_and_is_upgraded(tmp_path, measured):
     """profile.csv files written before the mode column: decode-only rows are those whose note
     starts "decode only"; both kinds resume as done, and the first append rewrites the file in
@@ -350,11 +413,205 @@ def test_an_old_csv_without_the_mode_column_resumes_and_is_upgraded(tmp_path, me
     assert (tmp_path / "profile_memory.png").exists()
 
 
+# -- the ceilings ------------------------------------------------------------------------------
+def test_ceilings_count_the_bytes_each_kernel_moves_and_keep_the_fastest_read(monkeypatch):
+    """matmul and copy: the median run; the read ceiling: the fastest sum, counting only the bytes
+    read (a copy counts them twice: read and written)."""
+    from yoco_core.perf import hardware
+
+    runs = iter([[3.0, 2.0, 1.0], [4.0, 2.0, 3.0], [4.0, 1.0, 3.0]])      # matmul, copy, read
+    monkeypatch.setattr(hardware, "timed_runs", lambda clock, fn, reps, warm: next(runs))
+    nbytes = 1 << 20
+    c = hardware.measure_ceilings("cpu", torch.float32, matmul_n=64, copy_bytes=nbytes, reps=3)
+    assert c.matmul_tflops == pytest.approx(2 * 64 ** 3 / 2.0 / 1e12)
+    assert c.copy_tbs == pytest.approx(2 * nbytes / 3.0 / 1e12)
+    assert c.read_tbs == pytest.approx(nbytes / 1.0 / 1e12)
+
+
+def test_the_read_ceiling_times_a_sum_over_the_buffer(monkeypatch):
+    from yoco_core.perf import hardware
+
+    seen, real = [], hardware.timed_runs
+    monkeypatch.setattr(hardware, "timed_runs",
+                        lambda clock, fn, reps, warm: seen.append(fn()) or real(clock, fn, reps, warm))
+    assert hardware._read_seconds(hardware.Clock("cpu"), 1000, torch.Generator().manual_seed(1234), reps=2) > 0
+    want = torch.rand(1000, generator=torch.Generator().manual_seed(1234)).sum()
+    assert len(seen) == 1 and torch.equal(seen[0], want)
+
+
+def test_decode_share_is_over_the_read_bandwidth():
+    from yoco_core.perf.hardware import Ceilings
+
+    res = sweep.CellResult(status="ok", prefill_s=2.0, decode_ms=1000.0)
+    analytic_numbers = {"flops": 4e12, "decode_bytes": 1e12}
+    sh = sweep.shares(analytic_numbers, res, Ceilings(matmul_tflops=4.0, copy_tbs=2.0, read_tbs=1.25))
+    assert sh == {"prefill_tflops": 2.0, "prefill_share": 0.5, "decode_share": pytest.approx(0.8)}
+    assert sweep.shares(analytic_numbers, res, Ceilings(4.0, 2.0))["decode_share"] is None   # no read measured
+
+
+# -- the throughput protocol ---------------------------------------------------------------------
+@pytest.mark.parametrize("name,ctx", [("yoco-tiny", 64), ("transformer-tiny", 300), ("yoco-3b", 1 << 20)])
+def test_largest_batch_is_the_largest_the_estimate_fits(name, ctx):
+    cfg = get_config(name)
+
+    def est(b):
+        return analytic.estimate_memory(cfg, ctx, b, 2, 8192, 12)["total"]
+
+    for want in (1, 2, 7, 33, 64):
+        memory = (est(want) + est(want + 1)) // 2
+        assert analytic.largest_batch(cfg, ctx, 2, memory, 8192, 12) == want
+        assert analytic.largest_batch(cfg, ctx, 2, est(want), 8192, 12) == want     # exactly full fits
+    assert analytic.largest_batch(cfg, ctx, 2, est(1) - 1, 8192, 12) == 0
+
+
+def test_decode_bytes_over_steps_add_each_steps_cache():
+    cfg = get_config("transformer-tiny")
+    one = [analytic.decode_bytes(cfg, 100 + i, 3, 4)["total"] for i in range(5)]
+    assert analytic.decode_bytes_over(cfg, 100, 3, 4, 5) == sum(one) and one[4] > one[0]
+
+
+TP_GEN = 3
+
+
+def _tiny_picks(memory: float) -> dict:
+    reserve = sweep.decode_reserve(TP_GEN)
+    return {(a, c): analytic.largest_batch(get_config(f"{a}-tiny"), c, 4, int(memory), None, reserve)
+            for a in ("yoco", "transformer") for c in (64, 128)}
+
+
+def test_throughput_picks_the_largest_batch_steps_down_on_oom_and_resumes(tmp_path, measured, monkeypatch):
+    """--throughput: per context the largest batch the estimate fits in --memory-gb; the injected
+    out-of-memory at yoco 64 x 5 is a row of its own and the batch steps down to 4; the longer
+    context starts below it; the rows' throughput is batch x gen-tokens / (prefill + decode); a
+    --resume measures nothing; the report shows YOCO over the Transformer per context."""
+    y = get_config("yoco-tiny")
+    reserve = sweep.decode_reserve(TP_GEN)
+    est5, est6 = (analytic.estimate_memory(y, 64, b, 4, None, reserve)["total"] for b in (5, 6))
+    memory = (est5 + est6) / 2
+    picks = _tiny_picks(memory)
+    assert picks[("yoco", 64)] == 5 and picks[("yoco", 128)] < 5 and all(1 < b < 8 for b in picks.values())
+    monkeypatch.setenv(sweep.INJECT_ENV, "yoco:64:5")
+    argv = ["profile", "--throughput", "--arch", "yoco,transformer", "--size", "tiny", "--ctx", "64,128",
+            "--gen-tokens", str(TP_GEN), "--memory-gb", repr(memory / GB), "--device", "cpu", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = _rows(tmp_path)
+    want = [("yoco", 64, 5, "oom"), ("yoco", 64, sweep.step_down(5), "ok"), ("yoco", 128, picks[("yoco", 128)], "ok"),
+            ("transformer", 64, picks[("transformer", 64)], "ok"),
+            ("transformer", 128, picks[("transformer", 128)], "ok")]
+    assert [(r["arch"], int(r["ctx"]), int(r["batch"]), r["status"]) for r in rows] == want
+    assert measured == [(c, b) for _, c, b, _ in want]
+    oom, stepped = rows[0], rows[1]
+    assert "injected" in oom["note"] and oom["note"].endswith("next: batch 4") and oom["throughput_tok_s"] == ""
+    assert stepped["note"].startswith("batch: stepped down from 5 (out of memory)")
+    assert "the largest the estimate fits in the --memory-gb budget" in rows[2]["note"]
+    for r in rows[1:]:
+        assert (r["mode"], r["gen_tokens"], r["timed_steps"]) == ("throughput", str(TP_GEN), str(TP_GEN))
+        assert float(r["est_gb"]) * GB <= memory and float(r["decode_s"]) > 0
+        assert float(r["throughput_tok_s"]) == pytest.approx(
+            int(r["batch"]) * TP_GEN / (float(r["prefill_s"]) + float(r["decode_s"])))
+        assert "extrapolated" not in r["note"]
+    assert main([*argv, "--resume"]) == 0 and len(measured) == len(want)
+
+    monkeypatch.delenv(sweep.INJECT_ENV)
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    from yoco_cli.report import _g
+
+    ran = {(r["arch"], int(r["ctx"])): r for r in rows[1:]}
+    for ctx in (64, 128):
+        y, t = ran[("yoco", ctx)], ran[("transformer", ctx)]
+        ratio = float(y["throughput_tok_s"]) / float(t["throughput_tok_s"])
+        assert (f"| tiny | {ctx} | {y['batch']} | {_g(y['throughput_tok_s'])} | "
+                f"{t['batch']} | {_g(t['throughput_tok_s'])} | {ratio:.2f}x | n/a |") in md, ctx
+    assert f"Every row generated {TP_GEN} tokens per sequence." in md and "ran at its batch cap" not in md
+    assert (tmp_path / "report" / "profile_throughput_protocol.png").exists()
+    assert not (tmp_path / "report" / "profile_ratios.png").exists()      # a chosen batch is no common batch
+
+
+@pytest.fixture
+def fixed_cell(monkeypatch):
+    """measure_cell replaced by fixed timings (prefill 2 s, the timed steps 0.25 s together); the
+    ``steps`` it was asked for, in order."""
+    from yoco_cli import profile
+
+    monkeypatch.setattr(profile, "_ceilings", lambda plan: sweep.Ceilings(1.0, 1.0, 1.0))
+    asked = []
+
+    def fixed(runner, ctx, batch, gen_tokens, chunk_size, repeats=1, seed=0, decode_only=False, steps=None):
+        asked.append(steps)
+        return sweep.CellResult(status="ok", prefill_s=2.0, decode_ms=10.0, decode_s=0.25, cache_bytes=1)
+
+    monkeypatch.setattr(sweep, "measure_cell", fixed)
+    return asked
+
+
+def test_throughput_arithmetic_and_the_extrapolated_decode(tmp_path, fixed_cell):
+    """tokens/s = batch x gen-tokens / (prefill + decode); with --timed-steps N the decode time is
+    the N steps' scaled by the analytic bytes of all gen-tokens steps over those of the N (the
+    note says so); the two are separate cells of one --out; --batch is the cap, in each row's
+    batch_cap, and not part of the cell (a --resume with another cap measures nothing)."""
+    argv = ["profile", "--throughput", "--arch", "yoco", "--size", "tiny", "--ctx", "64", "--gen-tokens", "40",
+            "--batch", "3", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(argv) == 0 and main([*argv, "--resume", "--timed-steps", "10"]) == 0
+    assert main([*argv, "--resume", "--timed-steps", "10"]) == 0 and fixed_cell == [40, 10]
+    assert main([*argv, "--resume", "--batch", "2"]) == 0 and fixed_cell == [40, 10]
+    full, part = _rows(tmp_path)
+    assert (full["batch"], full["timed_steps"], part["timed_steps"]) == ("3", "40", "10")
+    assert full["batch_cap"] == part["batch_cap"] == "3"
+    assert full["note"].startswith("batch: the cap of --batch (the estimate fits ")
+    assert float(full["decode_s"]) == pytest.approx(0.25)
+    assert float(full["throughput_tok_s"]) == pytest.approx(3 * 40 / 2.25)
+    cfg = get_config("yoco-tiny")
+    scale = analytic.decode_bytes_over(cfg, 64, 3, 4, 40) / analytic.decode_bytes_over(cfg, 64, 3, 4, 10)
+    assert 4.0 < scale < 4.1                                  # later steps read a longer cache
+    assert float(part["decode_s"]) == pytest.approx(0.25 * scale)
+    assert float(part["throughput_tok_s"]) == pytest.approx(3 * 40 / (2.0 + 0.25 * scale))
+    assert f"decode: 10 of 40 steps timed, the time of all 40 extrapolated by the analytic bytes per step " \
+           f"(x{scale:.4g})" in part["note"]
+    assert float(part["decode_share"]) == pytest.approx(float(part["decode_gb_per_token"]) * GB / 0.01 / 1e12)
+
+
+def test_the_cpus_default_cap_is_named_as_the_default(tmp_path, fixed_cell):
+    """--batch auto on the CPU caps the search at 8: the rows say the default cap did (not --batch),
+    batch_cap is 8, and the report marks the batch as capped instead of calling it the largest that fits."""
+    assert main(["profile", "--throughput", "--arch", "yoco,transformer", "--size", "tiny", "--ctx", "64",
+                 "--gen-tokens", "4", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path)
+    assert [(r["batch"], r["batch_cap"]) for r in rows] == [("8", "8"), ("8", "8")]
+    for r in rows:
+        assert r["note"].startswith("batch: the default cap of 8 of --batch auto on the CPU (the estimate fits ")
+        assert "the cap of --batch" not in r["note"]
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| YOCO capped at 8; Transformer capped at 8 |" in md and "In 1 row(s) a model ran at its batch cap" in md
+
+
+def test_a_memory_budget_is_kept_however_small():
+    """A budget is the budget, not a stand-in for the device's memory (0 bytes is one too)."""
+    m = sweep.Machine.of("cpu", 0)
+    assert (m.memory, m.budget) == (0, True) and "budget of 0 GB" in m.memory_words()
+    assert sweep.Machine.of("cpu").budget is False
+
+
+def test_throughput_cells_that_cannot_fit_are_skipped_once(tmp_path, fixed_cell):
+    """Not even batch 1 within the budget: one skipped row per context, nothing built or timed."""
+    assert main(["profile", "--throughput", "--arch", "transformer", "--size", "tiny", "--ctx", "64,128",
+                 "--memory-gb", "0.001", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path)
+    assert [(r["ctx"], r["batch"], r["status"]) for r in rows] == [("64", "1", "skipped"), ("128", "1", "skipped")]
+    assert "exceeds the --memory-gb budget of 0.001 GB" in rows[0]["note"] and fixed_cell == []
+
+
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ["--ctx", "4q"], ["--ctx", "0"], ["--ctx", "1.5"], ["--arch", "rnn"], ["--arch", "yoco,mamba"],
     ["--size", "7b"], ["--batch", "x"], ["--batch", "0"], ["--gen-tokens", "0"], ["--device", "tpu"],
     ["--chunk-size", "abc"], ["--self-decoder", "mamba"], ["--dtype", "int8"], ["--repeats", "0"],
+    ["--throughput", "--decode-only"], ["--throughput", "--batch", "1,2"], ["--timed-steps", "4"],
+    ["--throughput", "--timed-steps", "0"], ["--throughput", "--gen-tokens", "8", "--timed-steps", "9"],
+    ["--throughput", "--arch", "yoco,hf"], ["--memory-gb", "0"], ["--memory-gb", "-1"], ["--memory-gb", "nan"],
+    ["--memory-gb", "1e-10"], ["--throughput", "--memory-gb", "4e-10"],
+    ["--throughput", "--batch", "0"],
 ])
 def test_bad_input_is_one_line_exit_2(args, capsys, tmp_path):
     assert main(["profile", "--device", "cpu", "--out", str(tmp_path / "o"), *args]) == 2

@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
-from test_plots import assert_png, write_eval, write_needle, write_profile
+from test_plots import assert_png, write_eval, write_needle, write_profile, write_throughput
 
 from yoco_cli import plots, schemas
 from yoco_cli.main import main
@@ -294,3 +294,80 @@ def test_an_old_profile_csv_without_the_mode_column_is_reported(tmp_path):
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0
     assert "## Profile" in (tmp_path / "rep" / "report.md").read_text()
     assert path.read_bytes() == before                   # report reads, never rewrites
+
+
+def test_report_shows_the_throughput_protocol_beside_the_paper(tmp_path):
+    """The protocol table, its constant setting (device, dtype, tokens generated, steps timed) said
+    once in the paragraph instead of a column each."""
+    write_throughput(tmp_path / "tp")
+    write_profile(tmp_path / "tp" / "full", devices=(H200,))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ("| size | context | YOCO batch | YOCO tok/s | Transformer batch | "
+            "Transformer tok/s | YOCO / Transformer | paper | note |") in md
+    assert "| 3b | 32k | 117 | 1,684 | 24 | 695 | 2.42x | 2.72x | decode extrapolated " in md
+    assert "| 3b | 512k | 44 | 108 | 2 | 10.8 | 10.00x | 9.56x |" in md
+    assert "| 3b | 1m | 26 | 53.8 |  | OOM |  | n/a | Transformer OOM;" in md
+    assert ("each model at the largest batch the estimate fits (or the --batch cap)" in md
+            and "Every row generated 1024 tokens per sequence, 64 of the decode steps timed" in md)
+    assert "batch cap" not in md.split("(or the --batch cap)")[1].split("\n")[0]      # nothing capped
+    assert "arXiv:2405.05254, Fig. 6" in md
+    assert f"]({plots.THROUGHPUT_FIGURE})" in md
+    assert_png(tmp_path / "rep" / plots.THROUGHPUT_FIGURE)
+    # the per-batch headline ratios hold the full-mode rows only (throughput batches differ per arch)
+    assert f"| transformer | 3b | 1 | 16k | {H200} |" in md and "| transformer | 3b | 117 |" not in md
+
+
+def test_batch_table_shares_are_of_the_read_bandwidth():
+    """The share shown is decode_share where its run measured the read bandwidth, and none for rows
+    of runs before read_tbs (theirs was over the copy bandwidth)."""
+    from yoco_cli.report import batch_table
+
+    def row(arch, batch, share, read):
+        return {"arch": arch, "size": "3b", "ctx": 262144, "batch": batch, "device": H200, "dtype": "bf16",
+                "status": "ok", "decode_tok_s": 10.0 * batch, "decode_share": share, "read_tbs": read, "mode": "full"}
+
+    df = pd.DataFrame([row("yoco", 1, 0.5, 4.4), row("yoco", 8, 0.93, 4.4),
+                       row("transformer", 1, 1.05, float("nan")), row("transformer", 2, 1.02, float("nan"))])
+    t = batch_table(df).set_index("arch")
+    assert t.loc["yoco", "share of read bandwidth"] == "0.93"
+    assert t.loc["transformer", "share of read bandwidth"] == ""
+
+
+def _protocol_table(md: str) -> list[str]:
+    """The throughput table of a report.md: its header line, then its rows."""
+    start = md.index("*Throughput protocol")
+    lines = md[start:md.index("\n\n", md.index("| ", start))].splitlines()
+    return [lines[2], *lines[4:]]
+
+
+def test_a_capped_throughput_batch_is_not_reported_as_the_protocol(tmp_path):
+    """Rows at their --batch cap: the note says which model was capped and the paragraph that
+    those rows are not the paper's protocol."""
+    write_throughput(tmp_path / "tp", cap=16, rows=(
+        ("yoco", 32768, 16, "ok", 400.0), ("transformer", 32768, 16, "ok", 300.0),
+        ("yoco", 524288, 16, "ok", 40.0), ("transformer", 524288, 2, "ok", 10.0)))
+    assert main(["report", str(tmp_path / "tp"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "In 2 row(s) a model ran at its batch cap" in md and "not the paper's protocol" in md
+    head, *rows = _protocol_table(md)
+    assert [r.split(" | ")[-1].split(";")[0] for r in rows] == ["YOCO capped at 16", "YOCO capped at 16"]
+    assert "Transformer capped at 16" in rows[0] and "Transformer capped" not in rows[1]
+
+
+def test_the_throughput_table_names_the_yoco_model_when_there_are_several(tmp_path):
+    """A gRet and an SWA YOCO at one context: a model column tells their rows apart; and a model that
+    did not run is in the same words as the ratio table ("skipped (over memory)")."""
+    rows = (("yoco", 32768, 8, "ok", 100.0, "yoco-3b"), ("yoco", 32768, 8, "ok", 120.0, "yoco-swa-3b"),
+            ("transformer", 32768, 1, "skipped", None, "transformer-3b"))
+    write_throughput(tmp_path / "tp", rows=rows, timed=1024)
+    assert main(["report", str(tmp_path / "tp"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    head, *body = _protocol_table(md)
+    assert head.startswith("| size | YOCO model | context | YOCO batch | YOCO tok/s |")
+    assert [r.split(" | ")[1] for r in body] == ["yoco-3b", "yoco-swa-3b"]
+    assert all("| skipped (over memory) |" in r for r in body)
+    assert "Every row generated 1024 tokens per sequence." in md
+    write_throughput(tmp_path / "one", rows=rows[::2])
+    assert main(["report", str(tmp_path / "one"), "--out", str(tmp_path / "rep1")]) == 0
+    assert "YOCO model" not in (tmp_path / "rep1" / "report.md").read_text()

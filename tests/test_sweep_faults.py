@@ -328,3 +328,135 @@ def test_profile_stops_after_the_cell_in_flight(tmp_path, monkeypatch, capsys, s
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is before_term
     assert main(argv + ["--resume"]) == 0 and calls == [(64, 1), (128, 1)]
     assert not (tmp_path / schemas.LOCK_NAME).exists()
+
+
+def test_a_throughput_search_stopped_by_ctrl_c_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    """--throughput: Ctrl-C while the first batch is measured (it runs out of memory, injected):
+    its oom row is kept, exit 130; --resume steps down from it as the uninterrupted search would,
+    and finishes the other context; a second --resume measures nothing."""
+    from yoco_cli import profile
+    from yoco_core.config import get_config
+    from yoco_core.perf import analytic, sweep
+    from yoco_core.perf.hardware import Ceilings
+
+    monkeypatch.setattr(profile, "_ceilings", lambda plan: Ceilings(1.0, 1.0, 1.0))     # not what is tested
+    reserve = sweep.decode_reserve(2)
+    cfg = get_config("yoco-tiny")
+    memory = sum(analytic.estimate_memory(cfg, 64, b, 4, None, reserve)["total"] for b in (6, 7)) / 2   # batch 6
+    real, calls = sweep.measure_cell, []
+
+    def signalled(*a, **k):
+        calls.append(a[1:3])
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweep, "measure_cell", signalled)
+    monkeypatch.setenv(sweep.INJECT_ENV, "yoco:64:6")
+    argv = ["profile", "--throughput", "--arch", "yoco", "--size", "tiny", "--ctx", "64,128", "--gen-tokens", "2",
+            "--memory-gb", repr(memory / 1e9), "--device", "cpu", "--out", str(tmp_path)]
+    capsys.readouterr()
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "interrupted" in line] == [
+        "interrupted: 1 row kept, --resume continues"], err
+    path = schemas.PROFILE.path(tmp_path)
+    [oom] = schemas.PROFILE.read(path).to_dict("records")
+    assert (oom["status"], oom["batch"], calls) == ("oom", 6, [(64, 6)])
+    monkeypatch.delenv(sweep.INJECT_ENV)
+    assert main([*argv, "--resume"]) == 0
+    df = schemas.PROFILE.read(path)
+    assert [(int(r["ctx"]), int(r["batch"]), r["status"]) for r in df.to_dict("records")][:2] == [
+        (64, 6, "oom"), (64, sweep.step_down(6), "ok")]
+    assert len(df) == 3 and list(df["status"])[2] == "ok" and calls[1:] == [(64, 4), (128, int(df["batch"][2]))]
+    assert df["note"][1].startswith("batch: stepped down from 6 (out of memory)")
+    assert main([*argv, "--resume"]) == 0 and len(calls) == 3
+    assert not (tmp_path / schemas.LOCK_NAME).exists()
+
+
+# -- a CUDA error that loses the context -----------------------------------------------------
+def test_what_counts_as_a_lost_cuda_context():
+    import torch
+
+    from yoco_core.perf.hardware import is_context_lost
+
+    assert is_context_lost(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
+    assert is_context_lost(RuntimeError("CUDA error: misaligned address"))
+    assert is_context_lost(RuntimeError("an illegal memory access was encountered"))
+    assert not is_context_lost(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not is_context_lost(RuntimeError("CUDA error: out of memory"))     # an allocation failure: oom
+    assert not is_context_lost(RuntimeError("shape mismatch")) and not is_context_lost(ValueError("CUDA error"))
+
+
+def _lost_line(err: str, out: Path, cell: str) -> None:
+    """The one error line of a lost CUDA context, no traceback, nothing else said as an error."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: CUDA error in {cell}: ") and "illegal memory access" in lines[0]
+    assert lines[0].endswith(f"; the CUDA context is lost: rows so far are in {schemas.PROFILE.path(out)}, "
+                             "run again with --resume")
+
+
+@pytest.mark.parametrize("when", ["in-the-cell", "at-the-release-after-it"])
+@pytest.mark.parametrize("mode", [[], ["--throughput", "--batch", "2"]])
+def test_a_lost_cuda_context_keeps_the_row_and_stops_with_one_line(tmp_path, monkeypatch, capsys, mode, when):
+    """The CUDA error is sticky: once raised, every later CUDA call (the clean-up after the cell,
+    closing the model) raises it again; it may surface only at the synchronize after the cell. The
+    cell is an error row on disk, nothing more is measured or released, the run ends with one line
+    and exit 1 (lock gone); --resume continues after it."""
+    import torch
+
+    from yoco_cli import profile
+    from yoco_core.perf import runners, sweep
+    from yoco_core.perf.hardware import Ceilings
+
+    monkeypatch.setattr(profile, "_ceilings", lambda plan: Ceilings(1.0, 1.0, 1.0))     # not what is tested
+    lost, calls, real = [], [], sweep.measure_cell
+
+    def sticky(*a, **k):
+        if lost:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered\nSearch for ...")
+
+    def measure(*a, **k):
+        calls.append(a[1:3])
+        if len(calls) == 2 and when == "in-the-cell":
+            lost.append(True)
+        sticky()
+        res = real(*a, **k)
+        if len(calls) == 2:
+            lost.append(True)
+        return res
+
+    monkeypatch.setattr(sweep, "measure_cell", measure)
+    for module in (sweep, runners):
+        monkeypatch.setattr(module, "release", sticky)
+    monkeypatch.setattr(sweep, "reset_memory", sticky)
+    argv = ["profile", "--arch", "yoco", "--size", "tiny", "--ctx", "64,128,256", "--gen-tokens", "2",
+            "--device", "cpu", "--out", str(tmp_path), *mode]
+    capsys.readouterr()
+    assert main(argv) == 1
+    batch = 2 if mode else 1
+    _lost_line(capsys.readouterr().err, tmp_path, f"yoco ctx 128 batch {batch}")
+    assert calls == [(64, batch), (128, batch)]
+    rows = schemas.PROFILE.read(schemas.PROFILE.path(tmp_path)).to_dict("records")
+    assert [(r["ctx"], r["status"]) for r in rows] == [(64, "ok"), (128, "error")]
+    assert rows[1]["note"].endswith("AcceleratorError: CUDA error: an illegal memory access was encountered")
+    assert not (tmp_path / schemas.LOCK_NAME).exists()
+    lost.clear()                                     # a new process: a new CUDA context
+    assert main([*argv, "--resume"]) == 0 and calls[2:] == [(256, batch)]
+
+
+def test_a_lost_cuda_context_in_a_real_process_is_one_line(tmp_path):
+    """The injected illegal memory access (YOCO_PROFILE_INJECT_CUDA_ERROR) in a real `yoco profile`:
+    exit 1, one line on stderr, the row on disk, the next cell not measured."""
+    from yoco_core.perf import sweep
+
+    p = subprocess.run([sys.executable, "-m", "yoco_cli.main", "profile", "--arch", "yoco", "--size", "tiny",
+                        "--ctx", "64,128", "--batch", "1", "--gen-tokens", "2", "--device", "cpu",
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, sweep.INJECT_CUDA_ERROR_ENV: "yoco:64:1", "COLUMNS": "300"})
+    assert p.returncode == 1, p.stderr
+    _lost_line(p.stderr, tmp_path, "yoco ctx 64 batch 1")
+    [row] = schemas.PROFILE.read(schemas.PROFILE.path(tmp_path)).to_dict("records")
+    assert (row["ctx"], row["status"]) == (64, "error") and "injected" in row["note"]

@@ -1,5 +1,5 @@
 """Every figure of the toolkit: needle heatmaps, the paper-style profile curves, YOCO/baseline
-ratio curves and eval bar charts.
+ratio curves, the throughput protocol against the YOCO paper's, and eval bar charts.
 
 Each function takes a DataFrame as returned by the matching ``Schema.read`` (numbers already
 numeric; rows may come from several runs and devices), writes PNG files with matplotlib's Agg
@@ -38,6 +38,17 @@ PROFILE_METRICS = (
     ("profile_decode_latency.png", "decode_ms", "decode latency per step (ms)",
      "Decode latency vs context"),
 )
+# The throughput the YOCO paper reports (Sun et al., "You Only Cache Once: Decoder-Decoder
+# Architectures for Language Models", arXiv:2405.05254, Fig. 6, on an H100-80GB): YOCO over the
+# Transformer by context (in tokens), and the tokens/s of both at 512K. What `yoco profile
+# --throughput` measures is set beside it (throughput_rows).
+PAPER_THROUGHPUT = {
+    "source": "YOCO paper, arXiv:2405.05254, Fig. 6 (H100-80GB)",
+    "ratio": {32768: 2.72, 65536: 2.57, 131072: 2.77, 262144: 4.37, 524288: 9.56},
+    "tokens_s": {524288: {"yoco": 43.1, "transformer": 4.5}},
+}
+THROUGHPUT_FIGURE = "profile_throughput_protocol.png"
+
 # (column of ratio_rows, label, baseline / yoco?)
 RATIO_METRICS = (
     ("memory_saved", "memory saved (x)"),
@@ -79,6 +90,12 @@ def _varying(df: pd.DataFrame, cols) -> list[str]:
 def _last_per(df: pd.DataFrame, cols) -> pd.DataFrame:
     """One row per ``cols`` (the last one written: a re-run replaces an earlier row)."""
     return df.drop_duplicates(subset=list(cols), keep="last")
+
+
+def per_batch(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a batch given by the user (modes full and decode-only): a throughput row's batch
+    was chosen per context, so those rows go to ``throughput_rows`` instead."""
+    return df[df["mode"] != "throughput"] if "mode" in df.columns else df
 
 
 def _plain_log_labels(ax) -> None:
@@ -169,14 +186,17 @@ def _series_cols(df: pd.DataFrame) -> list[str]:
 
 def _series_label(cols, key) -> str:
     d = dict(zip(cols, key))
-    label = f"{d['arch']} {d['size']} b={_fmt_int(d['batch'])}"
+    label = f"{d['arch']} {d['size']} b={fmt_int(d['batch'])}"
     extra = [str(d[c]) for c in cols[3:]]
     return label + (f" [{', '.join(extra)}]" if extra else "")
 
 
-def _fmt_int(x) -> str:
+def fmt_int(x) -> str:
+    """A whole number as one (``16``, not ``16.0``); empty where there is none (NaN, blank)."""
     x = _num(x)
-    return str(int(x)) if x == x and x == int(x) else str(x)
+    if x != x:
+        return ""
+    return str(int(x)) if x == int(x) else f"{x:g}"
 
 
 def _style_for(i: int, n_devices_idx: int):
@@ -194,12 +214,13 @@ def profile_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     edge of the axis.
     """
     out_dir = Path(out_dir)
-    df = df[df["ctx"].notna()]
+    df = per_batch(df[df["ctx"].notna()])
     if df.empty:
         return []
     cols = _series_cols(df)
     df = _last_per(df, [*cols, "ctx"])
-    devices = sorted(df[cols[3:]].astype(str).agg(" ".join, axis=1).unique()) if len(cols) > 3 else [""]
+    devices = (sorted(df[cols[3:]].fillna("").astype(str).agg(" ".join, axis=1).unique()) if len(cols) > 3
+               else [""])
     written = []
     for fname, col, ylabel, title in PROFILE_METRICS:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -278,7 +299,7 @@ def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["size", "batch", "ctx", "device", "dtype", "baseline", "yoco_status", "base_status",
             "memory_saved", "prefill_speedup", "throughput_gain", "note"]
     keys = ["size", "batch", "ctx", "device", "dtype", *(["mode"] if "mode" in df.columns else [])]
-    df = df[df["ctx"].notna()]
+    df = per_batch(df[df["ctx"].notna()])
     df = _last_per(df, ["arch", *keys])
     yoco = df[df["arch"] == "yoco"]
     out = []
@@ -299,11 +320,11 @@ def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
             if both:
                 note = ""
             elif ys == "ok":
-                note = f"{bname} {_status_word(bs)}"
+                note = f"{bname} {status_word(bs)}"
             elif bs == "ok":
-                note = f"YOCO {_status_word(ys)}"
+                note = f"YOCO {status_word(ys)}"
             else:
-                note = f"both {_status_word(ys)}" if ys == bs else f"YOCO {_status_word(ys)}, {bname} {_status_word(bs)}"
+                note = f"both {status_word(ys)}" if ys == bs else f"YOCO {status_word(ys)}, {bname} {status_word(bs)}"
             out.append({
                 "size": r["size"], "batch": r["batch"], "ctx": r["ctx"], "device": r["device"],
                 "dtype": r["dtype"], "baseline": base, "yoco_status": ys, "base_status": bs,
@@ -324,7 +345,9 @@ def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
 _BASE_NAMES = {"transformer": "Transformer", "hf": "HF", "fla": "FLA"}
 
 
-def _status_word(s) -> str:
+def status_word(s) -> str:
+    """A cell's status as the tables and notes write it (OOM, skipped (over memory), error,
+    missing)."""
     return {"oom": "OOM", "skipped": "skipped (over memory)", "error": "error"}.get(str(s), str(s) or "missing")
 
 
@@ -345,7 +368,7 @@ def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     for i, (key, g) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         d = dict(zip(cols, key))
-        label = f"vs {d['baseline']}: {d['size']} b={_fmt_int(d['batch'])}"
+        label = f"vs {d['baseline']}: {d['size']} b={fmt_int(d['batch'])}"
         extra = [str(d[c]) for c in cols[3:]]
         if extra:
             label += f" [{', '.join(extra)}]"
@@ -383,6 +406,122 @@ def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     fig.suptitle("YOCO over baseline (above 1 = YOCO better)", y=1.04)
     fig.tight_layout()
     return [_save(fig, Path(out_dir) / "profile_ratios.png")]
+
+
+THROUGHPUT_KEYS = ["size", "ctx", "device", "dtype", "gen_tokens", "timed_steps"]
+
+
+def throughput_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The throughput protocol (mode throughput), YOCO against the Transformer per (size, ctx,
+    device, dtype, gen_tokens, timed_steps): each model's final row of its batch search (the
+    last written that is not an out-of-memory at a batch above 1; one row per YOCO model, e.g. a
+    gRet and an SWA one), its batch, cap and tokens/s, the ratio (NaN unless both ran) and the
+    paper's ratio at that context (NaN where it has none); ``yoco_capped`` / ``base_capped``: the
+    batch ran at its ``batch_cap`` (maybe below the largest that fits, so not the paper's
+    protocol); ``note`` says why a ratio is missing, which batch its cap limited and where a decode
+    time was extrapolated (``timed_steps`` below ``gen_tokens``)."""
+    cols = [*THROUGHPUT_KEYS, "yoco_model", "yoco_batch", "yoco_cap", "yoco_capped", "yoco_tok_s", "yoco_status",
+            "base_batch", "base_cap", "base_capped", "base_tok_s", "base_status", "ratio", "paper_ratio", "note"]
+    if "mode" not in df.columns:
+        return pd.DataFrame(columns=cols)
+    t = df[(df["mode"] == "throughput") & df["ctx"].notna()]
+    t = t[(t["status"] != "oom") | (t["batch"] == 1)]
+    t = _last_per(t, ["arch", "model", *THROUGHPUT_KEYS])
+    yoco, base = t[t["arch"] == "yoco"], _last_per(t[t["arch"] == "transformer"], ["arch", *THROUGHPUT_KEYS])
+    out = []
+    for r in yoco.merge(base, on=THROUGHPUT_KEYS, how="outer", suffixes=("_y", "_b")).to_dict("records"):
+        ys, bs = r.get("status_y"), r.get("status_b")
+        ys, bs = (ys if isinstance(ys, str) else "missing"), (bs if isinstance(bs, str) else "missing")
+        both = ys == "ok" and bs == "ok"
+        ty, tb = _num(r.get("throughput_tok_s_y")), _num(r.get("throughput_tok_s_b"))
+        notes = [] if both else [f"YOCO {status_word(ys)}" if ys != "ok" else "",
+                                 f"Transformer {status_word(bs)}" if bs != "ok" else ""]
+        capped = {k: _capped(st, r.get(f"batch_{k}"), r.get(f"batch_cap_{k}")) for k, st in (("y", ys), ("b", bs))}
+        for who, k in (("YOCO", "y"), ("Transformer", "b")):
+            if capped[k]:
+                notes.append(f"{who} capped at {fmt_int(r[f'batch_cap_{k}'])}")
+        if "ok" in (ys, bs) and _num(r["timed_steps"]) < _num(r["gen_tokens"]):
+            notes.append(f"decode extrapolated from {fmt_int(r['timed_steps'])} of {fmt_int(r['gen_tokens'])} steps")
+        out.append({**{k: r[k] for k in THROUGHPUT_KEYS}, "yoco_model": r.get("model_y"),
+                    "yoco_batch": r.get("batch_y"), "yoco_cap": r.get("batch_cap_y"), "yoco_capped": capped["y"],
+                    "yoco_tok_s": ty, "yoco_status": ys, "base_batch": r.get("batch_b"),
+                    "base_cap": r.get("batch_cap_b"), "base_capped": capped["b"], "base_tok_s": tb, "base_status": bs,
+                    "ratio": ty / tb if both and ty > 0 and tb > 0 else math.nan,
+                    "paper_ratio": PAPER_THROUGHPUT["ratio"].get(int(r["ctx"]), math.nan),
+                    "note": "; ".join(n for n in notes if n)})
+    res = pd.DataFrame(out, columns=cols)
+    return res.sort_values(["size", "device", "dtype", "gen_tokens", "timed_steps", "ctx", "yoco_model"],
+                           kind="stable").reset_index(drop=True)
+
+
+def _capped(status, batch, cap) -> bool:
+    """A row that ran at its batch cap (the search tried no larger batch)."""
+    batch, cap = _num(batch), _num(cap)
+    return status == "ok" and cap == cap and batch >= cap
+
+
+def several_yoco_models(rows: pd.DataFrame) -> bool:
+    """Whether ``throughput_rows`` hold more than one YOCO model of one size and setting (a gRet
+    and an SWA one): then only the model tells their rows apart."""
+    keys = [k for k in THROUGHPUT_KEYS if k != "ctx"]
+    named = rows[rows["yoco_model"].notna()]
+    return bool(not named.empty and (named.groupby(keys)["yoco_model"].nunique() > 1).any())
+
+
+def throughput_figure(df: pd.DataFrame, out_dir) -> list[Path]:
+    """The throughput protocol against context (``THROUGHPUT_FIGURE``): left, each model's tokens/s
+    (prefill + generation, at its largest batch) with the paper's 512K points; right, YOCO over the
+    Transformer beside the paper's ratios; one YOCO line per YOCO model where there are several.
+    Nothing without throughput rows."""
+    rows = throughput_rows(df)
+    if rows.empty:
+        return []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
+    group = ["size", *_varying(rows, ("device", "dtype", "gen_tokens", "timed_steps"))]
+    by_model = several_yoco_models(rows)
+    colour = 0
+    for key, g in rows.groupby(group, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        label = " ".join(str(k) for k in key)
+        g = g.sort_values("ctx")
+        base = g.drop_duplicates("ctx")          # the Transformer's row of each context (once per YOCO model)
+        ok = base[base["base_tok_s"].notna() & (base["base_tok_s"] > 0)]
+        if not ok.empty:
+            left.plot(ok["ctx"], ok["base_tok_s"], marker="s", linestyle="--", color=_style_for(colour, 0)[0],
+                      label=f"transformer {label}")
+        for model, m in (g.groupby("yoco_model", sort=False, dropna=True) if by_model else [("yoco", g)]):
+            name = f"{model} {label}" if by_model else label
+            ok = m[m["yoco_tok_s"].notna() & (m["yoco_tok_s"] > 0)]
+            if not ok.empty:
+                left.plot(ok["ctx"], ok["yoco_tok_s"], marker="o", linestyle="-", color=_style_for(colour, 0)[0],
+                          label=name if by_model else f"yoco {label}")
+            ok = m[m["ratio"].notna()]
+            if not ok.empty:
+                right.plot(ok["ctx"], ok["ratio"], marker="o", color=_style_for(colour, 0)[0],
+                           label=f"measured {name}")
+            colour += 1
+    paper = PAPER_THROUGHPUT
+    for ctx, both in paper["tokens_s"].items():
+        for arch, marker in (("yoco", "*"), ("transformer", "P")):
+            left.plot([ctx], [both[arch]], linestyle="none", marker=marker, markersize=11, color="black",
+                      label=f"paper: {arch} at {_ctx_label(ctx)}")
+    pc = sorted(paper["ratio"])
+    right.plot(pc, [paper["ratio"][c] for c in pc], marker="*", markersize=10, color="black", linestyle=":",
+               label=paper["source"])
+    ctxs = [*rows["ctx"], *pc]
+    for ax, ylabel, title in ((left, "tokens/s (batch x generated / (prefill + decode))",
+                               "Throughput at the largest batch that fits (or the cap)"),
+                              (right, "YOCO / Transformer throughput (x)", "YOCO over the Transformer")):
+        _log2_ctx_axis(ax, ctxs)
+        ax.set_yscale("log")
+        _plain_log_labels(ax)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    right.axhline(1.0, color="gray", linewidth=1, linestyle="--")
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / THROUGHPUT_FIGURE)]
 
 
 def _ratio_axes(ax, rows: pd.DataFrame, col: str, ylabel: str, only_yoco: bool) -> None:

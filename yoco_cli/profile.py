@@ -16,12 +16,29 @@ time (``schemas.lock_results``); Ctrl-C / SIGTERM stop after the cell in flight 
 result: the cell is recorded as ``oom`` with the memory it would have needed, and the sweep goes
 on; a cell whose analytic estimate exceeds the device's memory, or that is at least as large in
 context and batch as a cell of the same model that already ran out of memory, is recorded as
-``skipped``.
+``skipped``. A CUDA error that loses the CUDA context (an illegal memory access: every later CUDA
+call would raise it again) is the cell's ``error`` row, written like any other, and the run stops
+there: one line on stderr ("CUDA error in ARCH ctx N batch B: ...; the CUDA context is lost: rows
+so far are in OUT/profile.csv, run again with --resume") and exit code 1; ``--resume`` continues
+after that cell in a new process.
+
+``--throughput`` is the YOCO paper's throughput protocol (arXiv 2405.05254, Fig. 6): per (arch,
+size, ctx) the largest batch that fits (the analytic memory estimate against the device's memory
+or ``--memory-gb``, at most ``--batch``, which is one number there: a cap; auto: none on cuda, 8
+on the CPU, where running out of memory is the OOM killer, not an error), confirmed by running
+it (an out-of-memory is an ``oom`` row and the batch steps down), prefilled, then ``--gen-tokens``
+decoded (default 1024 there); throughput counts the generated tokens only, batch x gen-tokens (not
+the prompts'), over the prefill and decode time together. A batch the cap limited says so (the
+row's ``batch_cap`` column and note; ``yoco report`` marks it).
+``--timed-steps N`` runs and times only N of the decode steps and extrapolates the rest (the row's
+note says so). ``--resume`` skips a context whose search has ended (a row that is not an
+out-of-memory, or one at batch 1), and continues a search below the batches that ran out of memory.
 The measurement and the sweep policy live in ``yoco_core.perf`` (``sweep.Plan``, ``sweep.sweep``);
 the figures in ``plots.py``.
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Optional
 
 import typer
@@ -34,6 +51,9 @@ from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, command_l
 CTX_DOUBLING_FROM = 4096
 DEFAULT_CTX = {"cuda": "4k,16k,64k,256k,1m", "cpu": "1k,4k,16k"}
 DEFAULT_SIZE = {"cuda": "3b", "cpu": "tiny"}
+DEFAULT_GEN = {"full": 128, "throughput": 1024}            # --gen-tokens auto, by mode
+THROUGHPUT_CAP = {"cuda": None, "cpu": 8}                 # --throughput's batch cap of --batch auto
+LOST_EXIT = 1                        # exit code of a run stopped by a CUDA error that lost the context
 
 DEFAULT_ARCHS = "yoco,transformer"
 
@@ -48,8 +68,12 @@ SizeOpt = Annotated[str, typer.Option(
 CtxOpt = Annotated[str, typer.Option(
     "--ctx", help="Comma list of context lengths (512, 4k, 128K, 1m); one size alone means a doubling "
                   "sweep from 4k up to it (with a trailing comma, 256k, just that one). auto: 4k,16k,64k,256k,1m on cuda, 1k,4k,16k on cpu.")]
-BatchOpt = Annotated[str, typer.Option("--batch", help="Comma list of batch sizes.")]
-GenOpt = Annotated[int, typer.Option("--gen-tokens", help="Decode steps timed per cell (median reported).")]
+BatchOpt = Annotated[str, typer.Option(
+    "--batch", help="Comma list of batch sizes (auto: 1). With --throughput one number, the largest batch tried "
+                    "(auto: no cap on cuda, 8 on the CPU).")]
+GenOpt = Annotated[Optional[int], typer.Option(
+    "--gen-tokens", help="Decode steps per cell, each timed (median reported); default 128, with --throughput the "
+                         "tokens generated per sequence, default 1024.")]
 ChunkOpt = Annotated[str, typer.Option(
     "--chunk-size", help="Prefill chunk in tokens; auto: 8k for yoco, 64k for transformer, unchunked for hf and "
                          "fla (whose cache takes one token per call after the first); 0: unchunked for all.")]
@@ -57,7 +81,19 @@ SelfDecOpt = Annotated[str, typer.Option("--self-decoder", help="Self-decoder of
 RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Least prefills timed per cell; short ones are repeated up to 5 times within 1 s (median reported).")]
 DecodeOnlyOpt = Annotated[bool, typer.Option(
     "--decode-only", help="Skip the prefill: decode from a cache of random values at each context "
-                          "(same cost per step), for throughput sweeps over large batches. yoco and transformer only.")]
+                          "(same cost per step), for decode-rate sweeps over large batches. yoco and transformer "
+                          "only.")]
+ThroughputOpt = Annotated[bool, typer.Option(
+    "--throughput", help="The YOCO paper's throughput protocol: per context the largest batch that fits (by the "
+                         "memory estimate, stepped down on out-of-memory), prefilled, then --gen-tokens decoded; "
+                         "tokens/s = the batch x gen-tokens generated tokens (prompts not counted) / (prefill + "
+                         "decode time). yoco and transformer only.")]
+TimedStepsOpt = Annotated[Optional[int], typer.Option(
+    "--timed-steps", help="With --throughput: run and time only this many of the --gen-tokens decode steps; the "
+                          "decode time of all of them is extrapolated by the analytic bytes per step (noted per row).")]
+MemoryOpt = Annotated[Optional[float], typer.Option(
+    "--memory-gb", help="Memory a cell may take, GB (1e9 bytes); default: the device's (a GPU's total, the CPU's "
+                        "available RAM). Cells estimated above it are skipped; --throughput picks its batches by it.")]
 
 
 def _parse_choices(text: str, allowed, option: str) -> list[str]:
@@ -87,12 +123,15 @@ def profile(
     arch: ArchOpt = "auto",
     size: SizeOpt = "auto",
     ctx: CtxOpt = "auto",
-    batch: BatchOpt = "1",
-    gen_tokens: GenOpt = 128,
+    batch: BatchOpt = "auto",
+    gen_tokens: GenOpt = None,
     chunk_size: ChunkOpt = "auto",
     self_decoder: SelfDecOpt = "gret",
     repeats: RepeatsOpt = 1,
     decode_only: DecodeOnlyOpt = False,
+    throughput: ThroughputOpt = False,
+    timed_steps: TimedStepsOpt = None,
+    memory_gb: MemoryOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     out: OutOpt = "runs/profile",
@@ -103,13 +142,14 @@ def profile(
     from yoco_core.perf import sweep
 
     plan = _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only,
-                 device, dtype, seed)
+                 throughput, timed_steps, device, dtype, seed)
+    memory = _memory_option(memory_gb)
     out = ensure_out_dir(out)
     with schemas.lock_results(out, command_line()), interrupts.graceful():
-        machine = sweep.Machine.of(plan.device)
+        machine = sweep.Machine.of(plan.device, memory)
         rows = _existing_rows(out, resume)
         cells = {_key(plan, machine, c): c for c in plan.cells()}
-        done = {schemas.PROFILE.key_of(r) for r in rows}
+        done = {k for r in rows for k in _done_keys(r)}
         todo = [c for k, c in cells.items() if k not in done]
         schemas.write_command(out, command_line())
         console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in "
@@ -118,14 +158,20 @@ def profile(
         kept = 0
         if todo:
             machine.ceilings = _ceilings(plan)
-            kept = _run(plan, todo, machine, _blockers(plan, machine, rows), out)
+            try:
+                kept = _run(plan, todo, machine, _blockers(plan, machine, rows), out)
+            except sweep.ContextLost as e:
+                console.print(f"[bold red]error:[/] {escape(str(e))}: rows so far are in "
+                              f"{escape(str(schemas.PROFILE.path(out)))}, run again with --resume",
+                              highlight=False, soft_wrap=True, emoji=False)
+                raise typer.Exit(LOST_EXIT) from None
         if interrupts.stop_requested():
             interrupts.finish(len(rows) + kept, interrupts.stop_requested())
         _report(out, set(cells))
 
 
-def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, device,
-          dtype, seed):
+def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, throughput,
+          timed_steps, device, dtype, seed):
     """The options checked (a one-line error each) and made into a ``sweep.Plan``."""
     from yoco_core.config import SIZES
     from yoco_core.perf import runners, sweep
@@ -139,9 +185,16 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
         DEFAULT_SIZE[kind] if size.strip().lower() == "auto" else size, SIZES, "--size")
     ctxs = parse_size_list(DEFAULT_CTX[kind] if ctx.strip().lower() == "auto" else ctx,
                            doubling_from=CTX_DOUBLING_FROM)
-    batches = parse_size_list(batch)
+    if throughput and decode_only:
+        fail("--throughput and --decode-only exclude each other (--throughput prefills every batch)")
+    batches, cap, cap_auto = _batch_option(batch, throughput, kind)
+    gen_tokens = DEFAULT_GEN["throughput" if throughput else "full"] if gen_tokens is None else gen_tokens
     if gen_tokens < 1:
         fail(f"bad --gen-tokens {gen_tokens}: must be at least 1")
+    if timed_steps is not None and not throughput:
+        fail("--timed-steps goes with --throughput (the other modes time every --gen-tokens step)")
+    if timed_steps is not None and not 1 <= timed_steps <= gen_tokens:
+        fail(f"bad --timed-steps {timed_steps}: must be between 1 and --gen-tokens ({gen_tokens})")
     if repeats < 1:
         fail(f"bad --repeats {repeats}: must be at least 1")
     chunk = parse_chunk(chunk_size, auto=sweep.AUTO_CHUNK)
@@ -151,6 +204,9 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
     if decode_only and set(archs) - set(runners.NATIVE_ARCHS):
         fail("--decode-only works with --arch yoco and transformer (our models' caches), not "
              + ", ".join(sorted(set(archs) - set(runners.NATIVE_ARCHS))))
+    if throughput and set(archs) - set(runners.NATIVE_ARCHS):
+        fail("--throughput works with --arch yoco and transformer (the memory estimate that picks the batch is "
+             "our models'), not " + ", ".join(sorted(set(archs) - set(runners.NATIVE_ARCHS))))
     for a in archs:
         try:
             if folder:
@@ -160,8 +216,37 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
         except (runners.PeerUnavailable, runners.FolderError) as e:
             fail(str(e))
     return sweep.Plan(archs=archs, sizes=sizes, ctxs=ctxs, batches=batches, gen_tokens=gen_tokens, chunk=chunk,
-                      self_decoder=self_decoder, repeats=repeats, seed=seed, decode_only=decode_only, device=dev,
-                      dtype=torch_dtype, folder=folder)
+                      self_decoder=self_decoder, repeats=repeats, seed=seed, decode_only=decode_only,
+                      throughput=throughput, timed_steps=timed_steps, batch_cap=cap, batch_cap_auto=cap_auto,
+                      device=dev, dtype=torch_dtype, folder=folder)
+
+
+def _batch_option(text: str, throughput: bool, kind: str) -> tuple[list[int], int | None, bool]:
+    """``--batch``: (the batches, the throughput cap, whether that cap is auto's default). auto is
+    batch 1, or with ``--throughput`` the device kind's cap; with ``--throughput`` one number is the
+    cap and a list is refused."""
+    auto = text.strip().lower() == "auto"
+    if not throughput:
+        return parse_size_list("1" if auto else text), None, False
+    if auto:
+        return [], THROUGHPUT_CAP[kind], THROUGHPUT_CAP[kind] is not None
+    sizes = parse_size_list(text)
+    if len(sizes) > 1:
+        fail(f"--throughput picks each context's batch itself: --batch takes one number there (the largest batch "
+             f"tried), not {text.strip()}")
+    return [], sizes[0], False
+
+
+def _memory_option(memory_gb: float | None) -> int | None:
+    """``--memory-gb`` in bytes (None: the device's), else a one-line error (under one byte too:
+    it would be a budget of 0 bytes)."""
+    if memory_gb is None:
+        return None
+    if not math.isfinite(memory_gb) or memory_gb <= 0:
+        fail(f"bad --memory-gb {memory_gb:g}: must be a positive number of GB")
+    if memory_gb * 1e9 < 1:
+        fail(f"bad --memory-gb {memory_gb:g}: under one byte (the smallest budget is 1e-9 GB)")
+    return int(memory_gb * 1e9)
 
 
 def _model_option(model, arch: str, size: str, self_decoder: str):
@@ -194,8 +279,22 @@ def _key(plan, machine, cell) -> tuple[str, ...]:
     from dataclasses import asdict
 
     return schemas.PROFILE.key_of({**asdict(cell), "dtype": plan.dtype_name, "mode": plan.mode,
-                                   "gen_tokens": plan.gen_tokens, "chunk_size": plan.chunk_for(cell),
-                                   "device": machine.name})
+                                   "gen_tokens": plan.gen_tokens, "timed_steps": plan.steps,
+                                   "chunk_size": plan.chunk_for(cell), "device": machine.name})
+
+
+def _done_keys(row: dict) -> list[tuple[str, ...]]:
+    """The cells a row completes: its own; for a throughput row that ended its batch search (not
+    an out-of-memory, or one at batch 1), also its context's throughput cell (batch 0)."""
+    keys = [schemas.PROFILE.key_of(row)]
+    if row["mode"] == "throughput" and (row["status"] != "oom" or int(row["batch"]) == 1):
+        keys.append(schemas.PROFILE.key_of({**row, "batch": 0}))
+    return keys
+
+
+def _cell_key(row: dict) -> tuple[str, ...]:
+    """The key of the plan cell a row belongs to (a throughput row: its context's, batch 0)."""
+    return schemas.PROFILE.key_of({**row, "batch": 0} if row["mode"] == "throughput" else row)
 
 
 def _blockers(plan, machine, rows: list[dict]):
@@ -228,16 +327,17 @@ def _existing_rows(out, resume: bool) -> list[dict]:
 def _ceilings(plan):
     from yoco_core.perf.hardware import measure_ceilings
 
-    console.print("measuring ceilings (matmul rate, copy bandwidth) ...", highlight=False)
+    console.print("measuring ceilings (matmul rate, copy and read bandwidth) ...", highlight=False)
     ceil = measure_ceilings(plan.device, plan.dtype)
     console.print(f"ceilings: matmul {ceil.matmul_tflops:.3g} TFLOP/s ({plan.dtype_name}, n={ceil.matmul_n}), "
-                  f"copy {ceil.copy_tbs:.3g} TB/s", highlight=False)
+                  f"copy {ceil.copy_tbs:.3g} TB/s (read + write), read {ceil.read_tbs:.3g} TB/s", highlight=False)
     return ceil
 
 
 def _run(plan, todo, machine, blockers, out) -> int:
     """The sweep behind a progress bar: each record appended to the CSV as soon as it is known;
-    a SIGINT / SIGTERM stops it before the next cell. Returns the rows written."""
+    a SIGINT / SIGTERM stops it before the next cell. Returns the rows written. A lost CUDA
+    context (``sweep.ContextLost``): its cell's row is written, then the exception goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from yoco_core.perf import sweep
@@ -248,8 +348,12 @@ def _run(plan, todo, machine, blockers, out) -> int:
         task = progress.add_task("profile", total=len(todo))
 
         def show(phase, cell):
+            if phase == "done":
+                progress.advance(task)
+                return
+            what = f"batch {cell.batch}" if cell.batch else "batch: largest that fits"
             progress.update(task, description=f"building {escape(cell.model)}" if phase == "build"
-                            else f"{cell.arch} {escape(cell.model)} ctx {format_size(cell.ctx)} batch {cell.batch}")
+                            else f"{cell.arch} {escape(cell.model)} ctx {format_size(cell.ctx)} {what}")
 
         records, kept = sweep.sweep(plan, todo, machine, blockers, on_event=show, tokens=format_size), 0
         try:
@@ -262,7 +366,10 @@ def _run(plan, todo, machine, blockers, out) -> int:
                     progress.console.print(f"[{colour}]{rec.status}[/] {rec.arch} {escape(rec.model)} ctx "
                                            f"{format_size(rec.ctx)} batch {rec.batch}: {escape(rec.note)}",
                                            highlight=False)
-                progress.advance(task)
+        except sweep.ContextLost as e:
+            e.record.date = schemas.utc_now()
+            schemas.PROFILE.append_row(out, e.record.row())
+            raise
         finally:
             records.close()             # the runner of the model in use is closed
     return kept
@@ -274,13 +381,13 @@ def _report(out, wanted: set) -> None:
     if not path.exists():
         return
     df = schemas.PROFILE.read(path)
-    last = {k: r for r in df.to_dict("records") if (k := schemas.PROFILE.key_of(r)) in wanted}
+    last = {schemas.PROFILE.key_of(r): r for r in df.to_dict("records") if _cell_key(r) in wanted}
     _table(list(last.values()))
 
-    from .plots import profile_figures, ratio_figures
+    from .plots import profile_figures, ratio_figures, throughput_figure
 
     with schemas.writing(out, "the figures"):
-        written = list(profile_figures(df, out)) + list(ratio_figures(df, out))
+        written = list(profile_figures(df, out)) + list(ratio_figures(df, out)) + list(throughput_figure(df, out))
     console.print(f"wrote {path}" + (f" and {len(written)} figures: " + ", ".join(p.name for p in written)
                                      if written else ""), highlight=False, markup=False)
 
@@ -292,18 +399,28 @@ def _table(rows: list[dict]) -> None:
     if not rows:
         return
     table = Table(title="yoco profile")
-    for name in ("arch", "model", "ctx", "batch", "status", "prefill s", "decode ms", "tok/s", "peak GB"):
+    protocol = any(r["mode"] == "throughput" for r in rows)
+    names = ("arch", "model", "ctx", "batch", "status", "prefill s", "decode ms", "tok/s",
+             *(("gen s", "throughput tok/s") if protocol else ()), "peak GB")
+    for name in names:
         table.add_column(name, justify="left" if name in ("arch", "model", "status") else "right")
     colour = {"ok": "green", "oom": "red", "skipped": "yellow", "error": "red"}
     order = {}
     for r in rows:
         order.setdefault(r["arch"], len(order))
-    rows = sorted(rows, key=lambda r: (order[r["arch"]], str(r["model"]), int(r["batch"]), int(r["ctx"])))
+
+    def place(r):                    # a throughput context's batches in the order they were tried
+        tried = r["mode"] == "throughput"
+        return (order[r["arch"]], str(r["model"]), tried, 0 if tried else int(r["batch"]), int(r["ctx"]),
+                -int(r["batch"]))
+
+    rows = sorted(rows, key=place)
     for r in rows:
         st = str(r["status"])
         table.add_row(str(r["arch"]), escape(str(r["model"])), format_size(int(r["ctx"])), str(int(r["batch"])),
                       f"[{colour.get(st, 'white')}]{st}[/]", _fmt(r["prefill_s"]), _fmt(r["decode_ms"]),
                       _fmt(r["decode_tok_s"]),
+                      *((_fmt(r["decode_s"]), _fmt(r["throughput_tok_s"])) if protocol else ()),
                       _fmt(r["peak_alloc_gb"]) if st == "ok" else (f"~{_fmt(r['est_gb'])} est" if r["est_gb"] == r["est_gb"] else "-"))
     con = Console()
     if not con.is_terminal:          # piped or captured: wide enough that no column is cut

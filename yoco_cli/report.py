@@ -6,7 +6,11 @@ recursively) is validated against its schema (``schemas.py``); a foreign or dama
 refused with a one-line error. The figures come from ``plots.py``; the tables hold the headline
 YOCO / baseline ratios, needle accuracy per length, eval scores, and the device, versions, dates
 and ``yoco`` commands (``commands.txt``) of each folder. The same cell measured by several runs
-(e.g. two devices) stays as separate rows and lines, never averaged.
+(e.g. two devices) stays as separate rows and lines, never averaged. Shares of the hardware are
+shown against the ceilings measured in the same run: decode against the read bandwidth
+(``read_tbs``; rows of runs that measured none have no share). The throughput protocol
+(``yoco profile --throughput``) gets its own table and figure, beside the YOCO paper's ratios
+(``plots.PAPER_THROUGHPUT``).
 """
 from __future__ import annotations
 
@@ -134,7 +138,7 @@ def combine(runs: list[Run], schema: schemas.Schema) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=[*schema.names, "run"])
     df = pd.concat(frames, ignore_index=True)
-    keyed = df[list(schema.key)].astype(str).agg("\x1f".join, axis=1)
+    keyed = df[list(schema.key)].fillna("").astype(str).agg("\x1f".join, axis=1)
     runs_per = df.assign(_k=keyed).groupby(["device", "_k"])["run"].nunique()
     shared = {dev for (dev, _), n in runs_per.items() if n > 1}
     if shared and df["run"].nunique() > 1:
@@ -181,10 +185,18 @@ def ratio_table(profile: pd.DataFrame) -> pd.DataFrame:
     return _drop_constant(df, ("dtype",))
 
 
+def read_share(row: dict) -> str:
+    """A row's decode share of the read bandwidth; empty where its run measured no read bandwidth
+    (its ``decode_share`` is then over the copy bandwidth, another definition)."""
+    read = pd.to_numeric(row.get("read_tbs"), errors="coerce")
+    return _g(row["decode_share"], 2) if pd.notna(read) and read > 0 else ""
+
+
 def batch_table(profile: pd.DataFrame) -> pd.DataFrame:
     """Per (arch, size, context, device, dtype) measured at several batch sizes: the highest decode
-    throughput, the batch that gave it, its share of the copy bandwidth, and the largest batch
+    throughput, the batch that gave it, its share of the read bandwidth, and the largest batch
     that fitted; plus YOCO's best over each baseline's best at the same context."""
+    profile = plots.per_batch(profile)
     ok = profile[profile["status"] == "ok"]
     keys = ["arch", "size", "ctx", "device", "dtype"]
     if ok.empty or not (ok.groupby(keys)["batch"].nunique() > 1).any():
@@ -203,9 +215,60 @@ def batch_table(profile: pd.DataFrame) -> pd.DataFrame:
                 gain = _x(float(y["decode_tok_s"].iloc[0]) / float(r["decode_tok_s"]))
         out.append({"arch": r["arch"], "size": r["size"], "context": format_size(int(r["ctx"])),
                     "device": r["device"], "dtype": r["dtype"], "best tok/s": _g(r["decode_tok_s"]),
-                    "at batch": _g(r["batch"]), "share of copy bandwidth": _g(r["decode_share"], 2),
+                    "at batch": _g(r["batch"]), "share of read bandwidth": read_share(r),
                     "largest batch run": _g(largest[k]), "YOCO's best over this": gain})
     return _drop_constant(pd.DataFrame(out), ("dtype", "device"))
+
+
+def throughput_table(profile: pd.DataFrame) -> pd.DataFrame:
+    """The throughput protocol per context: each model's batch and tokens/s, YOCO / Transformer,
+    and the paper's ratio at that context (``plots.throughput_rows``); the YOCO model where one
+    size has several (gRet and SWA), the setting (device, dtype, tokens generated, steps timed)
+    where it varies (``throughput_words`` says it otherwise), the note where there is one."""
+    rows = plots.throughput_rows(profile)
+    out = []
+    for r in rows.to_dict("records"):
+        out.append({"size": r["size"], "YOCO model": r["yoco_model"] if isinstance(r["yoco_model"], str) else "",
+                    "context": format_size(int(r["ctx"])), "device": r["device"], "dtype": r["dtype"],
+                    "generated": plots.fmt_int(r["gen_tokens"]), "timed steps": plots.fmt_int(r["timed_steps"]),
+                    "YOCO batch": plots.fmt_int(r["yoco_batch"]) if r["yoco_status"] == "ok" else "",
+                    "YOCO tok/s": _tok_s(r["yoco_tok_s"], r["yoco_status"]),
+                    "Transformer batch": plots.fmt_int(r["base_batch"]) if r["base_status"] == "ok" else "",
+                    "Transformer tok/s": _tok_s(r["base_tok_s"], r["base_status"]),
+                    "YOCO / Transformer": _x(r["ratio"]), "paper": _x(r["paper_ratio"]) or "n/a",
+                    "note": r["note"]})
+    df = pd.DataFrame(out)
+    if df.empty:
+        return df
+    if not plots.several_yoco_models(rows):
+        df = df.drop(columns=["YOCO model"])
+    df = _drop_constant(df, ("device", "dtype", "generated", "timed steps"))
+    return df.drop(columns=["note"]) if not df["note"].astype(bool).any() else df
+
+
+def throughput_words(profile: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The paragraph above the throughput table: the protocol, the tokens generated and steps timed
+    where the table dropped them as constant, and how many rows ran at their batch cap."""
+    rows = plots.throughput_rows(profile)
+    words = ("The throughput protocol of the YOCO paper (`yoco profile --throughput`): per context each model at "
+             "the largest batch the estimate fits (or the --batch cap), prefilled, then the tokens generated; "
+             "tokens/s = batch x generated / (prefill + decode time), counting the generated tokens only. YOCO / "
+             "Transformer beside the paper's ratio (" + plots.PAPER_THROUGHPUT["source"] + ").")
+    if "generated" not in table.columns:
+        gen, timed = plots.fmt_int(rows["gen_tokens"].iloc[0]), plots.fmt_int(rows["timed_steps"].iloc[0])
+        words += f" Every row generated {gen} tokens per sequence"
+        words += (f", {timed} of the decode steps timed and the rest's time extrapolated from them."
+                  if "timed steps" not in table.columns and gen != timed else ".")
+    capped = int((rows["yoco_capped"] | rows["base_capped"]).sum())
+    if capped:
+        words += (f" In {capped} row(s) a model ran at its batch cap (\"capped at\" in the note), which may be "
+                  "below the largest batch that fits: not the paper's protocol.")
+    return words
+
+
+def _tok_s(v, status) -> str:
+    """A tokens/s cell: the number, or the status of a row that has none (OOM, ...)."""
+    return _g(v) if v == v else plots.status_word(status)
 
 
 def _drop_constant(df: pd.DataFrame, cols) -> pd.DataFrame:
@@ -218,14 +281,16 @@ def profile_table(profile: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     df = profile.sort_values(["size", "batch", "arch", "ctx", "device"], kind="stable")
     out = pd.DataFrame({
-        "arch": df["arch"], "size": df["size"], "batch": df["batch"].map(_g),
+        "arch": df["arch"], "size": df["size"], "mode": df["mode"], "batch": df["batch"].map(_g),
         "context": df["ctx"].map(lambda c: format_size(int(c)) if c == c else ""),
         "device": df["device"], "dtype": df["dtype"], "status": df["status"],
         "prefill (s)": df["prefill_s"].map(_g), "decode (ms/step)": df["decode_ms"].map(_g),
-        "throughput (tok/s)": df["decode_tok_s"].map(_g), "peak mem (GB)": df["peak_alloc_gb"].map(_g),
+        "throughput (tok/s)": df["decode_tok_s"].map(_g),
+        "prefill + generation (tok/s)": df["throughput_tok_s"].map(_g),
+        "peak mem (GB)": df["peak_alloc_gb"].map(_g),
         "cache (GB)": df["cache_gb"].map(_g), "note": df["note"].astype(str).str.slice(0, 60),
     })
-    return _drop_constant(out, ("dtype", "note"))
+    return _drop_constant(out, ("mode", "dtype", "note", "prefill + generation (tok/s)"))
 
 
 def needle_table(needle: pd.DataFrame) -> pd.DataFrame:
@@ -448,7 +513,8 @@ def _headline(profile: pd.DataFrame, needle: pd.DataFrame, tables: dict) -> list
     ratios = ratio_table(profile) if not profile.empty else pd.DataFrame()
     needle_acc = needle_table(needle)
     best = batch_table(profile) if not profile.empty else pd.DataFrame()
-    if ratios.empty and needle_acc.empty and best.empty:
+    protocol = throughput_table(profile) if not profile.empty else pd.DataFrame()
+    if ratios.empty and needle_acc.empty and best.empty and protocol.empty:
         return []
     blocks = [Block("h2", "Headline")]
     if not ratios.empty:
@@ -463,8 +529,16 @@ def _headline(profile: pd.DataFrame, needle: pd.DataFrame, tables: dict) -> list
         blocks.append(Block("table", ratios, "Headline ratios"))
     if not best.empty:
         tables["batch"] = best
+        over = pd.to_numeric(best["share of read bandwidth"], errors="coerce").gt(1).any()
         blocks.append(Block("table", best, "Decode throughput at the best batch size, per context "
-                            "(contexts measured at several batch sizes)"))
+                            "(contexts measured at several batch sizes); share of read bandwidth = the "
+                            "bytes a step must read per second over the read bandwidth measured in the run"
+                            + (" (above 1: a step read faster than the run's fastest sum, i.e. the ceiling "
+                               "was measured low)" if over else "")))
+    if not protocol.empty:
+        tables["throughput"] = protocol
+        blocks.append(Block("p", throughput_words(profile, protocol)))
+        blocks.append(Block("table", protocol, "Throughput protocol: YOCO over the Transformer, against the paper"))
     if not needle_acc.empty:
         tables["needle"] = needle_acc
         blocks.append(Block("table", needle_acc, "Needle-in-a-haystack accuracy (mean score) per context length"))
@@ -476,9 +550,12 @@ def _profile_section(profile: pd.DataFrame, out: Path, figures: list, tables: di
               Block("p", "Lines join the cells that ran (status ok); an x at the top edge marks a "
                     "cell that ran out of memory (OOM) or was skipped because its memory estimate "
                     "exceeded the device. Several devices or runs are separate lines.")]
-    written = plots.profile_figures(profile, out) + plots.ratio_figures(profile, out)
+    written = (plots.profile_figures(profile, out) + plots.ratio_figures(profile, out)
+               + plots.throughput_figure(profile, out))
     captions = {f: t for f, _, _, t in plots.PROFILE_METRICS}
     captions["profile_ratios.png"] = "YOCO over baseline: memory saved, prefill speed-up, throughput gain"
+    captions[plots.THROUGHPUT_FIGURE] = ("Throughput protocol (prefill + generation at the largest batch that fits, "
+                                         "or the cap) against the YOCO paper's Fig. 6")
     for p in written:
         blocks.append(Block("img", p, captions.get(p.name, p.stem)))
     figures += written

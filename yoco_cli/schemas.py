@@ -9,9 +9,9 @@ Faults an append survives (``append_row``): a last line left without its line en
 is repaired first (a complete row gets its newline; a partial one, fewer fields than the header,
 a broken quote or a field that is not its type, is moved to ``<csv>.partial`` with a one-line
 warning); a write that fails (disk full) is cut back to the bytes before it and raises
-``WriteError``, so the file holds only complete rows. A file of an older layout, without a column
-added since (``Schema.legacy``), is read with the value old runs implied, and rewritten in the new
-layout at the first append. One writer per results folder: ``lock_results``.
+``WriteError``, so the file holds only complete rows. A file of any older layout, without some of
+the columns added since (``Schema.legacy``), is read with the values old runs implied, and
+rewritten in the new layout at the first append. One writer per results folder: ``lock_results``.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class Schema:
             return 0, False
         start, last = records[-1]
         if len(records) == 1:               # the header itself lost its line ending, or was cut
-            return 0, last in (self.names, [c for c in self.names if c not in self.legacy])
+            return 0, self.is_layout(last)
         offset = len(text[:start].encode("utf-8", errors="surrogateescape"))
         try:
             (last,) = list(csv.reader(io.StringIO(text[start:], newline=""), strict=True))
@@ -136,9 +136,16 @@ class Schema:
                 return False
         return True
 
+    def is_layout(self, header: list[str]) -> bool:
+        """Whether ``header`` is this layout's or an older one's: this schema's columns, each once,
+        in any order, every one it lacks a ``legacy`` column (added since)."""
+        return (len(set(header)) == len(header) and set(header) <= set(self.names)
+                and set(self.names) - set(header) <= set(self.legacy))
+
     def upgrade(self, folder) -> None:
-        """Rewrite a file of an older layout (the ``legacy`` columns missing) in this one, old rows
-        given their implied values; written beside it and renamed over it, so it is never half."""
+        """Rewrite a file of an older layout (any of the ``legacy`` columns missing) in this one,
+        old rows given their implied values; written beside it and renamed over it, so it is never
+        half."""
         path = self.path(folder)
         if not path.exists() or path.stat().st_size == 0:
             return
@@ -146,8 +153,7 @@ class Schema:
             header = next(csv.reader(f), [])
         if header == self.names:
             return
-        old = [c for c in self.names if c not in self.legacy]
-        if sorted(header) != sorted(old):
+        if not self.is_layout(header):
             raise SchemaError(f"{path}: not a {self.name} of this or an older layout; choose another --out")
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -351,12 +357,20 @@ NEEDLE = Schema(
 
 # profile.csv's cell: every option that changes what is timed. --arch, the model (--size,
 # --self-decoder: yoco-swa-* in model), --ctx, --batch, --dtype; mode (--decode-only: no prefill,
-# another cache), --gen-tokens (the decode steps, and the cache reserved for them), chunk_size
-# (--chunk-size, as the effective chunk of the cell: auto and an explicit 8k that come to the same
-# chunk are one cell) and device (the chip's name: a --resume on another GPU measures anew).
-# Not in it: --repeats (more samples of the same prefill) and --seed (other random token ids of
-# the same length). Files written before the mode column read as: decode-only where the note
-# starts "decode only" (what measured decode-only rows say), else full.
+# another cache; --throughput: the batch chosen, see below), --gen-tokens (the decode steps, and
+# the cache reserved for them), timed_steps (--timed-steps: how many of them ran and were timed),
+# chunk_size (--chunk-size, as the effective chunk of the cell: auto and an explicit 8k that come
+# to the same chunk are one cell) and device (the chip's name: a --resume on another GPU measures
+# anew). Not in it: --repeats (more samples of the same prefill), --seed (other random token ids
+# of the same length), --memory-gb and batch_cap (a throughput cell's --batch cap: its rows say what
+# capped them, but another cap measures the same cell). A throughput cell is (arch, model, size, ctx, ...): its rows
+# hold the batches tried, and it is done once one of them is not an out-of-memory (or batch 1 is;
+# yoco_cli/profile.py), whatever batch a --batch cap or --memory-gb gave it.
+# Older files: before the mode column, decode-only rows are those whose note starts "decode only"
+# (what measured decode-only rows say), the others full; before timed_steps, every step was timed
+# (timed_steps = gen_tokens); before read_tbs, no read bandwidth was measured and their
+# decode_share is over copy_tbs (yoco report shows no share for them); no throughput columns (nor
+# batch_cap: blank).
 PROFILE = Schema(
     name="profile.csv",
     columns=(
@@ -366,10 +380,16 @@ PROFILE = Schema(
         ("params", "int", "parameter count"),
         ("ctx", "int", "context length in tokens"),
         ("batch", "int", "batch size"),
+        ("batch_cap", "int", "throughput mode: the largest batch the search could try (--batch, or the CPU's "
+                             "default of --batch auto; empty: none), so a batch equal to it may be below the "
+                             "largest that fits"),
         ("status", "str", "ok, oom, skipped (over memory by estimate) or error"),
         ("prefill_s", "float", "prefill latency (time to first token), seconds"),
         ("decode_ms", "float", "decode latency per step at this context, milliseconds"),
         ("decode_tok_s", "float", "decode throughput, tokens/s over the batch"),
+        ("decode_s", "float", "throughput mode: time to decode gen_tokens tokens after the prefill, seconds "
+                              "(extrapolated from timed_steps where fewer: see note)"),
+        ("throughput_tok_s", "float", "throughput mode: batch x gen_tokens / (prefill_s + decode_s), tokens/s"),
         ("peak_alloc_gb", "float", "peak GPU memory allocated, GB (1e9 bytes)"),
         ("peak_reserved_gb", "float", "peak GPU memory reserved, GB"),
         ("cache_gb", "float", "KV cache + state bytes after prefill, GB"),
@@ -377,11 +397,17 @@ PROFILE = Schema(
         ("prefill_tflops", "float", "achieved prefill TFLOP/s (analytic FLOPs / time)"),
         ("prefill_share", "float", "prefill TFLOP/s over the measured matmul rate"),
         ("decode_gb_per_token", "float", "bytes a decode step must read (weights + cache), GB"),
-        ("decode_share", "float", "decode bytes/s over the measured copy bandwidth"),
+        ("decode_share", "float", "decode bytes/s over the measured read bandwidth read_tbs (rows without read_tbs: "
+                                  "over copy_tbs, as measured before read_tbs)"),
         ("matmul_tflops", "float", "measured matmul ceiling of this run, in the run's dtype (bf16 on GPU)"),
-        ("copy_tbs", "float", "measured device copy bandwidth of this run, TB/s"),
-        ("mode", "str", "full (prefill, then decode) or decode-only (--decode-only: decode from a random cache)"),
-        ("gen_tokens", "int", "decode steps timed"),
+        ("copy_tbs", "float", "measured device copy bandwidth of this run, bytes read + written, TB/s"),
+        ("read_tbs", "float", "measured read bandwidth of this run (a sum over 1 GiB on a GPU: bytes read, the "
+                              "fastest of 20), TB/s"),
+        ("mode", "str", "full (prefill, then decode), decode-only (--decode-only: decode from a random cache) or "
+                        "throughput (--throughput: the largest batch that fits, prefilled, then gen_tokens decoded)"),
+        ("gen_tokens", "int", "decode steps of the cell (the cache has room for them)"),
+        ("timed_steps", "int", "decode steps run and timed (throughput mode: fewer than gen_tokens with "
+                               "--timed-steps)"),
         ("chunk_size", "int", "prefill chunk size (0 = unchunked)"),
         ("device", "str", "device name"),
         ("dtype", "str", "model dtype"),
@@ -390,8 +416,11 @@ PROFILE = Schema(
         ("date", "str", "UTC time the row was measured"),
         ("note", "str", "error text or remark"),
     ),
-    key=("arch", "model", "size", "ctx", "batch", "dtype", "mode", "gen_tokens", "chunk_size", "device"),
-    legacy={"mode": lambda row: "decode-only" if str(row.get("note", "")).startswith("decode only") else "full"},
+    key=("arch", "model", "size", "ctx", "batch", "dtype", "mode", "gen_tokens", "timed_steps", "chunk_size",
+         "device"),
+    legacy={"mode": lambda row: "decode-only" if str(row.get("note", "")).startswith("decode only") else "full",
+            "timed_steps": lambda row: row.get("gen_tokens", ""), "read_tbs": lambda row: "",
+            "decode_s": lambda row: "", "throughput_tok_s": lambda row: "", "batch_cap": lambda row: ""},
 )
 
 EVAL = Schema(

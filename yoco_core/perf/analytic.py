@@ -37,7 +37,9 @@ depth):
   prefill chunk of ``c`` tokens (``activation_bytes``): ``B c (3 f + 3 d) b`` (SwiGLU's gate, up
   and product, the residual stream and the normed input) + for gRet the chunkwise form's float32
   chunk states and score blocks ``2 B ceil(c / 64) H_s (64^2 + h^2) 4`` + the last position's
-  logits ``2 B V 4``. An estimate, good to tens of percent, used to mark cells that cannot fit.
+  logits ``2 B V 4``. An estimate, good to tens of percent, used to mark cells that cannot fit
+  and, by ``largest_batch``, to pick the batch of a throughput cell (the estimate grows with ``B``,
+  so the largest batch within a budget is found by doubling, then bisection).
 """
 from __future__ import annotations
 
@@ -175,6 +177,30 @@ def estimate_memory(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: in
            "activations": activation_bytes(cfg, c, batch, elem)}
     out["total"] = sum(out.values())
     return out
+
+
+def largest_batch(cfg: ModelConfig, ctx: int, elem: int, memory: int, chunk: int | None = None,
+                  reserve: int = 0) -> int:
+    """The largest batch whose ``estimate_memory`` total is at most ``memory`` bytes (0: not even
+    one sequence)."""
+    def fits(b: int) -> bool:
+        return estimate_memory(cfg, ctx, b, elem, chunk, reserve)["total"] <= memory
+
+    if not fits(1):
+        return 0
+    lo = 1
+    while fits(2 * lo):
+        lo *= 2
+    hi = 2 * lo                          # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def decode_bytes_over(cfg: ModelConfig, ctx: int, batch: int, elem: int, steps: int) -> int:
+    """Bytes ``steps`` decode steps read from context ``ctx`` on (step ``i`` at ``ctx + i``)."""
+    return sum(decode_bytes(cfg, ctx + i, batch, elem)["total"] for i in range(steps))
 
 
 def effective_chunk(chunk_size: int | None, ctx: int) -> int:

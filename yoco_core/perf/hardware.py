@@ -1,6 +1,7 @@
 """The machine a measurement runs on: its name, memory and library versions, a clock (CUDA events
-or ``perf_counter``), releasing memory between cells, and the measured ceilings (dense matmul rate,
-device copy bandwidth) that achieved rates are reported against."""
+or ``perf_counter``), releasing memory between cells, and the measured ceilings that achieved rates
+are reported against: the dense matmul rate (prefill), the read bandwidth (decode, which only reads)
+and, for reference, the device copy bandwidth (read + write)."""
 from __future__ import annotations
 
 import gc
@@ -103,6 +104,19 @@ def is_out_of_memory(e: BaseException) -> bool:
                                                                  "out of memory"))
 
 
+def is_context_lost(e: BaseException) -> bool:
+    """A CUDA error after which this process's CUDA context is unusable (every later CUDA call,
+    a synchronize included, raises it again; seen on an H200: an illegal memory access):
+    ``torch.AcceleratorError``, or a ``RuntimeError`` saying "CUDA error" or "illegal memory
+    access". An out-of-memory (``is_out_of_memory``) is not one."""
+    if is_out_of_memory(e):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(e, accelerator_error):
+        return True
+    return isinstance(e, RuntimeError) and ("CUDA error" in str(e) or "illegal memory access" in str(e))
+
+
 def versions() -> dict[str, str]:
     try:
         import triton
@@ -166,11 +180,12 @@ def reset_memory(device) -> None:
 class Ceilings:
     matmul_tflops: float          # measured dense matmul rate in the run's dtype
     copy_tbs: float               # measured device copy bandwidth, bytes read + written, TB/s
+    read_tbs: float = 0.0         # measured read bandwidth, bytes read, TB/s (0: not measured)
     matmul_n: int = 0
 
 
-def median_seconds(clock: Clock, fn, reps: int, warm: int) -> float:
-    """The median time of ``fn`` over ``reps`` runs after ``warm`` untimed ones."""
+def timed_runs(clock: Clock, fn, reps: int, warm: int) -> list[float]:
+    """The time of each of ``reps`` runs of ``fn`` after ``warm`` untimed ones."""
     for _ in range(warm):
         fn()
     clock.sync()
@@ -180,7 +195,12 @@ def median_seconds(clock: Clock, fn, reps: int, warm: int) -> float:
         fn()
         b = clock.mark()
         times.append(clock.seconds(a, b))
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(clock: Clock, fn, reps: int, warm: int) -> float:
+    """The median time of ``fn`` over ``reps`` runs after ``warm`` untimed ones."""
+    return statistics.median(timed_runs(clock, fn, reps, warm))
 
 
 def _matmul_seconds(clock: Clock, n: int, dtype, gen, reps: int) -> float:
@@ -196,22 +216,38 @@ def _copy_seconds(clock: Clock, numel: int, gen, reps: int) -> float:
     return median_seconds(clock, lambda: dst.copy_(src), reps, warm=2 if clock.cuda else 1)
 
 
+def _read_seconds(clock: Clock, numel: int, gen, reps: int) -> float:
+    """The fastest of ``reps`` sums over ``numel`` float32 values (a read of every byte, one value
+    written): the best run, not the median, since a ceiling is the most the device was seen to do."""
+    src = torch.rand(numel, device=clock.device, dtype=torch.float32, generator=gen)
+    return min(timed_runs(clock, src.sum, reps, warm=2 if clock.cuda else 1))
+
+
+READ_REPS = {"cuda": 20, "cpu": 5}     # sums timed for the read ceiling (the fastest is kept)
+
+
 @torch.inference_mode()
 def measure_ceilings(device, dtype: torch.dtype, matmul_n: int | None = None,
                      copy_bytes: int | None = None, reps: int | None = None) -> Ceilings:
-    """The matmul rate (``n^3`` products of random normal matrices, median of ``reps``) and the
-    device-to-device copy bandwidth (counting the bytes read and the bytes written).
+    """The matmul rate (``n^3`` products of random normal matrices, median of ``reps``), the
+    device-to-device copy bandwidth (median of ``reps``, counting the bytes read and the bytes
+    written) and the read bandwidth (a sum over as many bytes, counting the bytes read: the
+    fastest of ``READ_REPS``, so a decode step's share of it is measured against the most the
+    device was seen to read; a share above 1 then means a decode step read faster than every sum).
 
-    Defaults: on CUDA ``n = 8192`` and 1 GiB copied; on the CPU ``n = 1024`` and 64 MiB."""
+    Defaults: on CUDA ``n = 8192`` and 1 GiB copied and summed (far more than any L2 cache); on
+    the CPU ``n = 1024`` and 64 MiB (of which a large L3 cache may hold part)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     n = matmul_n or (8192 if cuda else 1024)
     nbytes = copy_bytes or ((1 << 30) if cuda else (64 << 20))
+    read_reps = reps or READ_REPS["cuda" if cuda else "cpu"]
     reps = reps or (10 if cuda else 3)
     clock = Clock(device)
     gen = torch.Generator(device=device).manual_seed(1234)
     tflops = 2.0 * n ** 3 / _matmul_seconds(clock, n, dtype, gen, reps) / 1e12
     numel = nbytes // 4
     tbs = 2.0 * numel * 4 / _copy_seconds(clock, numel, gen, reps) / 1e12
+    read = numel * 4 / _read_seconds(clock, numel, gen, read_reps) / 1e12
     release(device)
-    return Ceilings(matmul_tflops=tflops, copy_tbs=tbs, matmul_n=n)
+    return Ceilings(matmul_tflops=tflops, copy_tbs=tbs, read_tbs=read, matmul_n=n)

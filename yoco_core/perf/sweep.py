@@ -7,11 +7,15 @@ timing: a 4K warm-up left them inside the Transformer's timed 128K prefill); pre
 timed with CUDA events (``perf_counter`` on the CPU) around the whole prefill, the median of at
 least ``repeats`` runs, and of up to ``MAX_PREFILL_REPEATS`` while their total stays under
 ``PREFILL_BUDGET_S`` (a single 4K prefill after the warm-up measured 2-3x its steady time, so short
-cells are repeated; a long one is timed once); then ``gen_tokens``
-greedy decode steps, each timed on its own, the median reported. Peak memory
+cells are repeated; a long one is timed once); then ``gen_tokens`` (or ``steps``)
+greedy decode steps, each timed on its own, the median reported (and their total, from the first
+step's start to the last one's end). Peak memory
 (``torch.cuda.max_memory_allocated/reserved``) is reset before the prefill, so it covers prefill
 and decode. ``run_cell`` turns an out-of-memory error into a result (status ``oom``), releases the
-memory, and returns; any other error becomes status ``error`` with its first line.
+memory, and returns; any other error becomes status ``error`` with its first line. A CUDA error
+that loses the CUDA context (``hardware.is_context_lost``: an illegal memory access, ...; every
+later CUDA call raises it again) is an ``error`` too, and nothing more is run: the sweep raises
+``ContextLost`` with that cell's record instead of yielding it.
 
 The sweep (``Plan``, ``sweep``): the cells are (arch, size, batch, ctx) in that nesting order; on a
 model folder (``Plan.folder``, ``yoco profile -m``) the one size is the folder's name and each arch
@@ -21,12 +25,29 @@ context and batch as a cell of the same model that already ran out of memory (``
 ``skipped`` without building anything; the others are measured, one runner built per model and
 closed before the next. Every cell gives one ``Record`` (a ``profile.csv`` row).
 
+The throughput protocol (``Plan.throughput``; the YOCO paper's Fig. 6, arXiv 2405.05254): a cell is
+(arch, size, ctx), its batch chosen at run time: the largest whose analytic memory estimate fits
+the device's memory (``analytic.largest_batch``; at most ``Plan.batch_cap``, and stepped down from
+any batch that already ran out of memory at this context or a shorter one), then confirmed by
+running it: an out-of-memory is recorded as its own row (status ``oom``) and the batch steps down
+(``step_down``) until one runs or batch 1 fails. Every row records the cap (``Record.batch_cap``),
+and the note of one the cap limited says which cap: ``--batch``'s or the default of ``--batch auto``
+(``Plan.batch_cap_auto``). The measurement is a full cell's (warm-up at that
+batch and length, the batch prefilled, then decoded): throughput = batch x ``gen_tokens`` /
+(prefill time + decode time), the generated tokens only (not the prompts'). With ``timed_steps`` below ``gen_tokens`` only that many steps run
+and the decode time of all ``gen_tokens`` is extrapolated from them by the analytic bytes per
+step (``analytic.decode_bytes_over``: step ``i`` reads the cache at ``ctx + i``); the row's note
+says so, with the factor.
+
 Fault injection for tests: ``YOCO_PROFILE_INJECT_OOM="arch:ctx:batch[,arch:ctx:batch...]"`` makes
 those cells raise ``torch.OutOfMemoryError`` right after their prefill (cache allocated), so the
-whole OOM path, clean-up included, runs without needing the memory to run out.
+whole OOM path, clean-up included, runs without needing the memory to run out;
+``YOCO_PROFILE_INJECT_CUDA_ERROR`` (same form) makes them raise the ``RuntimeError`` of an illegal
+memory access there (the lost-context path; on the CPU nothing is lost, only the path is run).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 from dataclasses import asdict, dataclass
@@ -37,9 +58,9 @@ import torch
 from ..config import ModelConfig
 from ..dtypes import canonical, element_size, name_of
 from ..errors import first_line
-from .analytic import cell_analytics, effective_chunk
-from .hardware import (Ceilings, Clock, available_memory, device_name, is_out_of_memory, release, reset_memory,
-                       use_device, versions)
+from .analytic import cell_analytics, decode_bytes_over, effective_chunk, largest_batch
+from .hardware import (Ceilings, Clock, available_memory, device_name, is_context_lost, is_out_of_memory, release,
+                       reset_memory, use_device, versions)
 from .runners import FolderModel, Runner, build_folder_runner, build_runner, model_name, size_config
 
 DEFAULT_YOCO_CHUNK = 8192            # prefill chunk of ``--chunk-size auto`` for our yoco (see default_chunk)
@@ -48,7 +69,9 @@ WARMUP_TOKENS = 4096                 # warm-up cache length for decode-only cell
 WARMUP_STEPS = 3                     # warm-up decode steps
 PREFILL_BUDGET_S = 1.0               # short prefills are timed again while their total stays under this
 MAX_PREFILL_REPEATS = 5              # ... up to this many times (the median is reported)
+STEP_DOWN = 0.8                      # a throughput batch that ran out of memory is retried at 0.8 x
 INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
+INJECT_CUDA_ERROR_ENV = "YOCO_PROFILE_INJECT_CUDA_ERROR"
 
 
 
@@ -58,7 +81,8 @@ def default_chunk(arch: str) -> int | None:
     12.48 GB peak and 6.01 s with 8K chunks, 12.55 GB and 5.93 s with 16K; its prefill memory is
     then bounded); 64K for our Transformer (the preset baselines and the converted families: a
     Llama-3.1-8B shape at 128K on an H200 took 10.72 s unchunked with a 47.8 GB peak, 10.72 s in
-    64K chunks with 40.6 GB, ``scripts/diag_prefill_attention.py``: the same time, less memory);
+    64K chunks with 40.6 GB, ``scripts/diag_prefill_kernels.py --parts chunks``: the same time,
+    less memory);
     unchunked for transformers' models (as users run them; later chunks would take its masked
     attention) and for fla's YOCO, whose
     cache takes only one new token per call after the first (measured: a second prefill chunk
@@ -66,11 +90,18 @@ def default_chunk(arch: str) -> int | None:
     return {"yoco": DEFAULT_YOCO_CHUNK, "transformer": DEFAULT_TRANSFORMER_CHUNK}.get(arch)
 
 
-def _inject_oom(arch: str, ctx: int, batch: int) -> None:
-    spec = os.environ.get(INJECT_ENV, "")
-    cells = {c.strip() for c in spec.split(",") if c.strip()}
-    if f"{arch}:{ctx}:{batch}" in cells:
+def _injected(env: str, arch: str, ctx: int, batch: int) -> bool:
+    cells = {c.strip() for c in os.environ.get(env, "").split(",") if c.strip()}
+    return f"{arch}:{ctx}:{batch}" in cells
+
+
+def _inject_faults(arch: str, ctx: int, batch: int) -> None:
+    """The faults the tests inject into a cell (module docstring)."""
+    if _injected(INJECT_ENV, arch, ctx, batch):
         raise torch.cuda.OutOfMemoryError(f"injected out-of-memory ({INJECT_ENV}) at {arch} ctx {ctx} batch {batch}")
+    if _injected(INJECT_CUDA_ERROR_ENV, arch, ctx, batch):
+        raise RuntimeError(f"CUDA error: an illegal memory access was encountered (injected, {INJECT_CUDA_ERROR_ENV}, "
+                           f"at {arch} ctx {ctx} batch {batch})\nCUDA kernel errors might be asynchronously reported")
 
 
 @dataclass
@@ -78,10 +109,12 @@ class CellResult:
     status: str                       # ok, oom or error
     prefill_s: float | None = None
     decode_ms: float | None = None
+    decode_s: float | None = None     # the timed decode steps together, first start to last end
     peak_alloc: int | None = None
     peak_reserved: int | None = None
     cache_bytes: int | None = None
     note: str = ""
+    lost: bool = False                # the error lost the CUDA context (hardware.is_context_lost)
 
 
 def decode_reserve(gen_tokens: int) -> int:
@@ -96,11 +129,15 @@ def _cell_generator(dev, seed: int, ctx: int, batch: int) -> torch.Generator:
 
 
 def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
-                 repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
+                 repeats: int = 1, seed: int = 0, decode_only: bool = False,
+                 steps: int | None = None) -> CellResult:
     """Time one cell (raises on out-of-memory; ``run_cell`` catches). See the module docstring.
-    ``decode_only``: no prefill; decoding starts from ``runner.random_cache`` (prefill_s is None)."""
+    ``decode_only``: no prefill; decoding starts from ``runner.random_cache`` (prefill_s is None).
+    ``steps``: the decode steps run and timed (default ``gen_tokens``; the cache has room for
+    ``gen_tokens`` either way)."""
+    steps = gen_tokens if steps is None else steps
     if decode_only:
-        return _measure_decode_only(runner, ctx, batch, gen_tokens, seed)
+        return _measure_decode_only(runner, ctx, batch, gen_tokens, seed, steps)
     dev = runner.device
     clock = Clock(dev)
     reserve = decode_reserve(gen_tokens)
@@ -111,8 +148,9 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
         # warm-up: a whole prefill and a few decode steps at this batch. The whole length, because
         # kernels are built per length: cuDNN's attention per sequence length (a 4K warm-up left
         # its build inside the Transformer's timed 128K prefill), fla's Triton kernels per length
-        # (4-7 s of compilation at 8K-16K), the last position's attention over the whole cache
-        logits, cache = runner.prefill(ids, chunk, WARMUP_STEPS + 1)
+        # (4-7 s of compilation at 8K-16K), the last position's attention over the whole cache;
+        # with the timed prefill's cache, so that it also finds out whether the cell fits
+        logits, cache = runner.prefill(ids, chunk, reserve)
         for _ in range(WARMUP_STEPS):
             logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
         logits = cache = None
@@ -129,34 +167,36 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
             n = len(prefill_times)
             if n >= max(1, repeats) and (n >= MAX_PREFILL_REPEATS or sum(prefill_times) >= PREFILL_BUDGET_S):
                 break
-        res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, gen_tokens)
+        res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, steps)
     res.prefill_s = statistics.median(prefill_times)
     return res
 
 
-def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int, gen_tokens: int) -> CellResult:
-    """The part every cell shares once its cache is filled: the injected OOM (tests), the cache
-    bytes, the decoder set-up, ``gen_tokens`` individually timed greedy steps, the memory peaks."""
-    _inject_oom(runner.arch, ctx, batch)
+def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int, steps: int) -> CellResult:
+    """The part every cell shares once its cache is filled: the injected faults (tests), the cache
+    bytes, the decoder set-up, ``steps`` individually timed greedy steps, the memory peaks."""
+    _inject_faults(runner.arch, ctx, batch)
     nbytes = runner.cache_nbytes(cache)
     runner.prepare_decode(cache)
     marks = []
-    for _ in range(gen_tokens):
+    for _ in range(steps):
         a = clock.mark()
         logits, cache = runner.decode(tok, cache)
         tok = logits.argmax(-1, keepdim=True)
         b = clock.mark()
         marks.append((a, b))
     clock.sync()
-    steps = [clock.seconds(a, b) for a, b in marks]
-    res = CellResult(status="ok", decode_ms=statistics.median(steps) * 1e3 if steps else None, cache_bytes=nbytes)
+    times = [clock.seconds(a, b) for a, b in marks]
+    res = CellResult(status="ok", decode_ms=statistics.median(times) * 1e3 if times else None, cache_bytes=nbytes,
+                     decode_s=clock.seconds(marks[0][0], marks[-1][1]) if marks else None)
     if clock.cuda:
         res.peak_alloc = torch.cuda.max_memory_allocated(runner.device)
         res.peak_reserved = torch.cuda.max_memory_reserved(runner.device)
     return res
 
 
-def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, seed: int) -> CellResult:
+def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, seed: int,
+                         steps: int) -> CellResult:
     dev = runner.device
     clock = Clock(dev)
     tok = torch.randint(0, runner.vocab_size, (batch, 1), device=dev, generator=_cell_generator(dev, seed, ctx, batch))
@@ -168,26 +208,36 @@ def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, 
         runner.end_cell()
         reset_memory(dev)
         cache = runner.random_cache(batch, ctx, decode_reserve(gen_tokens), seed)
-        res = _timed_decode(runner, clock, tok, cache, ctx, batch, gen_tokens)
+        res = _timed_decode(runner, clock, tok, cache, ctx, batch, steps)
     res.note = "decode only: cache of random values, no prefill"
     return res
 
 
 def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
-             repeats: int = 1, seed: int = 0, decode_only: bool = False) -> CellResult:
+             repeats: int = 1, seed: int = 0, decode_only: bool = False, steps: int | None = None) -> CellResult:
     """``measure_cell`` with out-of-memory as a result: on OOM (or any other error) the cell's
-    tensors are dropped with the exception, the allocator is emptied, and the status says so."""
+    tensors are dropped with the exception, the allocator is emptied, and the status says so. A
+    CUDA error that lost the context (raised by the cell, or surfacing when the memory is released
+    after it) is an ``error`` with ``lost`` set, and nothing more is asked of the device."""
     try:
-        res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only)
+        res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only, steps=steps)
     except Exception as e:  # noqa: BLE001 - every failure of a cell is recorded, the sweep goes on
-        res = CellResult(status="oom" if is_out_of_memory(e) else "error", note=first_line(e))
-    reset_memory(runner.device)
+        lost = is_context_lost(e)
+        res = CellResult(status="oom" if is_out_of_memory(e) else "error", note=first_line(e), lost=lost)
+    if not res.lost:
+        try:
+            reset_memory(runner.device)
+        except Exception as e:  # an asynchronous CUDA error reported at the synchronize
+            if not is_context_lost(e):
+                raise
+            res = CellResult(status="error", note=first_line(e), lost=True)
     return res
 
 
 def shares(analytic: dict | None, res: CellResult, ceil: Ceilings | None) -> dict[str, float | None]:
     """Achieved TFLOP/s and the shares of the measured ceilings (None where not measurable, and
-    without a cost model)."""
+    without a cost model): prefill FLOP/s over the matmul rate, decode bytes/s over the read
+    bandwidth (a decode step only reads; the copy bandwidth counts a write too)."""
     out: dict[str, float | None] = {"prefill_tflops": None, "prefill_share": None, "decode_share": None}
     if analytic is None:
         return out
@@ -195,8 +245,8 @@ def shares(analytic: dict | None, res: CellResult, ceil: Ceilings | None) -> dic
         out["prefill_tflops"] = analytic["flops"] / res.prefill_s / 1e12
         if ceil and ceil.matmul_tflops > 0:
             out["prefill_share"] = out["prefill_tflops"] / ceil.matmul_tflops
-    if res.decode_ms and ceil and ceil.copy_tbs > 0:
-        out["decode_share"] = analytic["decode_bytes"] / (res.decode_ms / 1e3) / (ceil.copy_tbs * 1e12)
+    if res.decode_ms and ceil and ceil.read_tbs > 0:
+        out["decode_share"] = analytic["decode_bytes"] / (res.decode_ms / 1e3) / (ceil.read_tbs * 1e12)
     return out
 
 
@@ -210,14 +260,17 @@ class Cell:
     arch: str
     size: str
     model: str                       # model_name: profile.csv's model column, what blockers key on
-    batch: int
+    batch: int                       # 0 in a throughput plan's cells: chosen when measured
     ctx: int
 
 
 @dataclass
 class Plan:
     """What one ``yoco profile`` run measures: every (arch, size, batch, ctx) of these lists; with
-    ``folder``, every arch on that model folder (``sizes`` is then its name alone)."""
+    ``folder``, every arch on that model folder (``sizes`` is then its name alone). With
+    ``throughput`` every (arch, size, ctx), the batch chosen when measured (at most ``batch_cap``;
+    ``batch_cap_auto``: that cap is ``--batch auto``'s default, not one the user gave), ``timed_steps``
+    of the ``gen_tokens`` steps timed (None: all)."""
     archs: list[str]
     sizes: list[str]
     ctxs: list[int]
@@ -228,6 +281,10 @@ class Plan:
     repeats: int = 1
     seed: int = 0
     decode_only: bool = False
+    throughput: bool = False
+    timed_steps: int | None = None
+    batch_cap: int | None = None
+    batch_cap_auto: bool = False
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     folder: FolderModel | None = None
@@ -238,8 +295,13 @@ class Plan:
 
     @property
     def mode(self) -> str:
-        """profile.csv's ``mode``: full (prefill, then decode) or decode-only."""
-        return "decode-only" if self.decode_only else "full"
+        """profile.csv's ``mode``: full (prefill, then decode), decode-only or throughput."""
+        return "throughput" if self.throughput else "decode-only" if self.decode_only else "full"
+
+    @property
+    def steps(self) -> int:
+        """The decode steps a cell runs and times (profile.csv's ``timed_steps``)."""
+        return self.timed_steps or self.gen_tokens
 
     @property
     def reserve(self) -> int:
@@ -249,13 +311,22 @@ class Plan:
     def max_tokens(self) -> int:
         return max(self.ctxs) + self.reserve
 
+    def cap_words(self) -> str:
+        """The batch cap in a note: ``the cap of --batch`` or ``the default cap of 8 of --batch auto
+        on the CPU``."""
+        if not self.batch_cap_auto:
+            return "the cap of --batch"
+        where = "the CPU" if torch.device(self.device).type == "cpu" else self.device
+        return f"the default cap of {self.batch_cap} of --batch auto on {where}"
+
     def model_name(self, arch: str, size: str) -> str:
         """profile.csv's model column of (arch, size)."""
         return self.folder.model_name(arch) if self.folder else model_name(arch, size, self.self_decoder)
 
     def cells(self) -> list[Cell]:
+        batches = [0] if self.throughput else self.batches
         return [Cell(a, s, self.model_name(a, s), b, c)
-                for a in self.archs for s in self.sizes for b in self.batches for c in self.ctxs]
+                for a in self.archs for s in self.sizes for b in batches for c in self.ctxs]
 
     def config_for(self, cell: Cell) -> ModelConfig | None:
         """The config the cost model reads for ``cell`` (None: a folder only transformers runs)."""
@@ -302,12 +373,21 @@ class Machine:
     torch: str                               # versions
     triton: str
     ceilings: Ceilings | None = None         # measured by the caller when there are cells to run
+    budget: bool = False                     # memory is a budget the user gave, not the device's
 
     @classmethod
-    def of(cls, device) -> Machine:
-        """Make ``device`` the current one and describe it."""
+    def of(cls, device, memory: int | None = None) -> Machine:
+        """Make ``device`` the current one and describe it; ``memory``: a budget in bytes instead
+        of what the device has (None: the device's; any other value, however small, is kept)."""
         use_device(device)
-        return cls(device_name(device), available_memory(device), **versions())
+        budget = memory is not None
+        return cls(device_name(device), memory if budget else available_memory(device), **versions(), budget=budget)
+
+    def memory_words(self) -> str:
+        """The memory a cell may take, in a note: ``the device's 80.0 GB available`` or ``the
+        --memory-gb budget of 0.5 GB``."""
+        return (f"the --memory-gb budget of {self.memory / GB:.3g} GB" if self.budget
+                else f"the device's {self.memory / GB:.1f} GB available")
 
 
 @dataclass
@@ -320,10 +400,13 @@ class Record:
     params: int | None
     ctx: int
     batch: int
+    batch_cap: int | None = None
     status: str = ""
     prefill_s: float | None = None
     decode_ms: float | None = None
     decode_tok_s: float | None = None
+    decode_s: float | None = None
+    throughput_tok_s: float | None = None
     peak_alloc_gb: float | None = None
     peak_reserved_gb: float | None = None
     cache_gb: float | None = None
@@ -334,8 +417,10 @@ class Record:
     decode_share: float | None = None
     matmul_tflops: float | None = None
     copy_tbs: float | None = None
+    read_tbs: float | None = None
     mode: str = ""
     gen_tokens: int | None = None
+    timed_steps: int | None = None
     chunk_size: int | None = None
     device: str = ""
     dtype: str = ""
@@ -372,14 +457,31 @@ class Blockers:
         """The (ctx, batch) that rules ``cell`` out, if any."""
         return next(((c, b) for c, b in self._oom.get(cell.model, []) if cell.ctx >= c and cell.batch >= b), None)
 
+    def smallest(self, model: str, ctx: int) -> int | None:
+        """The smallest batch of ``model`` that ran out of memory at ``ctx`` or a shorter context."""
+        ruled = [b for c, b in self._oom.get(model, []) if ctx >= c]
+        return min(ruled) if ruled else None
+
+
+class ContextLost(Exception):
+    """A cell's CUDA error lost the CUDA context: nothing more can run in this process. ``record``
+    is that cell's row (status ``error``), for the caller to keep; the message is one line."""
+
+    def __init__(self, record: Record, message: str):
+        super().__init__(message)
+        self.record = record
+
 
 class _Models:
     """One runner at a time: built at the first measured cell of a model, closed at the next model.
-    A model that fails to build fails each of its cells with the same status and note."""
+    A model that fails to build fails each of its cells with the same status and note. ``lost``:
+    the first line of a CUDA error that lost the context (the runner is then dropped, not closed:
+    closing synchronizes, which raises it again)."""
 
     def __init__(self, plan: Plan):
         self.plan, self.model, self.runner = plan, None, None
         self.failure = ("error", "")
+        self.lost: str | None = None
 
     def runner_for(self, cell: Cell, emit) -> Runner | None:
         if cell.model != self.model:
@@ -390,31 +492,89 @@ class _Models:
                 self.runner = self.plan.build(cell)
             except Exception as e:  # noqa: BLE001 - recorded on each of its cells
                 self.failure = ("oom" if is_out_of_memory(e) else "error", "building the model: " + first_line(e))
-                release(self.plan.device)
+                self.lost = first_line(e) if is_context_lost(e) else None
+                if self.lost is None:
+                    release(self.plan.device)
             emit("cell", cell)
         return self.runner
 
     def close(self) -> None:
-        if self.runner is not None:
+        if self.runner is not None and self.lost is None:
             self.runner.close()
-            self.runner = None
+        self.runner = None
+
+    def checked(self, rec: Record, tokens) -> Record:
+        """``rec``, or ``ContextLost`` with it if its cell lost the CUDA context."""
+        if self.lost is not None:
+            raise ContextLost(rec, f"CUDA error in {rec.arch} ctx {tokens(rec.ctx)} batch {rec.batch}: {self.lost}; "
+                                   "the CUDA context is lost")
+        return rec
 
 
 def sweep(plan: Plan, cells: list[Cell], machine: Machine, blockers: Blockers,
           on_event: Callable[[str, Cell], None] | None = None,
           tokens: Callable[[int], str] = str) -> Iterator[Record]:
     """Measure ``cells`` (those of ``plan`` still to do) in order and yield each one's ``Record`` as
-    soon as it is known; ``blockers`` gains the cells that run out of memory. ``on_event(phase,
-    cell)`` reports progress (phase ``cell``: measuring it, ``build``: building its model);
-    ``tokens`` writes a token count in a note (the CLI's ``4k``)."""
+    soon as it is known (a throughput cell: one per batch tried); ``blockers`` gains the cells that
+    run out of memory. A cell that loses the CUDA context ends the sweep: ``ContextLost`` is raised
+    with its record (not yielded). ``on_event(phase, cell)`` reports progress (phase ``cell``:
+    measuring it, ``build``: building its model, ``done``: its last record given); ``tokens``
+    writes a token count in a note (the CLI's ``4k``)."""
     emit = on_event or (lambda phase, cell: None)
     models = _Models(plan)
     try:
         for cell in cells:
             emit("cell", cell)
-            yield _measure(plan, cell, machine, blockers, models, emit, tokens)
+            if plan.throughput:
+                yield from _throughput(plan, cell, machine, blockers, models, emit, tokens)
+            else:
+                yield models.checked(_measure(plan, cell, machine, blockers, models, emit, tokens), tokens)
+            emit("done", cell)
     finally:
         models.close()
+
+
+def step_down(batch: int) -> int:
+    """The batch a throughput cell tries after ``batch`` ran out of memory (0 after batch 1)."""
+    return max(0, min(batch - 1, int(batch * STEP_DOWN)))
+
+
+def _first_batch(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers) -> tuple[int, str]:
+    """A throughput cell's first batch and why (its note): the largest the estimate fits in the
+    machine's memory, at most the cap, and a step down (``step_down``) from the smallest batch that
+    already ran out of memory at this context or a shorter one (so that a search resumed after an
+    interruption tries the batches an uninterrupted one would)."""
+    cap, memory = plan.batch_cap, machine.memory
+    if memory is None:
+        batch, why = (cap, f"{plan.cap_words()} (the device's memory is unknown)") if cap else \
+            (1, "the device's memory is unknown")
+    else:
+        fits = largest_batch(plan.config_for(cell), cell.ctx, element_size(plan.dtype), memory,
+                             plan.chunk_for(cell) or None, plan.reserve)
+        batch, why = fits, f"the largest the estimate fits in {machine.memory_words()}"
+        if cap is not None and cap < fits:
+            batch, why = cap, f"{plan.cap_words()} (the estimate fits {fits} in {machine.memory_words()})"
+    oom = blockers.smallest(cell.model, cell.ctx)
+    if oom is not None and oom <= batch:
+        batch, why = step_down(oom), f"stepped down from {oom} (out of memory)"
+    return max(1, batch), why
+
+
+def _throughput(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, models: _Models, emit,
+                tokens) -> Iterator[Record]:
+    """The records of one throughput cell: a row per batch tried, largest first (module docstring)."""
+    batch, why = _first_batch(plan, cell, machine, blockers)
+    while True:
+        attempt = dataclasses.replace(cell, batch=batch)
+        emit("cell", attempt)
+        rec = _measure(plan, attempt, machine, blockers, models, emit, tokens)
+        nxt = step_down(batch) if rec.status == "oom" else 0
+        if rec.status in ("ok", "oom", "error"):
+            rec.note = _join(f"batch: {why}", rec.note, f"next: batch {nxt}" if nxt else "")
+        yield models.checked(rec, tokens)
+        if not nxt:
+            return
+        batch, why = nxt, f"stepped down from {batch} (out of memory)"
 
 
 def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, models: _Models, emit,
@@ -422,13 +582,14 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
     chunk = plan.chunk_for(cell)
     ceil = machine.ceilings
     rec = Record(arch=cell.arch, model=cell.model, size=cell.size, params=None, ctx=cell.ctx,
-                 batch=cell.batch, matmul_tflops=ceil.matmul_tflops if ceil else None,
-                 copy_tbs=ceil.copy_tbs if ceil else None, mode=plan.mode, gen_tokens=plan.gen_tokens,
-                 chunk_size=chunk, device=machine.name, dtype=plan.dtype_name, torch=machine.torch,
-                 triton=machine.triton)
+                 batch=cell.batch, batch_cap=plan.batch_cap if plan.throughput else None,
+                 matmul_tflops=ceil.matmul_tflops if ceil else None,
+                 copy_tbs=ceil.copy_tbs if ceil else None, read_tbs=(ceil.read_tbs or None) if ceil else None,
+                 mode=plan.mode, gen_tokens=plan.gen_tokens, timed_steps=plan.steps, chunk_size=chunk,
+                 device=machine.name, dtype=plan.dtype_name, torch=machine.torch, triton=machine.triton)
     analytic = _analyse(rec, plan.config_for(cell), plan, chunk)
     model_note = plan.note_for(cell)
-    skip = _skip_note(cell, analytic and analytic["est_bytes"], machine.memory, blockers, tokens)
+    skip = _skip_note(cell, analytic and analytic["est_bytes"], machine, blockers, tokens)
     if skip:
         rec.status, rec.note = "skipped", _join(skip, model_note)
         return rec
@@ -440,12 +601,16 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
         analytic = _analyse(rec, runner.config, plan, chunk)
     rec.params = runner.params
     res = run_cell(runner, cell.ctx, cell.batch, plan.gen_tokens, chunk or None, plan.repeats, plan.seed,
-                   plan.decode_only)
+                   plan.decode_only, steps=plan.steps)
     rec.status, rec.note = res.status, _join(res.note, model_note)
+    if res.lost:
+        models.lost = res.note
     if res.status == "oom":
         blockers.add(cell.model, cell.ctx, cell.batch)
     if res.status == "ok":
         _add_measured(rec, res, analytic, ceil)
+        if plan.throughput:
+            _add_throughput(rec, res, runner.config or plan.config_for(cell), plan)
     return rec
 
 
@@ -465,10 +630,10 @@ def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
-def _skip_note(cell: Cell, est: float | None, memory: int | None, blockers: Blockers, tokens) -> str:
+def _skip_note(cell: Cell, est: float | None, machine: Machine, blockers: Blockers, tokens) -> str:
     """Why ``cell`` is not run (empty: it is)."""
-    if memory is not None and est is not None and est > memory:
-        return f"estimate {est / GB:.1f} GB exceeds the device's {memory / GB:.1f} GB (available)"
+    if machine.memory is not None and est is not None and est > machine.memory:
+        return f"estimate {est / GB:.3g} GB exceeds {machine.memory_words()}"
     blocker = blockers.blocker(cell)
     if blocker is not None:
         return f"ctx {tokens(blocker[0])} batch {blocker[1]} already ran out of memory"
@@ -486,3 +651,21 @@ def _add_measured(rec: Record, res: CellResult, analytic: dict | None, ceil: Cei
     rec.cache_gb = _gb(res.cache_bytes)
     sh = shares(analytic, res, ceil)
     rec.prefill_tflops, rec.prefill_share, rec.decode_share = sh["prefill_tflops"], sh["prefill_share"], sh["decode_share"]
+
+
+def _add_throughput(rec: Record, res: CellResult, cfg: ModelConfig, plan: Plan) -> None:
+    """decode_s (the ``gen_tokens`` steps: measured, or extrapolated from the ``timed_steps``
+    measured, which the note then says) and throughput_tok_s = batch x gen_tokens / (prefill +
+    decode)."""
+    if res.prefill_s is None or res.decode_s is None:
+        return
+    total, timed = plan.gen_tokens, plan.steps
+    rec.decode_s = res.decode_s
+    if timed < total:
+        elem = element_size(plan.dtype)
+        scale = (decode_bytes_over(cfg, rec.ctx, rec.batch, elem, total)
+                 / decode_bytes_over(cfg, rec.ctx, rec.batch, elem, timed))
+        rec.decode_s = res.decode_s * scale
+        rec.note = _join(rec.note, f"decode: {timed} of {total} steps timed, the time of all {total} extrapolated "
+                                   f"by the analytic bytes per step (x{scale:.4g})")
+    rec.throughput_tok_s = rec.batch * total / (res.prefill_s + rec.decode_s)
