@@ -1,6 +1,6 @@
 """Where long prefills spend their time, kernel by kernel (one H200 call, ~4 minutes).
 
-    python3 scripts/diag_prefill_kernels.py --out DIR [--parts attention,profile,swa]
+    python3 scripts/diag_prefill_kernels.py --out DIR [--parts attention,profile,chunks,swa]
 
 * ``attention``: one Llama-3.1-8B layer's causal attention at 128K (32 over 8 heads of 128) by
   SDPA's choice, our 64K split, staircase splits (the diagonal blocks batched into one causal
@@ -8,6 +8,8 @@
 * ``profile``: the whole 8B-shaped prefill at 128K, ours (64K chunks) and transformers' (SDPA,
   ``logits_to_keep=1``), under ``torch.profiler``: CUDA time per kernel family, so the two sides'
   non-attention work can be compared (``DIR/kernels.csv``).
+* ``chunks``: the whole 8B-shaped prefill at 128K unchunked and in 64K / 32K / 16K chunks, with
+  its peak memory (what ``--chunk-size auto`` is chosen from).
 * ``swa``: sliding-window prefill attention (window 1024, the yoco-swa-3b self-decoder's 24 heads of
   128, a 16K chunk after earlier ones, and Mistral's 32 over 8 heads, window 4096, 64K) by the
   masked blocks, ``band_attention`` and ``flash_window``; then yoco-swa-3b itself: prefill at 1M
@@ -145,16 +147,12 @@ def profile_part(rows: list, out: Path) -> None:
     import transformers
 
     from yoco_core import build_model
-    from yoco_core.config import ModelConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_hf_models import hf_config
 
     n = 131072
-    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192}
-    cfg = ModelConfig(name="llama-3.1-8b-shape", arch="transformer", vocab_size=128256, dim=4096, n_layers=32,
-                      n_heads=32, n_kv_heads=8, ffn_dim=14336, rope_theta=500000.0, rope_scaling=rope)
+    cfg = _llama_8b_shape()
     ids = torch.randint(0, 128256, (1, n), device="cuda")
     torch.set_default_dtype(BF16)
     ours = build_model(cfg, device="cuda", dtype=BF16)
@@ -183,6 +181,32 @@ def profile_part(rows: list, out: Path) -> None:
                 rows.append(("profile", f"{side}: {fam}", round(ms, 1), "", ""))
             for name, ms in p["top"]:
                 w.writerow([side, "kernel", name[:120], round(ms, 1)])
+
+
+def _llama_8b_shape():
+    from yoco_core.config import ModelConfig
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    return ModelConfig(name="llama-3.1-8b-shape", arch="transformer", vocab_size=128256, dim=4096, n_layers=32,
+                       n_heads=32, n_kv_heads=8, ffn_dim=14336, rope_theta=500000.0, rope_scaling=rope)
+
+
+def chunks_part(rows: list) -> None:
+    from yoco_core import build_model
+
+    n = 131072
+    cfg = _llama_8b_shape()
+    model = build_model(cfg, device="cuda", dtype=BF16)
+    ids = torch.randint(0, cfg.vocab_size, (1, n), device="cuda")
+    with torch.inference_mode():
+        for chunk in (None, 65536, 32768, 16384):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            t = timed(lambda: model.prefill(ids, chunk_size=chunk, reserve=64), reps=2)
+            rows.append(("chunks", f"8B prefill 128K, chunk {chunk}", round(t * 1e3, 1),
+                         round(torch.cuda.max_memory_allocated() / 1e9, 1), "peak GB in the second column"))
+    del model
 
 
 def swa_part(rows: list) -> None:
@@ -245,7 +269,7 @@ def swa_part(rows: list) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--parts", default="attention,profile,swa")
+    p.add_argument("--parts", default="attention,profile,chunks,swa")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
@@ -253,7 +277,8 @@ if __name__ == "__main__":
     for part in a.parts.split(","):
         t0 = time.time()
         try:
-            {"attention": attention_part, "profile": lambda r: profile_part(r, a.out), "swa": swa_part}[part](rows)
+            {"attention": attention_part, "profile": lambda r: profile_part(r, a.out), "chunks": chunks_part,
+             "swa": swa_part}[part](rows)
         except Exception as e:            # one part failing keeps the others' rows
             rows.append((part, "FAILED", "", "", f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"))
         print(f"[{part} took {time.time() - t0:.0f} s]", flush=True)

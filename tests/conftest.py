@@ -75,3 +75,25 @@ def interpreted_module(name: str, *kernels: str):
     for k in kernels:
         assert isinstance(getattr(mod, k), InterpretedFunction)
     return mod
+
+
+NEEDLE_TIMING = ["prefill_seconds", "device", "date"]       # may differ from run to run
+
+
+def needle_content(out):
+    """``out``/needle.csv as text, without the columns that differ from run to run."""
+    import pandas as pd
+
+    df = pd.read_csv(Path(out) / "needle.csv", dtype=str, keep_default_na=False)
+    return df.drop(columns=NEEDLE_TIMING)
+
+
+def run_yoco(*args, script=None, n=None, env=()):
+    """`yoco ARGS` in a fresh process (under torchrun with ``n`` processes and ``script``)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), **dict(env)}
+    cmd = [sys.executable, "-m", "yoco_cli.main", *args]
+    if script is not None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", str(script),
+               *args]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)

@@ -111,7 +111,7 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
     (``none``, ``model`` or its path); lm-eval's complaints one line."""
     from yoco_core.dtypes import name_of
 
-    from .options import load_model_or_fail
+    from .options import kernel_status, load_model_or_fail
 
     with console.status("loading lm-eval and indexing tasks"):
         from .lm_eval_model import YOCOLM, synthetic_tokenizer_for, tasks_dir  # sets the offline env
@@ -132,12 +132,13 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
     console.print(f"[bold]yoco eval[/] {escape(model)} on {escape(', '.join(names))} ({dev}, "
                   f"{name_of(torch_dtype)})", highlight=False)
     try:
-        results = simple_evaluate(
-            model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
-            log_samples=log_samples, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed, bootstrap_iters=1000, metadata=meta,
-            apply_chat_template=lm.template_name != "none",
-        )
+        with kernel_status():        # lm-eval draws its own progress bars: a line, not a status
+            results = simple_evaluate(
+                model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
+                log_samples=log_samples, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed, bootstrap_iters=1000, metadata=meta,
+                apply_chat_template=lm.template_name != "none",
+            )
     except Exception as e:
         line = _lm_eval_error(e, model)          # re-raises what is not one of these
         console.print()                          # lm-eval's progress bar may have left its line open

@@ -2,10 +2,25 @@
 
 The task logic (haystacks, templates, prompt building, scoring) lives in ``yoco_core.needle``;
 this module parses options, checks every cell before any work, runs the sweep with a progress
-bar, appends each row to ``needle.csv`` as it is measured, and draws the heatmap.
+bar (which says what Triton is compiling or autotuning on a first run), appends each row to
+``needle.csv`` as it is measured, and draws the heatmap.
+
+With ``--gpus N``, or started by ``torchrun --nproc-per-node N``, the prompts still to measure are
+shared among N processes (``yoco_core.parallel.data``): each appends its rows to
+``needle.rank<r>.csv``, and rank 0, which holds the folder's lock, merges them into ``needle.csv``
+at the end in the order one process writes it. ``--resume`` counts the rows of every part file
+left by an interrupted run, whatever the number of processes then or now.
+
+With ``--tp N`` the processes form tensor-parallel groups of N (``yoco_cli.parallel.layout``):
+every rank of a group loads the model, keeps its share of the heads (``apply_tensor_parallel``)
+and runs the group's prompts with the others (each forward all-reduces over the group), and only
+the group's first rank writes rows; ``--gpus G --tp N`` shares the cells among G/N groups as above.
+The rows are the one-process run's, ``device`` saying e.g. ``... x2 (tp)``.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,10 +30,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import interrupts, schemas
+from . import interrupts, parallel, schemas
 from .options import (ChatTemplateOpt, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, TokenizerOpt,
-                      chat_template_or_fail, command_line, console, ensure_fits, ensure_out_dir, fail, format_size,
-                      load_model_or_fail, model_config, parse_chunk, parse_float_list, parse_size_list,
+                      UserError, chat_template_or_fail, console, ensure_fits, ensure_out_dir, fail, format_size,
+                      kernel_status, load_model_or_fail, model_config, parse_chunk, parse_float_list, parse_size_list,
                       resolve_device, resolve_dtype)
 
 DEFAULT_CHUNK = 32768
@@ -57,9 +72,16 @@ def needle(
     resume: ResumeOpt = False,
     tokenizer: TokenizerOpt = None,
     chat_template: ChatTemplateOpt = "auto",
+    gpus: Annotated[Optional[int], parallel.gpus_option(
+        "Each appends its rows to needle.rank<r>.csv as it measures them; the first merges them into needle.csv "
+        "at the end, in the order one process writes it. A run that stopped leaves its part files: --resume counts "
+        "their rows as done, with any number of processes.")] = None,
+    tp: Annotated[int, parallel.tp_option(
+        "The group's first process writes the rows; needle.csv is the one-process run's.")] = 1,
 ) -> None:
     """Needle-in-a-haystack retrieval: does the model find the needle at every length and depth?"""
     from yoco_core import needle as nd
+    from yoco_core.parallel import data
 
     # -- check everything before any work ----------------------------------------------------
     ctxs = parse_size_list(ctx, doubling_from=1024)
@@ -75,28 +97,124 @@ def needle(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     answer = nd.answer_tokens(nd.n_expected(task, n))
+    parallel.check_tensor_parallel(model, tp)      # --tp: a model it cannot split, before any work
     ensure_fits(model_config(model), max(ctxs), 1, dev, torch_dtype, chunk=chunk, reserve=answer)
     out = ensure_out_dir(out)
-    with schemas.lock_results(out, command_line()), interrupts.graceful():
-        done = schemas.NEEDLE.open_sweep(out, resume)
-        lm = load_model_or_fail(model, dev, torch_dtype, tokenizer)
-        template, template_name = chat_template_or_fail(lm.tokenizer, chat_template)
-        try:
-            hay = nd.make_haystack(haystack, lm.tokenizer, seed=0)
-        except ValueError as e:
-            fail(str(e))
-        _check_lengths(lm, ctxs, task, n, template)
-
-        sweep = _Sweep(model, lm, task, n, hay, seed, chunk, out, template, template_name)
-        cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
-        todo = [cell for cell in cells if sweep.key(*cell) not in done]
-        schemas.write_command(out, command_line())
-        _announce(sweep, resume, len(cells) - len(todo), len(cells),
-                  f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)")
-        kept = _measure(sweep, todo)
-        if interrupts.stop_requested():
-            interrupts.finish(len(done) + kept, interrupts.stop_requested())
+    parallel.launch(gpus, device, tp)      # --gpus N / --tp N: this command as N processes, then exit
+    w = parallel.world_or_fail()
+    dw, _ = parallel.layout(w, tp)         # the data-parallel world: groups of tp ranks
+    try:
+        dev = data.device_for(dev, w)
+    except ValueError as e:
+        fail(str(e))
+    with data.process_group(w), contextlib.ExitStack() as held:
+        # rank 0 locks the folder and reads what is done before any rank writes; the others wait
+        # for it here, and exit 2 without a word where it refused (its one line says why)
+        opened = refusal = None
+        if w.main:
+            try:
+                held.enter_context(schemas.lock_results(out, parallel.command_line()))
+                opened = _open_sweep(out, resume, dw)
+            except (UserError, schemas.SchemaError) as e:
+                refusal = e
+        opened = _together(data.share, w, opened)
+        if refusal is not None:
+            raise refusal
+        if opened is None:
+            raise typer.Exit(2)
+        done, parts = opened
+        with interrupts.graceful():
+            sweep, cells, kept = _run(w, tp, done, parts, model, dev, torch_dtype, tokenizer, chat_template,
+                                      haystack, ctxs, depth_list, task, n, trials, seed, chunk, out, resume)
+            stopped = sweep.stopped or interrupts.stop_requested()
+        if stopped:
+            interrupts.finish(kept, stopped)
+        _together(data.barrier, w)         # every rank's rows are in its part file
+        if not w.main:
+            return
+        if parts:
+            with schemas.writing(out, "needle.csv (merging the needle.rank<r>.csv part files)"):
+                data.merge_parts(out, schemas.NEEDLE, [sweep.key(*cell) for cell in cells])
         _report(sweep, ctxs, depth_list, trials)
+
+
+def _together(collective, w, *args):
+    """A collective of the ranks (``data.share``, ``data.barrier``); where another rank died
+    (killed, out of memory, ...): "interrupted", the rows kept, exit 143."""
+    try:
+        return collective(w, *args)
+    except RuntimeError:
+        interrupts.exit_interrupted("another process of this run stopped before the end; the rows measured are "
+                                    "kept in needle.rank<r>.csv, --resume continues", signal.SIGTERM)
+
+
+def _open_sweep(out: Path, resume: bool, w) -> tuple[set, bool]:
+    """The cells already measured (needle.csv's and every part file's: ``--resume``) and whether
+    rows go to part files (several processes, or part files left by a run that stopped)."""
+    from yoco_core.parallel import data
+
+    done = schemas.NEEDLE.open_sweep(out, resume)
+    left = data.part_files(out, schemas.NEEDLE)
+    if left and not resume:
+        fail(f"{left[0][1]}: rows of a run in several processes that stopped; add --resume to continue it, "
+             f"or choose another --out")
+    if left:
+        done = data.done_keys(out, schemas.NEEDLE)
+    return done, bool(left) or w.parallel
+
+
+def _run(w, tp, done, parts, model, dev, torch_dtype, tokenizer, chat_template, haystack, ctxs, depth_list, task,
+         n, trials, seed, chunk, out, resume):
+    """Load the model (this rank's share of it with ``--tp``), check the lengths, and measure this
+    rank's (its group's) share of the cells not done. Returns the sweep, its whole grid (in
+    one-process order) and the rows kept (by this rank, or its group's writer)."""
+    from yoco_core import needle as nd
+    from yoco_core.parallel import data
+
+    dw, tp_rank = parallel.layout(w, tp)
+    lm = load_model_or_fail(model, dev, torch_dtype, tokenizer)
+    group = _split(lm, w, tp, dev, model)
+    template, template_name = chat_template_or_fail(lm.tokenizer, chat_template)
+    try:
+        hay = nd.make_haystack(haystack, lm.tokenizer, seed=0)
+    except ValueError as e:
+        fail(str(e))
+    _check_lengths(lm, ctxs, task, n, template)
+
+    sweep = _Sweep(model, lm, task, n, hay, seed, chunk, out, template, template_name,
+                   rows=data.part_schema(schemas.NEEDLE, dw.rank) if parts else schemas.NEEDLE, shown=w.main,
+                   tp=tp, group=group, writes=tp_rank == 0)
+    cells = [(c, d, t) for c in ctxs for d in depth_list for t in range(trials)]
+    todo = [cell for cell in cells if sweep.key(*cell) not in done]
+    grid = f"{len(ctxs)} lengths x {len(depth_list)} depths x {trials} trial(s)"
+    if tp > 1:
+        grid += f", tensor parallel over {tp} processes"
+    if dw.parallel:
+        grid += f", {len(todo)} prompt(s) to measure shared among {dw.size} " + (
+            "processes" if tp == 1 else f"groups of {tp}")
+    if w.main:
+        schemas.write_command(out, parallel.command_line())
+        _announce(sweep, resume, len(cells) - len(todo), len(cells), grid)
+    kept = _measure(sweep, data.shard(todo, dw))
+    return sweep, cells, (len(done) if dw.main else 0) + kept       # a group's ranks: its writer's count
+
+
+def _split(lm, w, tp: int, dev: str, model: str):
+    """With ``--tp``: this rank's tensor-parallel group, ``lm`` sharded over it in place (a model
+    that is not ours, or whose heads do not divide, refused: rank 0 says why in one line, the
+    others exit 2 without a word); None without."""
+    if tp <= 1:
+        return None
+    from yoco_core.parallel.tensor import apply_tensor_parallel
+
+    group = parallel.tensor_group(w, tp, dev)
+    try:
+        apply_tensor_parallel(lm, group)
+    except ValueError as e:
+        if w.main:
+            fail(f"--tp {tp}: {model}: {e}")
+        raise typer.Exit(2) from None
+    return group
 
 
 def _announce(sweep: _Sweep, resume: bool, n_done: int, n_cells: int, grid: str) -> None:
@@ -140,14 +258,21 @@ class _Sweep:
     out: Path
     template: str | None = None        # the chat template's text (None: plain prompts)
     template_name: str = "none"        # what needle.csv records
+    rows: object = schemas.NEEDLE      # where rows go: needle.csv, or this rank's part file
+    shown: bool = True                 # the progress bar (rank 0's only)
+    tp: int = 1                        # tensor-parallel ranks per prompt
+    group: object = None               # their process group (None: one rank)
+    writes: bool = True                # this rank writes the rows (a group's first rank)
+    stopped: int | None = None         # the signal the group agreed to stop on
 
     def __post_init__(self):
         from yoco_core.dtypes import name_of
         from yoco_core.perf.hardware import device_name
 
         self.csv_path = schemas.NEEDLE.path(self.out)
+        self.rows_path = self.rows.path(self.out)
         self.dtype = name_of(self.lm.dtype)
-        self.device = device_name(self.lm.device)
+        self.device = device_name(self.lm.device) + (f" x{self.tp} (tp)" if self.tp > 1 else "")
 
     def key(self, c: int, d: float, t: int) -> tuple[str, ...]:
         return schemas.NEEDLE.key_of(dict(model=self.model, task=self.task, haystack=self.hay.name,
@@ -160,29 +285,55 @@ class _Sweep:
 
 
 def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> int:
-    """Run the cells still to do, appending each row to needle.csv as soon as it is measured;
-    a SIGINT / SIGTERM stops it before the next cell. Returns the rows written."""
+    """Run the cells still to do, appending each row to needle.csv (or this rank's part file) as
+    soon as it is measured (``sweep.writes``: a tensor-parallel group's other ranks compute with it
+    and write nothing); a SIGINT / SIGTERM stops it before the next cell (``_stop_agreed``). Returns
+    the cells measured."""
     import torch
 
     from yoco_core import needle as nd
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console,
-                  transient=False) as progress:
+                  transient=False, disable=not sweep.shown) as progress:
         bar = progress.add_task("needle", total=len(todo), last="")
-        for i, (c, d, t) in enumerate(todo):
-            if interrupts.stop_requested():
-                return i
-            progress.update(bar, description=f"ctx {format_size(c)} depth {d:g} trial {t}")
-            try:
-                cell = nd.run_cell(sweep.lm, c, d, sweep.task, sweep.n, t, sweep.seed, sweep.hay, sweep.chunk,
-                                   sweep.template)
-            except torch.cuda.OutOfMemoryError:
-                fail(f"out of memory at --ctx {format_size(c)}: rows so far are in {sweep.csv_path}; "
-                     f"try a smaller --chunk-size or --dtype bf16, then --resume")
-            schemas.NEEDLE.append_row(sweep.out, sweep.row(cell))
-            progress.update(bar, advance=1, last=f"score {cell.score:g}  prefill {cell.prefill_seconds:.2f}s")
+        last = [""]           # the last cell's result, shown again once no kernel is compiling
+
+        def show(line: str | None) -> None:     # what Triton compiles or autotunes now
+            progress.update(bar, last=line or last[0])
+
+        with kernel_status(show):
+            for i, (c, d, t) in enumerate(todo):
+                if _stop_agreed(sweep):
+                    return i
+                progress.update(bar, description=f"ctx {format_size(c)} depth {d:g} trial {t}")
+                try:
+                    cell = nd.run_cell(sweep.lm, c, d, sweep.task, sweep.n, t, sweep.seed, sweep.hay, sweep.chunk,
+                                       sweep.template)
+                except torch.cuda.OutOfMemoryError:
+                    fail(f"out of memory at --ctx {format_size(c)}: rows so far are in {sweep.rows_path}; "
+                         f"try a smaller --chunk-size or --dtype bf16, then --resume")
+                if sweep.writes:
+                    sweep.rows.append_row(sweep.out, sweep.row(cell))
+                last[0] = f"score {cell.score:g}  prefill {cell.prefill_seconds:.2f}s"
+                progress.update(bar, advance=1, last=last[0])
     return len(todo)
+
+
+def _stop_agreed(sweep: _Sweep) -> bool:
+    """Whether to stop before the next cell (a SIGINT / SIGTERM): with ``--tp``, the signal any
+    rank of the group got (a maximum all-reduced over it, so that all stop or none, no rank left
+    alone in a collective), kept in ``sweep.stopped``."""
+    stop = interrupts.stop_requested() or 0
+    if sweep.group is not None:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([stop], dtype=torch.int64, device=sweep.lm.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=sweep.group)
+        stop = int(flag.item())
+    sweep.stopped = stop or None
+    return bool(stop)
 
 
 def _report(sweep: _Sweep, ctxs: list[int], depth_list: list[float], trials: int) -> None:

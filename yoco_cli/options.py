@@ -1,13 +1,14 @@
 """What every subcommand shares: option aliases, size parsing, devices, and one-line errors."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -133,11 +134,14 @@ def ensure_out_dir(path, option: str = "--out") -> Path:
 
 
 def resolve_device(name: str) -> str:
+    """``--device`` as a torch device name. A CUDA device also turns on Triton's cross-process
+    autotune cache (``warmup.enable_autotune_cache``, unless the user set it), before any kernel
+    module (fla-core's) is imported."""
     import torch
 
     name = name.strip().lower()
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return "cpu"
     if name.startswith("cuda"):
@@ -146,6 +150,9 @@ def resolve_device(name: str) -> str:
         idx = name.partition(":")[2]
         if idx and (not idx.isdigit() or int(idx) >= torch.cuda.device_count()):
             fail(f"--device {name}: no such GPU (this machine has {torch.cuda.device_count()})")
+        from yoco_core.warmup import enable_autotune_cache
+
+        enable_autotune_cache()
         return name
     fail(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)")
 
@@ -235,6 +242,117 @@ def load_model_or_fail(name: str, device: str, dtype, tokenizer: str | None = No
         if (line := memory_error_line(e)) is None:
             raise
         fail(f"loading {name}: {line}")
+
+
+STATUS_DELAY_S = 0.3     # a kernel loaded from Triton's disk cache takes milliseconds: never shown
+
+
+class KernelStatus:
+    """What Triton compiles and autotunes while a command runs (``yoco_core.warmup`` events), as
+    the line ``show`` displays (``show(None)``: nothing is compiling now), and the tally behind
+    ``summary``. A plain compile is shown once it has lasted ``delay`` seconds (a kernel loaded
+    from the disk cache is done before); autotuning at once. Without ``show``, ``notice`` prints
+    one line at the first real compile."""
+
+    def __init__(self, show: Callable[[str | None], None] | None = None, delay: float | None = None):
+        import threading
+
+        self.show = show
+        self.delay = STATUS_DELAY_S if delay is None else delay
+        self.compiled = 0              # kernels compiled (not loaded from the disk cache)
+        self.loaded = 0                # kernels loaded from the disk cache
+        self.seconds = 0.0             # Triton's compile time of the ones compiled
+        self.tuned: dict[str, int] = {}     # autotuned kernel -> candidate configurations compiled
+        self.tune_seconds = 0.0        # benchmarking time Triton measured (none for results from its cache)
+        self._tuning: str | None = None
+        self._noticed = False
+        self._lock = threading.Lock()
+        self._pending: object | None = None      # the compile whose line waits for its delay
+
+    def __call__(self, event) -> None:
+        if event.kind == "compile":
+            if event.autotuning:
+                self._tuning = event.name
+                n = self.tuned[event.name] = self.tuned.get(event.name, 0) + 1
+                self._say(f"autotuning {event.name}: compiling config {n} (first run; cached for the next)")
+            else:
+                self._tuning = None
+                self._say_later(f"compiling Triton kernel {event.name} (first run; cached for the next)")
+        elif event.kind == "compiled":
+            if event.cache_hit:
+                self.loaded += 1
+            else:
+                self.compiled += 1
+                self.seconds += event.seconds or 0.0
+                self.notice()
+            if self._tuning is not None:
+                self._say(f"autotuning {self._tuning}: benchmarking config {self.tuned[self._tuning]} "
+                          f"(first run; cached for the next)")
+            else:
+                self._say(None)
+        elif event.kind == "autotuned":
+            if not event.cache_hit:
+                self.tuned.setdefault(event.name, 0)
+                self.tune_seconds += event.seconds or 0.0
+            self._tuning = None
+            self._say(None)
+
+    def _say(self, line: str | None, pending: object | None = None) -> None:
+        with self._lock:
+            if pending is not None and self._pending is not pending:    # done before its delay
+                return
+            self._pending = None
+            if self.show is not None:
+                self.show(line)
+
+    def _say_later(self, line: str) -> None:
+        if self.delay <= 0 or self.show is None:
+            return self._say(line)
+        import threading
+
+        token = self._pending = object()
+        timer = threading.Timer(self.delay, self._say, (line, token))
+        timer.daemon = True
+        timer.start()
+
+    def notice(self) -> None:
+        if self.show is None and not self._noticed:
+            self._noticed = True
+            console.print("compiling Triton kernels (first run on this machine; cached for the next) ...",
+                          highlight=False, markup=False, soft_wrap=True)
+
+    def summary(self) -> str | None:
+        """One line for what the first run cost, or None when nothing was compiled."""
+        if not self.compiled:
+            return None
+        from yoco_core.warmup import cache_dir
+
+        line = f"first run: compiled {self.compiled} Triton kernel(s) in {self.seconds:.1f} s"
+        if self.tuned:
+            names = ", ".join(sorted(self.tuned))
+            took = f" ({self.tune_seconds:.1f} s benchmarking)" if self.tune_seconds else ""
+            line += f", autotuned {len(self.tuned)}{took}: {names}"
+        if self.loaded:
+            line += f"; {self.loaded} loaded from the cache"
+        return line + f"; cached in {cache_dir()} for the next run"
+
+
+@contextlib.contextmanager
+def kernel_status(show: Callable[[str | None], None] | None = None):
+    """Watch Triton's compiles and autotunes while the block runs (``KernelStatus``): ``show``
+    gets the status line, and when the block ends normally one line on stderr says what was
+    compiled, if anything was. Nothing happens where nothing compiles (the CPU)."""
+    from yoco_core import warmup
+
+    status = KernelStatus(show)
+    stop = warmup.subscribe(status)
+    try:
+        yield status
+    finally:
+        stop()
+        status._say(None)          # a pending line is dropped with it
+    if (line := status.summary()) is not None:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 _ARGV: list[str] | None = None   # set by main() to the arguments it was given
