@@ -166,16 +166,28 @@ class GatedRetention(nn.Module):
     def forward(self, x, rope, state=None, state_out=None):
         """``state_out`` (a one-token step only): write the new state there (in place if it is
         ``state``), as the graph-captured decoding step does."""
-        B, n, _ = x.shape
-        H, D = self.n_heads, self.head_dim
-        d = H * D       # the heads' width: the model's dim (a tensor-parallel rank's share of it)
         p = self.proj(x)
-        if n == 1 and state is not None:      # a decoding step: one fused kernel after the matmul
+        if x.shape[1] == 1 and state is not None:      # a decoding step: one fused kernel after the matmul
+            H, D = self.n_heads, self.head_dim
             return fused.gret_decode(p, *rope, state, H, D ** -0.5, self.normalizer, self.eps, state_out)
+        q, k, v, g = self.heads(p, rope)
+        o, state = gated_retention(q, k, v, g, self.head_dim ** -0.5, state)
+        return self.output(o, p), state
+
+    def heads(self, p, rope):
+        """q, k, v ``[B, n, H, D]`` (with RoPE) and the decay logits ``g`` ``[B, n, H]`` (float32)
+        of the fused projection ``p``; the heads' width is ``H * D``, the model's dim (a
+        tensor-parallel rank's share of it)."""
+        B, n, _ = p.shape
+        H, D = self.n_heads, self.head_dim
+        d = H * D
         q, k, v = fused.rope(p[..., : 3 * d].view(B, n, 3 * H, D), *rope, n_first=H, n_plain=H)
-        g = F.logsigmoid(p[..., 4 * d:].float()) / self.normalizer
-        o, state = gated_retention(q, k, v, g, D ** -0.5, state)
-        return fused.head_norm_gate(o, p[..., 3 * d: 4 * d], self.eps), state
+        return q, k, v, F.logsigmoid(p[..., 4 * d:].float()) / self.normalizer
+
+    def output(self, o, p):
+        """The heads' output ``o`` normed and gated by ``p``'s output-gate part (before ``o_proj``)."""
+        d = self.n_heads * self.head_dim
+        return fused.head_norm_gate(o, p[..., 3 * d: 4 * d], self.eps)
 
 
 class SlidingWindowAttention(nn.Module):
@@ -200,16 +212,21 @@ class SlidingWindowAttention(nn.Module):
         (graph-safe); otherwise ``start`` (int): the position of the first of ``n`` tokens (a
         prefill chunk, a multi-token decode)."""
         B, n, _ = x.shape
-        H, D = self.n_heads, self.head_dim
-        p = self.qkv(x)
-        q, k, v = (t.transpose(1, 2) for t in fused.rope(p.view(B, n, 3 * H, D), *rope, n_first=H, n_plain=H))
+        q, k, v = self.heads(x, rope)
         if ring is None:
             o = sliding_window_attend(q, k, v, self.window)
         elif at is not None:
             o = self._step(q, k, v, ring, at)
         else:
             o = self._chunk(q, k, v, ring, start)
-        return o.transpose(1, 2).reshape(B, n, H * D), None
+        return o.transpose(1, 2).reshape(B, n, self.n_heads * self.head_dim), None
+
+    def heads(self, x, rope):
+        """q, k, v ``[B, H, n, D]`` of ``x``, with RoPE."""
+        B, n, _ = x.shape
+        H, D = self.n_heads, self.head_dim
+        p = self.qkv(x)
+        return tuple(t.transpose(1, 2) for t in fused.rope(p.view(B, n, 3 * H, D), *rope, n_first=H, n_plain=H))
 
     def _step(self, q, k, v, ring, at):
         """One token per row at the device position ``at``: written at slot ``at % window``, then
@@ -281,6 +298,21 @@ class SelfAttention(nn.Module):
         """``at``: a device tensor ``[1]``, the position of the one new token: the graph-safe
         decode step (write in place, attend the whole buffer up to ``at + 1``)."""
         B, n, _ = x.shape
+        q, k, v = self.heads(x, rope)
+        length = None
+        if at is not None:
+            buf.write_at(at, k, v)
+            k, v, length = buf.k, buf.v, at + 1
+        elif buf is not None:
+            buf.append(k, v)
+            k, v = buf.view()
+        o = attend(q, k, v, length, scale=self.scale, window=self.window, softcap=self.softcap)
+        return o.transpose(1, 2).reshape(B, n, -1), buf
+
+    def heads(self, x, rope):
+        """q ``[B, H, n, D]``, k, v ``[B, H_kv, n, D]`` of ``x``: projected, q / k normed where the
+        family has it, with RoPE."""
+        B, n, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         p = self.qkv(x)
         qk = p[..., : (H + Hkv) * D].view(B, n, H + Hkv, D)
@@ -289,16 +321,7 @@ class SelfAttention(nn.Module):
         else:
             q, k = fused.rope(self.q_norm(qk[:, :, :H]), *rope), fused.rope(self.k_norm(qk[:, :, H:]), *rope)
         v = p[..., (H + Hkv) * D:].view(B, n, Hkv, D)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
-        length = None
-        if at is not None:
-            buf.write_at(at, k, v)
-            k, v, length = buf.k, buf.v, at + 1
-        elif buf is not None:
-            buf.append(k, v)
-            k, v = buf.view()
-        o = attend(q.transpose(1, 2), k, v, length, scale=self.scale, window=self.window, softcap=self.softcap)
-        return o.transpose(1, 2).reshape(B, n, -1), buf
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
 class Block(nn.Module):

@@ -124,10 +124,11 @@ def softcap_attend(q, k, v, softcap: float, scale: float | None = None, window: 
 def partial_attention(q, k, v, causal: bool, scale: float | None = None):
     """Attention of ``q`` over ``k`` / ``v`` (``causal``: square, the queries at the keys'
     positions) and its natural-log log-sum-exp ``[B, H, n]`` (float32), so that attentions over
-    disjoint key ranges can be merged (``merge_partials``). On CUDA: cuDNN's fused attention, which
-    returns the log-sum-exp; elsewhere an explicit float32 softmax."""
+    disjoint key ranges can be merged (``merge_partials``). In bf16 / fp16 on CUDA: cuDNN's fused
+    attention, which returns the log-sum-exp; otherwise an explicit float32 softmax."""
     B, H, n, D = q.shape
-    if q.is_cuda and k.shape[1] != H and not backend.refused("cudnn_gqa", q.device):
+    fused_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)     # what cuDNN takes
+    if fused_ok and k.shape[1] != H and not backend.refused("cudnn_gqa", q.device):
         try:             # grouped-query heads as they are (cuDNN reads each KV head for its group)
             return _cudnn(q, k, v, causal, scale)
         except RuntimeError:
@@ -135,7 +136,7 @@ def partial_attention(q, k, v, causal: bool, scale: float | None = None):
     if k.shape[1] != H:
         rep = H // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    if q.is_cuda:
+    if fused_ok:
         return _cudnn(q, k, v, causal, scale)
     s = (q.float() @ k.float().transpose(-1, -2)) * (D ** -0.5 if scale is None else scale)
     if causal:
