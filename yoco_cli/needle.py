@@ -321,19 +321,10 @@ def _measure(sweep: _Sweep, todo: list[tuple[int, float, int]]) -> int:
 
 
 def _stop_agreed(sweep: _Sweep) -> bool:
-    """Whether to stop before the next cell (a SIGINT / SIGTERM): with ``--tp``, the signal any
-    rank of the group got (a maximum all-reduced over it, so that all stop or none, no rank left
-    alone in a collective), kept in ``sweep.stopped``."""
-    stop = interrupts.stop_requested() or 0
-    if sweep.group is not None:
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([stop], dtype=torch.int64, device=sweep.lm.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=sweep.group)
-        stop = int(flag.item())
-    sweep.stopped = stop or None
-    return bool(stop)
+    """Whether to stop before the next cell (``parallel.stop_agreed``: with ``--tp`` the signal any
+    rank of the group got), kept in ``sweep.stopped``."""
+    sweep.stopped = parallel.stop_agreed(sweep.group, sweep.lm.device)
+    return sweep.stopped is not None
 
 
 def _report(sweep: _Sweep, ctxs: list[int], depth_list: list[float], trials: int) -> None:

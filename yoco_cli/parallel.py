@@ -174,6 +174,24 @@ def tensor_group(w, tp: int, device: str):
     return mine
 
 
+def stop_agreed(group, device) -> int | None:
+    """The signal (SIGINT / SIGTERM) that asks a sweep to stop before its next row: this process's
+    (``interrupts``), or with a tensor-parallel ``group`` the one any of its ranks got (a maximum
+    all-reduced over it, so that all stop or none, no rank left alone in a collective); None:
+    go on. Every rank of the group must call it as often as the others."""
+    from . import interrupts
+
+    stop = interrupts.stop_requested() or 0
+    if group is not None:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([stop], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        stop = int(flag.item())
+    return stop or None
+
+
 def _torchrun(argv: list[str]) -> int:
     """``python -m torch.distributed.run ARGV`` in this process; its exit code: 0, or the first
     failing rank's (128 + the signal for one killed), whose own error line says why (torchrun's

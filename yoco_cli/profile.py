@@ -33,6 +33,14 @@ row's ``batch_cap`` column and note; ``yoco report`` marks it).
 ``--timed-steps N`` runs and times only N of the decode steps and extrapolates the rest (the row's
 note says so). ``--resume`` skips a context whose search has ended (a row that is not an
 out-of-memory, or one at batch 1), and continues a search below the batches that ran out of memory.
+``--tp N`` runs the sweep as N processes (``yoco_cli.parallel.launch``), one tensor-parallel group
+(ours only: arch yoco and transformer; hf and fla are refused, as is a shape whose heads do not
+divide): every rank builds the same model (same seed), keeps its share of the heads
+(``apply_tensor_parallel``) and runs each cell with the others; rank 0 holds the folder's lock,
+reads what is done and shares it, times the cells (the collectives keep the ranks together) and
+writes the rows, which say ``gpus`` N and ``parallel`` ``tpN`` (part of the resume key: never one
+cell with a one-process row); their memory estimate, cache and decode bytes are one rank's. A
+Ctrl-C that reaches any rank stops the group before its next row (agreed over it).
 The measurement and the sweep policy live in ``yoco_core.perf`` (``sweep.Plan``, ``sweep.sweep``);
 the figures in ``plots.py``.
 """
@@ -44,9 +52,9 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from . import interrupts, schemas
-from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, command_line, console, ensure_out_dir,
-                      fail, format_size, parse_chunk, parse_size_list, resolve_device, resolve_dtype)
+from . import interrupts, parallel, schemas
+from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, UserError, console, ensure_out_dir, fail,
+                      format_size, parse_chunk, parse_size_list, resolve_device, resolve_dtype)
 
 CTX_DOUBLING_FROM = 4096
 DEFAULT_CTX = {"cuda": "4k,16k,64k,256k,1m", "cpu": "1k,4k,16k"}
@@ -137,37 +145,102 @@ def profile(
     out: OutOpt = "runs/profile",
     resume: ResumeOpt = False,
     seed: SeedOpt = 0,
+    tp: Annotated[int, parallel.tp_option(
+        "Rank 0 times the cells and writes the rows (gpus N, parallel tpN).")] = 1,
 ) -> None:
     """Profile prefill, decode and memory over contexts and batch sizes (CSV + plots)."""
+    import contextlib
+    import dataclasses
+
+    from yoco_core.parallel import data
     from yoco_core.perf import sweep
 
     plan = _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only,
                  throughput, timed_steps, device, dtype, seed)
+    _check_tensor_parallel(plan, tp)             # before any work
     memory = _memory_option(memory_gb)
     out = ensure_out_dir(out)
-    with schemas.lock_results(out, command_line()), interrupts.graceful():
-        machine = sweep.Machine.of(plan.device, memory)
-        rows = _existing_rows(out, resume)
+    parallel.launch(None, device, tp)      # --tp N: this command as N processes, then exit
+    w = parallel.world_or_fail()
+    if w.size != tp:
+        fail(f"--tp {tp}: profile runs one tensor-parallel group of {tp} process(es), not {w.size}; "
+             f"start it with --tp alone (or torchrun --nproc-per-node {tp})")
+    try:
+        dev = data.device_for(plan.device, w)
+    except ValueError as e:
+        fail(str(e))
+    with data.process_group(w), contextlib.ExitStack() as held:
+        rows = _opened(w, held, out, resume)
+        held.enter_context(interrupts.graceful())
+        plan = dataclasses.replace(plan, device=dev, tp=tp, group=parallel.tensor_group(w, tp, dev))
+        machine = sweep.Machine.of(plan.device, memory, sharing=tp)
+        machine.memory = data.share(w, machine.memory)     # one budget: every rank skips the same cells
         cells = {_key(plan, machine, c): c for c in plan.cells()}
         done = {k for r in rows for k in _done_keys(r)}
         todo = [c for k, c in cells.items() if k not in done]
-        schemas.write_command(out, command_line())
-        console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in "
-                      f"{schemas.PROFILE.path(out)}), device {machine.name}, {plan.dtype_name}",
-                      highlight=False, markup=False)
-        kept = 0
+        if w.main:
+            schemas.write_command(out, parallel.command_line())
+            console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in "
+                          f"{schemas.PROFILE.path(out)}), device {machine.name}"
+                          + (f" x{tp}, tensor parallel over {tp} processes" if tp > 1 else "")
+                          + f", {plan.dtype_name}", highlight=False, markup=False)
+        kept, stopped = 0, None
         if todo:
-            machine.ceilings = _ceilings(plan)
+            machine.ceilings = _ceilings(plan) if w.main else None
             try:
-                kept = _run(plan, todo, machine, _blockers(plan, machine, rows), out)
+                kept, stopped = _run(plan, todo, machine, _blockers(plan, machine, rows), out, w.main)
             except sweep.ContextLost as e:
-                console.print(f"[bold red]error:[/] {escape(str(e))}: rows so far are in "
-                              f"{escape(str(schemas.PROFILE.path(out)))}, run again with --resume",
-                              highlight=False, soft_wrap=True, emoji=False)
+                if w.main:
+                    console.print(f"[bold red]error:[/] {escape(str(e))}: rows so far are in "
+                                  f"{escape(str(schemas.PROFILE.path(out)))}, run again with --resume",
+                                  highlight=False, soft_wrap=True, emoji=False)
                 raise typer.Exit(LOST_EXIT) from None
-        if interrupts.stop_requested():
-            interrupts.finish(len(rows) + kept, interrupts.stop_requested())
-        _report(out, set(cells))
+        if stopped:
+            if not w.main:               # rank 0 says so
+                raise typer.Exit(interrupts.EXIT_CODES.get(stopped, 130))
+            interrupts.finish(len(rows) + kept, stopped)
+        if w.main:
+            _report(out, set(cells))
+
+
+def _opened(w, held, out, resume: bool) -> list[dict]:
+    """The rows already in profile.csv (``_existing_rows``), read by rank 0 under the folder's
+    lock (kept in ``held``) and shared with the other ranks; where rank 0 refused (the lock, a
+    file without --resume, ...) it says why in one line and the others exit 2 without a word."""
+    from yoco_core.parallel import data
+
+    rows = refusal = None
+    if w.main:
+        try:
+            held.enter_context(schemas.lock_results(out, parallel.command_line()))
+            rows = _existing_rows(out, resume)
+        except (UserError, schemas.SchemaError) as e:
+            refusal = e
+    rows = data.share(w, rows)
+    if refusal is not None:
+        raise refusal
+    if rows is None:
+        raise typer.Exit(2)
+    return rows
+
+
+def _check_tensor_parallel(plan, tp: int) -> None:
+    """``--tp``: our archs only (one line for hf / fla), every model's heads, KV heads and FFN
+    width divisible by ``tp`` (``tensor_parallel_problem``), before any work."""
+    from yoco_core.parallel.tensor import tensor_parallel_problem
+    from yoco_core.perf import runners
+
+    if tp < 1:
+        fail(f"--tp {tp}: must be at least 1")
+    if tp == 1:
+        return
+    if foreign := [a for a in plan.archs if a not in runners.NATIVE_ARCHS]:
+        fail(f"--tp {tp}: tensor parallel splits our own models (--arch yoco, transformer), not "
+             f"{', '.join(foreign)}")
+    for cell in plan.cells():
+        cfg = plan.config_for(cell)
+        if cfg is not None and (why := tensor_parallel_problem(cfg, tp)):
+            fail(f"--tp {tp}: {why}")
 
 
 def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, throughput,
@@ -280,7 +353,8 @@ def _key(plan, machine, cell) -> tuple[str, ...]:
 
     return schemas.PROFILE.key_of({**asdict(cell), "dtype": plan.dtype_name, "mode": plan.mode,
                                    "gen_tokens": plan.gen_tokens, "timed_steps": plan.steps,
-                                   "chunk_size": plan.chunk_for(cell), "device": machine.name})
+                                   "chunk_size": plan.chunk_for(cell), "device": machine.name,
+                                   "gpus": plan.tp, "parallel": plan.parallel})
 
 
 def _done_keys(row: dict) -> list[tuple[str, ...]]:
@@ -299,7 +373,7 @@ def _cell_key(row: dict) -> tuple[str, ...]:
 
 def _blockers(plan, machine, rows: list[dict]):
     """The out-of-memory blockers of the rows measured as this plan measures (same dtype, mode,
-    decode steps, chunk and device): an OOM with another setting says nothing about this one."""
+    decode steps, chunk, device and layout): an OOM with another setting says nothing about this one."""
     from yoco_core.perf import sweep
 
     def same_setting(r) -> bool:
@@ -334,17 +408,20 @@ def _ceilings(plan):
     return ceil
 
 
-def _run(plan, todo, machine, blockers, out) -> int:
+def _run(plan, todo, machine, blockers, out, writes: bool = True) -> tuple[int, int | None]:
     """The sweep behind a progress bar: each record appended to the CSV as soon as it is known;
-    a SIGINT / SIGTERM stops it before the next cell. Returns the rows written. A lost CUDA
-    context (``sweep.ContextLost``): its cell's row is written, then the exception goes on."""
+    a SIGINT / SIGTERM stops it before the next cell (with ``--tp``: the signal of any rank,
+    ``parallel.stop_agreed``). Returns the rows written and the signal that stopped it (None: it
+    ran to the end). A lost CUDA context
+    (``sweep.ContextLost``): its cell's row is written, then the exception goes on. ``writes``:
+    this rank writes and shows (a tensor-parallel group's first; the others only compute)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from yoco_core.perf import sweep
 
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False, disable=not writes) as progress:
         task = progress.add_task("profile", total=len(todo))
 
         def show(phase, cell):
@@ -355,9 +432,12 @@ def _run(plan, todo, machine, blockers, out) -> int:
             progress.update(task, description=f"building {escape(cell.model)}" if phase == "build"
                             else f"{cell.arch} {escape(cell.model)} ctx {format_size(cell.ctx)} {what}")
 
-        records, kept = sweep.sweep(plan, todo, machine, blockers, on_event=show, tokens=format_size), 0
+        records, kept, stopped = sweep.sweep(plan, todo, machine, blockers, on_event=show, tokens=format_size), 0, None
         try:
-            while not interrupts.stop_requested() and (rec := next(records, None)) is not None:
+            while not (stopped := parallel.stop_agreed(plan.group, plan.device)) and \
+                    (rec := next(records, None)) is not None:
+                if not writes:
+                    continue
                 rec.date = schemas.utc_now()
                 schemas.PROFILE.append_row(out, rec.row())
                 kept += 1
@@ -367,12 +447,13 @@ def _run(plan, todo, machine, blockers, out) -> int:
                                            f"{format_size(rec.ctx)} batch {rec.batch}: {escape(rec.note)}",
                                            highlight=False)
         except sweep.ContextLost as e:
-            e.record.date = schemas.utc_now()
-            schemas.PROFILE.append_row(out, e.record.row())
+            if writes:
+                e.record.date = schemas.utc_now()
+                schemas.PROFILE.append_row(out, e.record.row())
             raise
         finally:
             records.close()             # the runner of the model in use is closed
-    return kept
+    return kept, stopped
 
 
 def _report(out, wanted: set) -> None:
@@ -385,7 +466,9 @@ def _report(out, wanted: set) -> None:
     _table(list(last.values()))
 
     from .plots import profile_figures, ratio_figures, throughput_figure
+    from .report import layout_in_device
 
+    df = layout_in_device(df)               # tp rows their own series
     with schemas.writing(out, "the figures"):
         written = list(profile_figures(df, out)) + list(ratio_figures(df, out)) + list(throughput_figure(df, out))
     console.print(f"wrote {path}" + (f" and {len(written)} figures: " + ", ".join(p.name for p in written)
@@ -400,8 +483,9 @@ def _table(rows: list[dict]) -> None:
         return
     table = Table(title="yoco profile")
     protocol = any(r["mode"] == "throughput" for r in rows)
-    names = ("arch", "model", "ctx", "batch", "status", "prefill s", "decode ms", "tok/s",
-             *(("gen s", "throughput tok/s") if protocol else ()), "peak GB")
+    layouts = any(str(r.get("parallel", "") or "") for r in rows)
+    names = ("arch", "model", *(("gpus",) if layouts else ()), "ctx", "batch", "status", "prefill s", "decode ms",
+             "tok/s", *(("gen s", "throughput tok/s") if protocol else ()), "peak GB")
     for name in names:
         table.add_column(name, justify="left" if name in ("arch", "model", "status") else "right")
     colour = {"ok": "green", "oom": "red", "skipped": "yellow", "error": "red"}
@@ -417,7 +501,9 @@ def _table(rows: list[dict]) -> None:
     rows = sorted(rows, key=place)
     for r in rows:
         st = str(r["status"])
-        table.add_row(str(r["arch"]), escape(str(r["model"])), format_size(int(r["ctx"])), str(int(r["batch"])),
+        table.add_row(str(r["arch"]), escape(str(r["model"])),
+                      *((f"{int(r['gpus'])} ({r['parallel'] or '-'})",) if layouts else ()),
+                      format_size(int(r["ctx"])), str(int(r["batch"])),
                       f"[{colour.get(st, 'white')}]{st}[/]", _fmt(r["prefill_s"]), _fmt(r["decode_ms"]),
                       _fmt(r["decode_tok_s"]),
                       *((_fmt(r["decode_s"]), _fmt(r["throughput_tok_s"])) if protocol else ()),

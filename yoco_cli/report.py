@@ -129,6 +129,20 @@ def load_runs(dirs: list[Path], out: Path) -> list[Run]:
     return list(runs.values())
 
 
+def layout_in_device(df: pd.DataFrame) -> pd.DataFrame:
+    """profile rows of several processes (``parallel``, e.g. tp2) with their layout in the device
+    name (``H200 tp2``), so that the figures and tables, which keep devices apart, never draw them
+    in one series with the one-process rows; other rows, and other schemas, as they are."""
+    if "parallel" not in df.columns or df.empty:
+        return df
+    layout = df["parallel"].fillna("").astype(str)
+    if not layout.astype(bool).any():
+        return df
+    df = df.copy()
+    df["device"] = df["device"].astype(str) + layout.map(lambda p: f" {p}" if p else "")
+    return df
+
+
 def combine(runs: list[Run], schema: schemas.Schema) -> pd.DataFrame:
     """All runs' rows of one schema, with a ``run`` column. Where two runs measured the same cell
     on the same device, the device is relabelled ``device (run)`` so the plots and tables keep
@@ -137,7 +151,7 @@ def combine(runs: list[Run], schema: schemas.Schema) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame(columns=[*schema.names, "run"])
-    df = pd.concat(frames, ignore_index=True)
+    df = layout_in_device(pd.concat(frames, ignore_index=True))
     keyed = df[list(schema.key)].fillna("").astype(str).agg("\x1f".join, axis=1)
     runs_per = df.assign(_k=keyed).groupby(["device", "_k"])["run"].nunique()
     shared = {dev for (dev, _), n in runs_per.items() if n > 1}

@@ -360,9 +360,10 @@ NEEDLE = Schema(
 # another cache; --throughput: the batch chosen, see below), --gen-tokens (the decode steps, and
 # the cache reserved for them), timed_steps (--timed-steps: how many of them ran and were timed),
 # chunk_size (--chunk-size, as the effective chunk of the cell: auto and an explicit 8k that come
-# to the same chunk are one cell) and device (the chip's name: a --resume on another GPU measures
-# anew). Not in it: --repeats (more samples of the same prefill), --seed (other random token ids
-# of the same length), --memory-gb and batch_cap (a throughput cell's --batch cap: its rows say what
+# to the same chunk are one cell), device (the chip's name: a --resume on another GPU measures
+# anew), gpus and parallel (--tp N: the N processes of one tensor-parallel group, ``tpN``: never
+# one cell with a one-process row). Not in it: --repeats (more samples of the same prefill), --seed
+# (other random token ids of the same length), --memory-gb and batch_cap (a throughput cell's --batch cap: its rows say what
 # capped them, but another cap measures the same cell). A throughput cell is (arch, model, size, ctx, ...): its rows
 # hold the batches tried, and it is done once one of them is not an out-of-memory (or batch 1 is;
 # yoco_cli/profile.py), whatever batch a --batch cap or --memory-gb gave it.
@@ -370,7 +371,7 @@ NEEDLE = Schema(
 # (what measured decode-only rows say), the others full; before timed_steps, every step was timed
 # (timed_steps = gen_tokens); before read_tbs, no read bandwidth was measured and their
 # decode_share is over copy_tbs (yoco report shows no share for them); no throughput columns (nor
-# batch_cap: blank).
+# batch_cap: blank); before gpus and parallel, every row was one process's (gpus 1, parallel blank).
 PROFILE = Schema(
     name="profile.csv",
     columns=(
@@ -392,11 +393,12 @@ PROFILE = Schema(
         ("throughput_tok_s", "float", "throughput mode: batch x gen_tokens / (prefill_s + decode_s), tokens/s"),
         ("peak_alloc_gb", "float", "peak GPU memory allocated, GB (1e9 bytes)"),
         ("peak_reserved_gb", "float", "peak GPU memory reserved, GB"),
-        ("cache_gb", "float", "KV cache + state bytes after prefill, GB"),
-        ("est_gb", "float", "analytic memory estimate for the cell, GB"),
-        ("prefill_tflops", "float", "achieved prefill TFLOP/s (analytic FLOPs / time)"),
+        ("cache_gb", "float", "KV cache + state bytes after prefill, GB (with --tp: one rank's share)"),
+        ("est_gb", "float", "analytic memory estimate for the cell, GB (with --tp: one rank's)"),
+        ("prefill_tflops", "float", "achieved prefill TFLOP/s (analytic FLOPs / time; with --tp: one rank's FLOPs)"),
         ("prefill_share", "float", "prefill TFLOP/s over the measured matmul rate"),
-        ("decode_gb_per_token", "float", "bytes a decode step must read (weights + cache), GB"),
+        ("decode_gb_per_token", "float", "bytes a decode step must read (weights + cache), GB (with --tp: one "
+                                         "rank's share)"),
         ("decode_share", "float", "decode bytes/s over the measured read bandwidth read_tbs (rows without read_tbs: "
                                   "over copy_tbs, as measured before read_tbs)"),
         ("matmul_tflops", "float", "measured matmul ceiling of this run, in the run's dtype (bf16 on GPU)"),
@@ -410,6 +412,8 @@ PROFILE = Schema(
                                "--timed-steps)"),
         ("chunk_size", "int", "prefill chunk size (0 = unchunked)"),
         ("device", "str", "device name"),
+        ("gpus", "int", "processes (devices: GPUs, or CPU processes) that ran the cell together: 1, or N with --tp N"),
+        ("parallel", "str", "their layout: tpN (tensor parallel over N ranks, the rows rank 0's); empty: one process"),
         ("dtype", "str", "model dtype"),
         ("torch", "str", "torch version"),
         ("triton", "str", "triton version"),
@@ -417,10 +421,11 @@ PROFILE = Schema(
         ("note", "str", "error text or remark"),
     ),
     key=("arch", "model", "size", "ctx", "batch", "dtype", "mode", "gen_tokens", "timed_steps", "chunk_size",
-         "device"),
+         "device", "gpus", "parallel"),
     legacy={"mode": lambda row: "decode-only" if str(row.get("note", "")).startswith("decode only") else "full",
             "timed_steps": lambda row: row.get("gen_tokens", ""), "read_tbs": lambda row: "",
-            "decode_s": lambda row: "", "throughput_tok_s": lambda row: "", "batch_cap": lambda row: ""},
+            "decode_s": lambda row: "", "throughput_tok_s": lambda row: "", "batch_cap": lambda row: "",
+            "gpus": lambda row: "1", "parallel": lambda row: ""},
 )
 
 EVAL = Schema(

@@ -40,6 +40,14 @@ depth):
   logits ``2 B V 4``. An estimate, good to tens of percent, used to mark cells that cannot fit
   and, by ``largest_batch``, to pick the batch of a throughput cell (the estimate grows with ``B``,
   so the largest batch within a budget is found by doubling, then bisection).
+
+* **Tensor parallel** (``tp`` ranks, ``yoco_core.parallel.tensor``): every number is one rank's.
+  The sharded weights (``sharded_params``: every layer's linear weights and the biases of the
+  column-parallel ones) are divided by ``tp``, the embeddings, norms, LM head and row-parallel
+  biases kept whole (``rank_params``); so are the cache (KV heads, gRet's state heads, SWA's ring),
+  the FFN's hidden activations and gRet's chunk states, the linear, attention and mixer FLOPs and
+  the cache a decode step reads; the residual stream, the logits and the LM head's FLOPs are whole
+  on every rank.
 """
 from __future__ import annotations
 
@@ -75,6 +83,22 @@ def linear_params(cfg: ModelConfig) -> dict[str, int]:
             "head": d * cfg.vocab_size}
 
 
+def sharded_params(cfg: ModelConfig) -> int:
+    """Parameters tensor parallel splits over its ranks: every layer's linear weights, and the
+    biases of the column-parallel projections (q/k/v, the FFN's gate and up)."""
+    p = linear_params(cfg)
+    bias = 0
+    if cfg.arch == "transformer":
+        bias = cfg.n_layers * ((_q_dim(cfg) + 2 * _kv_dim(cfg)) * cfg.qkv_bias + 2 * cfg.ffn_dim * cfg.mlp_bias)
+    return p["token"] + p["last"] + bias
+
+
+def rank_params(cfg: ModelConfig, tp: int = 1) -> int:
+    """Parameters one of ``tp`` tensor-parallel ranks holds (``cfg.n_params()`` for one rank)."""
+    split = sharded_params(cfg)
+    return cfg.n_params() - split + split // tp
+
+
 def _causal_pairs(T: int) -> int:
     return T * (T + 1) // 2
 
@@ -87,8 +111,9 @@ def _window_pairs(T: int, w: int) -> int:
     return _causal_pairs(w) + (T - w) * w
 
 
-def prefill_flops(cfg: ModelConfig, ctx: int, batch: int = 1) -> dict[str, float]:
-    """FLOPs of one prefill of ``ctx`` tokens (parts and ``total``; see the module docstring)."""
+def prefill_flops(cfg: ModelConfig, ctx: int, batch: int = 1, tp: int = 1) -> dict[str, float]:
+    """FLOPs of one prefill of ``ctx`` tokens (parts and ``total``; see the module docstring), on
+    one of ``tp`` tensor-parallel ranks."""
     B, T, d = batch, ctx, cfg.dim
     p = linear_params(cfg)
     out = {"linear": 2.0 * B * (T * p["token"] + p["last"]), "lm_head": 2.0 * B * p["head"],
@@ -107,84 +132,91 @@ def prefill_flops(cfg: ModelConfig, ctx: int, batch: int = 1) -> dict[str, float
             carry = sum(min(blk, N - s) ** 2 for s in range(0, N, blk))    # chunk pairs of the state carry
             out["mixer"] = half * (4.0 * B * Tp * C * d + 4.0 * B * Tp * d * cfg.self_head_dim
                                    + 2.0 * B * carry * d * cfg.self_head_dim)
+    for part in ("linear", "attention", "mixer"):        # split by heads / FFN units; the LM head is whole
+        out[part] /= tp
     out["total"] = sum(out.values())
     return out
 
 
-def state_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> int:
-    """Bytes of the self-decoder states after ``ctx`` tokens (0 for the Transformer)."""
+def state_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, tp: int = 1) -> int:
+    """Bytes of the self-decoder states after ``ctx`` tokens (0 for the Transformer), on one of
+    ``tp`` ranks (each holds its heads' states)."""
     if cfg.arch == "transformer":
         return 0
     half = cfg.n_layers // 2
     if cfg.self_decoder == "gret":
-        return half * batch * cfg.n_self_heads * cfg.self_head_dim ** 2 * 4   # float32 state
-    return half * 2 * batch * cfg.window * cfg.dim * elem      # SWA: the ring, allocated whole
+        return half * batch * cfg.n_self_heads * cfg.self_head_dim ** 2 * 4 // tp   # float32 state
+    return half * 2 * batch * cfg.window * cfg.dim * elem // tp      # SWA: the ring, allocated whole
 
 
-def _state_read(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> int:
+def _state_read(cfg: ModelConfig, ctx: int, batch: int, elem: int, tp: int = 1) -> int:
     """Bytes of the self-decoder states one decode step reads: gRet its whole state, SWA the ring
     slots holding the last ``min(ctx + 1, w)`` positions."""
     if cfg.arch == "yoco" and cfg.self_decoder == "swa":
-        return cfg.n_layers // 2 * 2 * batch * min(ctx + 1, cfg.window) * cfg.dim * elem
-    return state_bytes(cfg, ctx, batch, elem)
+        return cfg.n_layers // 2 * 2 * batch * min(ctx + 1, cfg.window) * cfg.dim * elem // tp
+    return state_bytes(cfg, ctx, batch, elem, tp)
 
 
-def cache_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, reserve: int = 0) -> dict[str, int]:
+def cache_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, reserve: int = 0, tp: int = 1) -> dict[str, int]:
     """The cache of our models after a prefill of ``ctx`` tokens with room for ``reserve`` more:
-    ``kv`` (= ``cache.kv_nbytes()``) and ``state`` (= ``cache.state_nbytes()``)."""
+    ``kv`` (= ``cache.kv_nbytes()``) and ``state`` (= ``cache.state_nbytes()``), of one of ``tp``
+    tensor-parallel ranks."""
     cap = max(1, ctx + reserve)
-    one = 2 * batch * cap * _kv_dim(cfg) * elem
+    one = 2 * batch * cap * _kv_dim(cfg) * elem // tp
     kv = one if cfg.arch == "yoco" else cfg.n_layers * one
-    return {"kv": kv, "state": state_bytes(cfg, ctx, batch, elem)}
+    return {"kv": kv, "state": state_bytes(cfg, ctx, batch, elem, tp)}
 
 
-def weight_bytes_read(cfg: ModelConfig, elem: int) -> int:
-    """Weights one decode step reads: every parameter but the (untied) embedding table."""
+def weight_bytes_read(cfg: ModelConfig, elem: int, tp: int = 1) -> int:
+    """Weights one decode step reads: every parameter (of a rank's share) but the (untied)
+    embedding table."""
     emb = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
-    return (cfg.n_params() - emb) * elem
+    return (rank_params(cfg, tp) - emb) * elem
 
 
-def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int) -> dict[str, int]:
-    """Bytes one decode step at context ``ctx`` must read: ``weights``, ``cache``, ``total``."""
+def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, tp: int = 1) -> dict[str, int]:
+    """Bytes one decode step at context ``ctx`` must read (on one of ``tp`` ranks): ``weights``,
+    ``cache``, ``total``."""
     def kv_layer(keys: int) -> int:
-        return 2 * batch * keys * _kv_dim(cfg) * elem
+        return 2 * batch * keys * _kv_dim(cfg) * elem // tp
 
     if cfg.arch == "yoco":
         kv = cfg.n_layers // 2 * kv_layer(ctx)
     else:                                   # a windowed layer reads its last w positions only
         kv = sum(kv_layer(min(ctx, w) if w else ctx) for w in _layer_windows(cfg))
-    out = {"weights": weight_bytes_read(cfg, elem), "cache": kv + _state_read(cfg, ctx, batch, elem)}
+    out = {"weights": weight_bytes_read(cfg, elem, tp), "cache": kv + _state_read(cfg, ctx, batch, elem, tp)}
     out["total"] = out["weights"] + out["cache"]
     return out
 
 
-def activation_bytes(cfg: ModelConfig, chunk: int, batch: int, elem: int) -> int:
+def activation_bytes(cfg: ModelConfig, chunk: int, batch: int, elem: int, tp: int = 1) -> int:
     """Activation peak of one prefill chunk of ``chunk`` tokens (see the module docstring)."""
     B, c = batch, chunk
-    act = B * c * (3 * cfg.ffn_dim + 3 * cfg.dim) * elem + 2 * B * cfg.vocab_size * 4
+    act = B * c * (3 * cfg.ffn_dim // tp + 3 * cfg.dim) * elem + 2 * B * cfg.vocab_size * 4
     if cfg.arch == "yoco" and cfg.self_decoder == "gret":
         n_chunks = -(-c // CHUNK)
-        act += 2 * B * n_chunks * cfg.n_self_heads * (CHUNK ** 2 + cfg.self_head_dim ** 2) * 4
+        act += 2 * B * n_chunks * cfg.n_self_heads // tp * (CHUNK ** 2 + cfg.self_head_dim ** 2) * 4
     return act
 
 
 def estimate_memory(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int | None = None,
-                    reserve: int = 0) -> dict[str, int]:
-    """Memory a cell needs: ``weights`` + ``cache`` + ``activations`` = ``total`` (bytes)."""
+                    reserve: int = 0, tp: int = 1) -> dict[str, int]:
+    """Memory a cell needs (on each of ``tp`` tensor-parallel ranks): ``weights`` + ``cache`` +
+    ``activations`` = ``total`` (bytes)."""
     c = effective_chunk(chunk, ctx) or ctx
-    cache = cache_bytes(cfg, ctx, batch, elem, reserve)
-    out = {"weights": cfg.n_params() * elem, "cache": cache["kv"] + cache["state"],
-           "activations": activation_bytes(cfg, c, batch, elem)}
+    cache = cache_bytes(cfg, ctx, batch, elem, reserve, tp)
+    out = {"weights": rank_params(cfg, tp) * elem, "cache": cache["kv"] + cache["state"],
+           "activations": activation_bytes(cfg, c, batch, elem, tp)}
     out["total"] = sum(out.values())
     return out
 
 
 def largest_batch(cfg: ModelConfig, ctx: int, elem: int, memory: int, chunk: int | None = None,
-                  reserve: int = 0) -> int:
-    """The largest batch whose ``estimate_memory`` total is at most ``memory`` bytes (0: not even
-    one sequence)."""
+                  reserve: int = 0, tp: int = 1) -> int:
+    """The largest batch whose ``estimate_memory`` total (a rank's, of ``tp``) is at most
+    ``memory`` bytes (0: not even one sequence)."""
     def fits(b: int) -> bool:
-        return estimate_memory(cfg, ctx, b, elem, chunk, reserve)["total"] <= memory
+        return estimate_memory(cfg, ctx, b, elem, chunk, reserve, tp)["total"] <= memory
 
     if not fits(1):
         return 0
@@ -198,9 +230,10 @@ def largest_batch(cfg: ModelConfig, ctx: int, elem: int, memory: int, chunk: int
     return lo
 
 
-def decode_bytes_over(cfg: ModelConfig, ctx: int, batch: int, elem: int, steps: int) -> int:
-    """Bytes ``steps`` decode steps read from context ``ctx`` on (step ``i`` at ``ctx + i``)."""
-    return sum(decode_bytes(cfg, ctx + i, batch, elem)["total"] for i in range(steps))
+def decode_bytes_over(cfg: ModelConfig, ctx: int, batch: int, elem: int, steps: int, tp: int = 1) -> int:
+    """Bytes ``steps`` decode steps read from context ``ctx`` on (step ``i`` at ``ctx + i``), on one
+    of ``tp`` ranks."""
+    return sum(decode_bytes(cfg, ctx + i, batch, elem, tp)["total"] for i in range(steps))
 
 
 def effective_chunk(chunk_size: int | None, ctx: int) -> int:
@@ -209,8 +242,9 @@ def effective_chunk(chunk_size: int | None, ctx: int) -> int:
 
 
 def cell_analytics(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int,
-                   reserve: int) -> dict[str, float]:
-    """The analytic numbers of one cell: prefill FLOPs, decode bytes, memory estimate."""
-    return {"flops": prefill_flops(cfg, ctx, batch)["total"],
-            "decode_bytes": decode_bytes(cfg, ctx, batch, elem)["total"],
-            "est_bytes": estimate_memory(cfg, ctx, batch, elem, chunk, reserve)["total"]}
+                   reserve: int, tp: int = 1) -> dict[str, float]:
+    """The analytic numbers of one cell (one rank's, of ``tp``): prefill FLOPs, decode bytes,
+    memory estimate."""
+    return {"flops": prefill_flops(cfg, ctx, batch, tp)["total"],
+            "decode_bytes": decode_bytes(cfg, ctx, batch, elem, tp)["total"],
+            "est_bytes": estimate_memory(cfg, ctx, batch, elem, chunk, reserve, tp)["total"]}

@@ -75,6 +75,7 @@ class Runner:
     params: int
     extra: dict = field(default_factory=dict)
     vocab: int = 0
+    group: Any = None                # the tensor-parallel group its model is sharded over (None: one rank)
 
     @property
     def vocab_size(self) -> int:

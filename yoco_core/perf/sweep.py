@@ -39,6 +39,15 @@ and the decode time of all ``gen_tokens`` is extrapolated from them by the analy
 step (``analytic.decode_bytes_over``: step ``i`` reads the cache at ``ctx + i``); the row's note
 says so, with the factor.
 
+Tensor parallel (``Plan.tp`` ranks in ``Plan.group``, ``yoco_core.parallel.tensor``): every rank
+runs the same sweep in lockstep, its model built with the same seed and sharded
+(``apply_tensor_parallel``); the cost model is one rank's (``analytic``: ``tp``), so the skips and
+the throughput batches are chosen for the memory of one device; the prefills timed stop when any
+rank's clock says so (``_any_rank``: each is a collective of all); after each cell the ranks agree
+on its status (the worst of theirs: ``_agreed``), so an out-of-memory on one rank steps every rank
+down alike (one that stops a rank inside a collective the others wait in cannot be recovered:
+the run waits there). The timing and the rows are the caller's first rank's.
+
 Fault injection for tests: ``YOCO_PROFILE_INJECT_OOM="arch:ctx:batch[,arch:ctx:batch...]"`` makes
 those cells raise ``torch.OutOfMemoryError`` right after their prefill (cache allocated), so the
 whole OOM path, clean-up included, runs without needing the memory to run out;
@@ -165,11 +174,25 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
             b = clock.mark()
             prefill_times.append(clock.seconds(a, b))
             n = len(prefill_times)
-            if n >= max(1, repeats) and (n >= MAX_PREFILL_REPEATS or sum(prefill_times) >= PREFILL_BUDGET_S):
+            enough = n >= max(1, repeats) and (n >= MAX_PREFILL_REPEATS or sum(prefill_times) >= PREFILL_BUDGET_S)
+            if _any_rank(enough, runner):
                 break
         res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, steps)
     res.prefill_s = statistics.median(prefill_times)
     return res
+
+
+def _any_rank(flag: bool, runner: Runner) -> bool:
+    """``flag`` of any rank of the runner's tensor-parallel group (a maximum all-reduced over it):
+    a decision made on each rank's own clock, such as how many prefills to time, taken alike by
+    all of them (each prefill is a collective of all); this rank's alone without a group."""
+    if runner.group is None:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=runner.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=runner.group)
+    return bool(t.item())
 
 
 def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int, steps: int) -> CellResult:
@@ -288,10 +311,17 @@ class Plan:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     folder: FolderModel | None = None
+    tp: int = 1                      # tensor-parallel ranks per cell
+    group: object = dataclasses.field(default=None, compare=False, repr=False)   # theirs (None: one)
 
     @property
     def dtype_name(self) -> str:
         return name_of(self.dtype)
+
+    @property
+    def parallel(self) -> str:
+        """profile.csv's ``parallel``: the layout, ``tp2`` (empty for one process)."""
+        return f"tp{self.tp}" if self.tp > 1 else ""
 
     @property
     def mode(self) -> str:
@@ -349,12 +379,20 @@ class Plan:
         return note
 
     def build(self, cell: Cell) -> Runner:
-        """The runner of ``cell``'s model (random weights for a preset, the folder's for -m)."""
+        """The runner of ``cell``'s model (random weights for a preset, the folder's for -m),
+        sharded over ``group`` with tensor parallel (its ``params`` still the whole model's)."""
         if self.folder:
-            return build_folder_runner(cell.arch, self.folder, self.device, self.dtype, self.max_tokens,
-                                       self.self_decoder, self.seed)
-        return build_runner(cell.arch, cell.size, self.device, self.dtype, max_tokens=self.max_tokens,
-                            self_decoder=self.self_decoder, seed=self.seed)
+            runner = build_folder_runner(cell.arch, self.folder, self.device, self.dtype, self.max_tokens,
+                                         self.self_decoder, self.seed)
+        else:
+            runner = build_runner(cell.arch, cell.size, self.device, self.dtype, max_tokens=self.max_tokens,
+                                  self_decoder=self.self_decoder, seed=self.seed)
+        if self.group is not None:
+            from ..parallel.tensor import apply_tensor_parallel
+
+            apply_tensor_parallel(runner.model, self.group)
+            runner.group = self.group
+        return runner
 
     def chunk_for(self, cell: Cell) -> int:
         """The prefill chunk of a cell; 0: unchunked (and for decode-only cells, which have none)."""
@@ -374,20 +412,30 @@ class Machine:
     triton: str
     ceilings: Ceilings | None = None         # measured by the caller when there are cells to run
     budget: bool = False                     # memory is a budget the user gave, not the device's
+    sharing: int = 1                         # processes sharing the device's memory (CPU ranks)
 
     @classmethod
-    def of(cls, device, memory: int | None = None) -> Machine:
+    def of(cls, device, memory: int | None = None, sharing: int = 1) -> Machine:
         """Make ``device`` the current one and describe it; ``memory``: a budget in bytes instead
-        of what the device has (None: the device's; any other value, however small, is kept)."""
+        of what the device has (None: the device's; any other value, however small, is kept), for
+        each process. ``sharing`` processes on the CPU share its RAM: each may take that share of
+        it (a GPU is each rank's own)."""
         use_device(device)
         budget = memory is not None
-        return cls(device_name(device), memory if budget else available_memory(device), **versions(), budget=budget)
+        sharing = sharing if torch.device(device).type == "cpu" and not budget else 1
+        have = memory if budget else available_memory(device)
+        if have is not None and sharing > 1:
+            have //= sharing
+        return cls(device_name(device), have, **versions(), budget=budget, sharing=sharing)
 
     def memory_words(self) -> str:
-        """The memory a cell may take, in a note: ``the device's 80.0 GB available`` or ``the
-        --memory-gb budget of 0.5 GB``."""
-        return (f"the --memory-gb budget of {self.memory / GB:.3g} GB" if self.budget
-                else f"the device's {self.memory / GB:.1f} GB available")
+        """The memory a cell may take, in a note: ``the device's 80.0 GB available``, ``the
+        --memory-gb budget of 0.5 GB`` or ``a 1/2 share of the device's 16.0 GB available``."""
+        if self.budget:
+            return f"the --memory-gb budget of {self.memory / GB:.3g} GB"
+        if self.sharing > 1:
+            return f"a 1/{self.sharing} share of the device's {self.memory * self.sharing / GB:.1f} GB available"
+        return f"the device's {self.memory / GB:.1f} GB available"
 
 
 @dataclass
@@ -423,6 +471,8 @@ class Record:
     timed_steps: int | None = None
     chunk_size: int | None = None
     device: str = ""
+    gpus: int | None = None
+    parallel: str = ""
     dtype: str = ""
     torch: str = ""
     triton: str = ""
@@ -550,7 +600,7 @@ def _first_batch(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers) -
             (1, "the device's memory is unknown")
     else:
         fits = largest_batch(plan.config_for(cell), cell.ctx, element_size(plan.dtype), memory,
-                             plan.chunk_for(cell) or None, plan.reserve)
+                             plan.chunk_for(cell) or None, plan.reserve, plan.tp)
         batch, why = fits, f"the largest the estimate fits in {machine.memory_words()}"
         if cap is not None and cap < fits:
             batch, why = cap, f"{plan.cap_words()} (the estimate fits {fits} in {machine.memory_words()})"
@@ -586,7 +636,8 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
                  matmul_tflops=ceil.matmul_tflops if ceil else None,
                  copy_tbs=ceil.copy_tbs if ceil else None, read_tbs=(ceil.read_tbs or None) if ceil else None,
                  mode=plan.mode, gen_tokens=plan.gen_tokens, timed_steps=plan.steps, chunk_size=chunk,
-                 device=machine.name, dtype=plan.dtype_name, torch=machine.torch, triton=machine.triton)
+                 device=machine.name, gpus=plan.tp, parallel=plan.parallel, dtype=plan.dtype_name,
+                 torch=machine.torch, triton=machine.triton)
     analytic = _analyse(rec, plan.config_for(cell), plan, chunk)
     model_note = plan.note_for(cell)
     skip = _skip_note(cell, analytic and analytic["est_bytes"], machine, blockers, tokens)
@@ -602,6 +653,7 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
     rec.params = runner.params
     res = run_cell(runner, cell.ctx, cell.batch, plan.gen_tokens, chunk or None, plan.repeats, plan.seed,
                    plan.decode_only, steps=plan.steps)
+    res = _agreed(res, runner)
     rec.status, rec.note = res.status, _join(res.note, model_note)
     if res.lost:
         models.lost = res.note
@@ -614,13 +666,33 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
     return rec
 
 
+STATUSES = ("ok", "oom", "error")          # better to worse: the group's status of a cell is the worst
+
+
+def _agreed(res: CellResult, runner: Runner) -> CellResult:
+    """A cell's result as the tensor-parallel ``group`` agrees on it (a maximum all-reduced over
+    it): this rank's, or, where another rank's was worse, that status with a note saying so. One
+    process, and a result that lost the CUDA context (nothing more runs), keep their own."""
+    if runner.group is None or res.lost:
+        return res
+    import torch.distributed as dist
+
+    code = torch.tensor([STATUSES.index(res.status)], dtype=torch.int64, device=runner.device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX, group=runner.group)
+    worst = STATUSES[int(code.item())]
+    if worst == res.status:
+        return res
+    what = "ran out of memory" if worst == "oom" else "failed"
+    return CellResult(status=worst, note=f"another rank of the tensor-parallel group {what}")
+
+
 def _analyse(rec: Record, cfg: ModelConfig | None, plan: Plan, chunk: int) -> dict | None:
     """The cost model of ``cfg`` for the record's cell (None without a config), its parameter
     count, memory estimate and decode bytes written into ``rec``."""
     if cfg is None:
         return None
     analytic = cell_analytics(cfg, rec.ctx, rec.batch, element_size(plan.dtype),
-                              1 if plan.decode_only else chunk, plan.reserve)
+                              1 if plan.decode_only else chunk, plan.reserve, plan.tp)
     rec.params, rec.est_gb = cfg.n_params(), analytic["est_bytes"] / GB
     rec.decode_gb_per_token = analytic["decode_bytes"] / GB
     return analytic
@@ -663,8 +735,8 @@ def _add_throughput(rec: Record, res: CellResult, cfg: ModelConfig, plan: Plan) 
     rec.decode_s = res.decode_s
     if timed < total:
         elem = element_size(plan.dtype)
-        scale = (decode_bytes_over(cfg, rec.ctx, rec.batch, elem, total)
-                 / decode_bytes_over(cfg, rec.ctx, rec.batch, elem, timed))
+        scale = (decode_bytes_over(cfg, rec.ctx, rec.batch, elem, total, plan.tp)
+                 / decode_bytes_over(cfg, rec.ctx, rec.batch, elem, timed, plan.tp))
         rec.decode_s = res.decode_s * scale
         rec.note = _join(rec.note, f"decode: {timed} of {total} steps timed, the time of all {total} extrapolated "
                                    f"by the analytic bytes per step (x{scale:.4g})")
