@@ -97,3 +97,39 @@ def run_yoco(*args, script=None, n=None, env=()):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", str(script),
                *args]
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _rank_main(rank: int, body, init: str, out_dir: str, world: int, gpus: bool) -> None:
+    """One spawned rank of ``spawn_ranks``: its process group, ``body(rank, world, device)`` (the
+    problems it found, a list of lines), written where the parent reads it."""
+    import traceback
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    device = f"cuda:{rank}" if gpus else "cpu"
+    if gpus:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if gpus else "gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        bad = body(rank, world, device)
+    except Exception:
+        bad = [traceback.format_exc()]
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write("\n".join(bad))
+
+
+def spawn_ranks(body, world: int, gpus: bool = False) -> None:
+    """Run ``body`` (a module-level function) on ``world`` spawned ranks (gloo on the CPU, NCCL on
+    ``cuda:rank``) and fail with every rank's problems."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_rank_main, args=(body, f"file://{os.path.join(d, 'rendezvous')}", d, world, gpus), nprocs=world,
+                 join=True)
+        reports = [open(os.path.join(d, f"rank{r}.txt")).read() for r in range(world)]
+    assert reports == [""] * world, "\n".join(reports)

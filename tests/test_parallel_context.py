@@ -3,16 +3,11 @@ each prefilling its piece of the prompt, give the one-process prefill's last log
 (gRet and SWA, pieces shorter and longer than the window) then decodes as the one-process cache
 does, and the Transformer's ring attention gives the same last logits. On two GPUs the same over
 NCCL, decoding through the CUDA graph (marked ``gpu``)."""
-import os
-import tempfile
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import small_model
+from conftest import small_model, spawn_ranks
 from yoco_core.graphs import CUDAGraphDecoder, StaticDecoder
 from yoco_core.kernels.gret import gated_retention
 from yoco_core.parallel.context import RingShard, context_parallel_prefill, pieces
@@ -98,40 +93,22 @@ def refusals(rank: int) -> list[str]:
     return bad
 
 
-def worker(rank: int, init: str, out_dir: str, world: int = WORLD, gpus: bool = False) -> None:
-    torch.set_num_threads(1)
-    device = f"cuda:{rank}" if gpus else "cpu"
-    if gpus:
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if gpus else "gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        bad = refusals(rank)
-        for kind, T in CASES:        # on the GPU: fla-core's gRet, cuDNN attention, sums in another order
-            bad += check_case(kind, T, rank, world, device, 1e-4 if gpus else 1e-5)
-    except Exception:
-        bad = [traceback.format_exc()]
-    finally:
-        dist.destroy_process_group()
-    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-        f.write("\n".join(bad))
-
-
-def run_ranks(world: int, gpus: bool) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        mp.spawn(worker, args=(f"file://{os.path.join(d, 'rendezvous')}", d, world, gpus), nprocs=world, join=True)
-        reports = [open(os.path.join(d, f"rank{r}.txt")).read() for r in range(world)]
-    assert reports == [""] * world, "\n".join(reports)
+def ranks(rank: int, world: int, device: str) -> list[str]:
+    bad = refusals(rank)
+    for kind, T in CASES:        # on the GPU: fla-core's gRet, cuDNN attention, sums in another order
+        bad += check_case(kind, T, rank, world, device, 1e-5 if device == "cpu" else 1e-4)
+    return bad
 
 
 def test_three_ranks_prefill_as_one_process_and_decode_on():
-    run_ranks(WORLD, gpus=False)
+    spawn_ranks(ranks, WORLD)
 
 
 @pytest.mark.gpu
 def test_two_gpus_prefill_as_one_gpu_and_decode_with_cuda_graphs():
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs")
-    run_ranks(2, gpus=True)
+    spawn_ranks(ranks, 2, gpus=True)
 
 
 def test_pieces_cover_the_prompt_in_order():

@@ -2,16 +2,11 @@
 holding half of every architecture's heads, give the one-process model's logits (full forward,
 chunked prefill, token-by-token decode, the graph-safe decoding step). On two GPUs the same over
 NCCL, the decoding step captured as a CUDA graph (marked ``gpu``)."""
-import os
-import tempfile
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import ARCHS, small_model
+from conftest import ARCHS, small_model, spawn_ranks
 from yoco_core.graphs import CUDAGraphDecoder, StaticDecoder
 from yoco_core.parallel.tensor import RowParallelLinear, apply_tensor_parallel, tensor_parallel_problem
 
@@ -85,40 +80,22 @@ def refusal(rank: int) -> list[str]:
     return [f"rank {rank}: 1 KV head was split over {WORLD} ranks"]
 
 
-def worker(rank: int, init: str, out_dir: str, gpus: bool = False) -> None:
-    torch.set_num_threads(1)
-    device = f"cuda:{rank}" if gpus else "cpu"
-    if gpus:
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if gpus else "gloo", init_method=init, rank=rank, world_size=WORLD)
-    try:
-        bad = refusal(rank)
-        for name, overrides in CASES.items():       # on the GPU: Triton kernels, sums in another order
-            bad += check_case(name, overrides, rank, device, 1e-4 if gpus else 1e-5)
-    except Exception:
-        bad = [traceback.format_exc()]
-    finally:
-        dist.destroy_process_group()
-    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-        f.write("\n".join(bad))
-
-
-def run_two_ranks(gpus: bool) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        mp.spawn(worker, args=(f"file://{os.path.join(d, 'rendezvous')}", d, gpus), nprocs=WORLD, join=True)
-        reports = [open(os.path.join(d, f"rank{r}.txt")).read() for r in range(WORLD)]
-    assert reports == [""] * WORLD, "\n".join(reports)
+def ranks(rank: int, world: int, device: str) -> list[str]:
+    bad = refusal(rank)
+    for name, overrides in CASES.items():       # on the GPU: Triton kernels, sums in another order
+        bad += check_case(name, overrides, rank, device, 1e-5 if device == "cpu" else 1e-4)
+    return bad
 
 
 def test_two_ranks_match_one_process_on_every_path():
-    run_two_ranks(gpus=False)
+    spawn_ranks(ranks, WORLD)
 
 
 @pytest.mark.gpu
 def test_two_gpus_match_one_gpu_with_cuda_graphs():
     if torch.cuda.device_count() < WORLD:
         pytest.skip(f"needs {WORLD} CUDA GPUs")
-    run_two_ranks(gpus=True)
+    spawn_ranks(ranks, WORLD, gpus=True)
 
 
 @pytest.mark.parametrize("kind, overrides, world, named", [
