@@ -95,8 +95,9 @@ class CUDAGraphDecoder(StaticDecoder):
 
 
 def graph_capable(model) -> bool:
-    """A YOCO (gRet or SWA) or Transformer (not a model transformers runs) whose attention head sizes the split-KV kernel takes (a
-    power of two, 16-256; e.g. not OpenLLaMA-3B's 100): the others decode eagerly. The SWA ring is
+    """A YOCO (gRet or SWA) or Transformer (not a model transformers runs) whose attention head
+    sizes the split-KV kernel takes (a power of two, 16-256; e.g. not OpenLLaMA-3B's 100): the
+    others decode eagerly. The SWA ring is
     written in place at the device slot ``at % window`` and attended by the same kernel
     (``tests/gpu/test_gpu_decoding.py`` checks the captured step against float64)."""
     cfg = model.config

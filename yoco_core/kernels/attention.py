@@ -77,7 +77,7 @@ def _on_fused(kind: str, fn, q, *args):
     None where it does not apply: not bf16 / fp16 on CUDA (a float64 reference must never reach
     them), or a device that refused it before (recorded the first time, ``backend.refuse``: the
     plain form then)."""
-    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16) or backend.refused(kind, q.device):
+    if not _fused_dtype(q) or backend.refused(kind, q.device):
         return None
     try:
         return fn(q, *args)
@@ -86,6 +86,11 @@ def _on_fused(kind: str, fn, q, *args):
     except RuntimeError:
         backend.refuse(kind, q.device)
         return None
+
+
+def _fused_dtype(q) -> bool:
+    """What the fused kernels (cuDNN's, flash-attention's) take: bf16 / fp16 on CUDA."""
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
 def _band_blocks(n: int, L: int, window: int, block: int, device):
@@ -127,7 +132,7 @@ def partial_attention(q, k, v, causal: bool, scale: float | None = None):
     disjoint key ranges can be merged (``merge_partials``). In bf16 / fp16 on CUDA: cuDNN's fused
     attention, which returns the log-sum-exp; otherwise an explicit float32 softmax."""
     B, H, n, D = q.shape
-    fused_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)     # what cuDNN takes
+    fused_ok = _fused_dtype(q)
     if fused_ok and k.shape[1] != H and not backend.refused("cudnn_gqa", q.device):
         try:             # grouped-query heads as they are (cuDNN reads each KV head for its group)
             return _cudnn(q, k, v, causal, scale)
