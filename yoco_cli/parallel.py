@@ -181,15 +181,9 @@ def stop_agreed(group, device) -> int | None:
     go on. Every rank of the group must call it as often as the others."""
     from . import interrupts
 
-    stop = interrupts.stop_requested() or 0
-    if group is not None:
-        import torch
-        import torch.distributed as dist
+    from yoco_core.parallel.tensor import max_over
 
-        flag = torch.tensor([stop], dtype=torch.int64, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-        stop = int(flag.item())
-    return stop or None
+    return max_over(group, interrupts.stop_requested() or 0, device) or None
 
 
 def _torchrun(argv: list[str]) -> int:

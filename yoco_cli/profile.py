@@ -362,7 +362,7 @@ def _done_keys(row: dict) -> list[tuple[str, ...]]:
     an out-of-memory, or one at batch 1), also its context's throughput cell (batch 0)."""
     keys = [schemas.PROFILE.key_of(row)]
     if row["mode"] == "throughput" and (row["status"] != "oom" or int(row["batch"]) == 1):
-        keys.append(schemas.PROFILE.key_of({**row, "batch": 0}))
+        keys.append(_cell_key(row))
     return keys
 
 

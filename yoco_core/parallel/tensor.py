@@ -34,6 +34,17 @@ from ..model import CausalLM, CrossAttention, GatedMLP, GatedRetention, SelfAtte
 MIXERS = (GatedRetention, SlidingWindowAttention, SelfAttention, CrossAttention)
 
 
+def max_over(group, value: int, device) -> int:
+    """The largest of every rank's ``value`` over ``group`` (an all-reduce, so each rank of the
+    group must call it as often as the others); ``value`` itself without a group. How the ranks
+    of a tensor-parallel group take decisions alike that each made on its own clock or signal."""
+    if group is None:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
+
+
 def tensor_parallel_problem(cfg: ModelConfig, world: int) -> str | None:
     """Why ``cfg`` cannot be split over ``world`` ranks (one line naming the config), or None."""
     if world < 1:

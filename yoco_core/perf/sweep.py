@@ -186,13 +186,9 @@ def _any_rank(flag: bool, runner: Runner) -> bool:
     """``flag`` of any rank of the runner's tensor-parallel group (a maximum all-reduced over it):
     a decision made on each rank's own clock, such as how many prefills to time, taken alike by
     all of them (each prefill is a collective of all); this rank's alone without a group."""
-    if runner.group is None:
-        return flag
-    import torch.distributed as dist
+    from ..parallel.tensor import max_over
 
-    t = torch.tensor([int(flag)], dtype=torch.int64, device=runner.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=runner.group)
-    return bool(t.item())
+    return bool(max_over(runner.group, int(flag), runner.device))
 
 
 def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int, steps: int) -> CellResult:
@@ -675,11 +671,9 @@ def _agreed(res: CellResult, runner: Runner) -> CellResult:
     process, and a result that lost the CUDA context (nothing more runs), keep their own."""
     if runner.group is None or res.lost:
         return res
-    import torch.distributed as dist
+    from ..parallel.tensor import max_over
 
-    code = torch.tensor([STATUSES.index(res.status)], dtype=torch.int64, device=runner.device)
-    dist.all_reduce(code, op=dist.ReduceOp.MAX, group=runner.group)
-    worst = STATUSES[int(code.item())]
+    worst = STATUSES[max_over(runner.group, STATUSES.index(res.status), runner.device)]
     if worst == res.status:
         return res
     what = "ran out of memory" if worst == "oom" else "failed"
