@@ -337,7 +337,12 @@ class Block(nn.Module):
     def forward(self, x, *args):
         """``x``: the residual stream, updated in place when no gradient is needed (``add_linear``)."""
         o, extra = self.attn(self.attn_norm(x), *args)
-        return self._mlp(self._add(x, o, self.attn.o_proj, self.attn_post_norm)), extra
+        return self.residual(x, o), extra
+
+    def residual(self, x, o):
+        """What follows the mixer: its heads' output ``o`` projected into the residual stream ``x``,
+        then the MLP's."""
+        return self._mlp(self._add(x, o, self.attn.o_proj, self.attn_post_norm))
 
     def _mlp(self, x):
         return self._add(x, self.mlp.hidden(self.mlp_norm(x)), self.mlp.down_proj, self.mlp_post_norm)

@@ -112,7 +112,7 @@ def _gret(layer, x, rope, g: _Group, sends: list):
     if g.rank > 0:
         o = o + gated_retention(q, torch.zeros_like(k), v, gate, D ** -0.5, s_in)[0]
     o = attn.output(o, p)
-    return layer._mlp(layer._add(x, o, attn.o_proj, layer.attn_post_norm)), state
+    return layer.residual(x, o), state
 
 
 def _swa(layer, x, rope, start: int, g: _Group, sends: list):
@@ -136,7 +136,7 @@ def _swa(layer, x, rope, start: int, g: _Group, sends: list):
         ring.index_copy_(3, slots, prev)
     o = attn._chunk(q, k, v, ring, start)                      # the model's chunk step over that ring
     o = o.transpose(1, 2).reshape(B, n, H * D)
-    return layer._mlp(layer._add(x, o, attn.o_proj, layer.attn_post_norm)), ring
+    return layer.residual(x, o), ring
 
 
 def _yoco(model: YOCO, input_ids, g: _Group, reserve: int):
@@ -238,7 +238,7 @@ def _ring(model: Transformer, input_ids, g: _Group):
         attn = layer.attn
         q, k, v = attn.heads(layer.attn_norm(x), rope)
         o = _ring_attention(q, k, v, attn.scale, parts, g).transpose(1, 2).reshape(B, n, -1)
-        x = layer._mlp(layer._add(x, o, attn.o_proj, layer.attn_post_norm))
+        x = layer.residual(x, o)
         shard.append((k, v))
     logits = model.logits(x[:, -1:])[:, -1].contiguous()
     return g.broadcast_from_last(logits), RingShard(shard, start, T)
