@@ -32,7 +32,7 @@ from rich.table import Table
 
 from . import interrupts, parallel, schemas
 from .options import (ChatTemplateOpt, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt, SeedOpt, TokenizerOpt,
-                      UserError, chat_template_or_fail, console, ensure_fits, ensure_out_dir, fail, format_size,
+                      chat_template_or_fail, console, ensure_fits, ensure_out_dir, fail, format_size,
                       kernel_status, load_model_or_fail, model_config, parse_chunk, parse_float_list, parse_size_list,
                       resolve_device, resolve_dtype)
 
@@ -108,21 +108,8 @@ def needle(
     except ValueError as e:
         fail(str(e))
     with data.process_group(w), contextlib.ExitStack() as held:
-        # rank 0 locks the folder and reads what is done before any rank writes; the others wait
-        # for it here, and exit 2 without a word where it refused (its one line says why)
-        opened = refusal = None
-        if w.main:
-            try:
-                held.enter_context(schemas.lock_results(out, parallel.command_line()))
-                opened = _open_sweep(out, resume, dw)
-            except (UserError, schemas.SchemaError) as e:
-                refusal = e
-        opened = _together(data.share, w, opened)
-        if refusal is not None:
-            raise refusal
-        if opened is None:
-            raise typer.Exit(2)
-        done, parts = opened
+        done, parts = parallel.opened_by_main(w, held, out, lambda: _open_sweep(out, resume, dw),
+                                              lambda w_, value: _together(data.share, w_, value))
         with interrupts.graceful():
             sweep, cells, kept = _run(w, tp, done, parts, model, dev, torch_dtype, tokenizer, chat_template,
                                       haystack, ctxs, depth_list, task, n, trials, seed, chunk, out, resume)

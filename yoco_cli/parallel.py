@@ -229,3 +229,28 @@ def command_line() -> str:
     """The command as typed: ``--gpus N`` included in the processes it started."""
     launched = os.environ.get(COMMAND_ENV)
     return launched if launched and "TORCHELASTIC_RUN_ID" in os.environ else options.command_line()
+
+
+def opened_by_main(w, held, out, read, share=None):
+    """What ``read()`` returns (the rows or cells a sweep already has), read by rank 0 under the
+    results folder's lock (kept in ``held``) before any rank writes, and shared with the others
+    (``share(w, value)``, ``data.share`` by default); where rank 0 refused (the lock, a file
+    without --resume, ...) it says why in one line and the others exit 2 without a word."""
+    from yoco_core.parallel import data
+
+    from . import schemas
+    from .options import UserError
+
+    value = refusal = None
+    if w.main:
+        try:
+            held.enter_context(schemas.lock_results(out, command_line()))
+            value = read()
+        except (UserError, schemas.SchemaError) as e:
+            refusal = e
+    value = (share or data.share)(w, value)
+    if refusal is not None:
+        raise refusal
+    if value is None:
+        raise typer.Exit(2)
+    return value

@@ -53,7 +53,7 @@ import typer
 from rich.markup import escape
 
 from . import interrupts, parallel, schemas
-from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, UserError, console, ensure_out_dir, fail,
+from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, console, ensure_out_dir, fail,
                       format_size, parse_chunk, parse_size_list, resolve_device, resolve_dtype)
 
 CTX_DOUBLING_FROM = 4096
@@ -170,7 +170,7 @@ def profile(
     except ValueError as e:
         fail(str(e))
     with data.process_group(w), contextlib.ExitStack() as held:
-        rows = _opened(w, held, out, resume)
+        rows = parallel.opened_by_main(w, held, out, lambda: _existing_rows(out, resume))
         held.enter_context(interrupts.graceful())
         plan = dataclasses.replace(plan, device=dev, tp=tp, group=parallel.tensor_group(w, tp, dev))
         machine = sweep.Machine.of(plan.device, memory, sharing=tp)
@@ -201,27 +201,6 @@ def profile(
             interrupts.finish(len(rows) + kept, stopped)
         if w.main:
             _report(out, set(cells))
-
-
-def _opened(w, held, out, resume: bool) -> list[dict]:
-    """The rows already in profile.csv (``_existing_rows``), read by rank 0 under the folder's
-    lock (kept in ``held``) and shared with the other ranks; where rank 0 refused (the lock, a
-    file without --resume, ...) it says why in one line and the others exit 2 without a word."""
-    from yoco_core.parallel import data
-
-    rows = refusal = None
-    if w.main:
-        try:
-            held.enter_context(schemas.lock_results(out, parallel.command_line()))
-            rows = _existing_rows(out, resume)
-        except (UserError, schemas.SchemaError) as e:
-            refusal = e
-    rows = data.share(w, rows)
-    if refusal is not None:
-        raise refusal
-    if rows is None:
-        raise typer.Exit(2)
-    return rows
 
 
 def _check_tensor_parallel(plan, tp: int) -> None:
