@@ -85,7 +85,9 @@ def test_multi_tasks_place_spread_needles_and_ask_the_right_question(task):
         assert question.startswith("What is") and s.keys[0] in question
         assert not any(k in question for k in s.keys[1:])
     else:
-        assert len(set(s.keys)) == 1 and s.expected == s.values
+        assert len(set(s.keys)) == 1 and sorted(s.expected) == sorted(s.values)
+        assert s.expected == sorted(s.values, key=text.index)         # in the order of the text
+        assert s.answer == " " + nd.join_keys(s.expected) + "."
         assert question.startswith("What are all") and question.count(s.keys[0]) == 2
     # the first needle at the requested depth, the others a quarter of the haystack apart
     H, tol = s.haystack_tokens, _tol(s.haystack_tokens)
@@ -393,3 +395,14 @@ def test_chat_template_and_tokenizer_options(ckpt, tmp_path, monkeypatch, capsys
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert len(seen) == 2
+
+
+def test_given_keys_and_values_are_the_needles_and_bad_ones_are_refused():
+    tok = ByteTokenizer()
+    s = nd.build_sample(tok, 1500, 0.5, "multi-key", 2, rng=1, keys=["ab-cd", "ef-gh"], values=["1234567", "7654321"])
+    assert s.keys == ["ab-cd", "ef-gh"] and s.expected == ["1234567"]
+    assert nd.NEEDLE.format(key="ef-gh", value="7654321") in tok.decode(s.prompt_ids)
+    with pytest.raises(ValueError, match="takes 2 values and 2 different keys"):
+        nd.build_sample(tok, 1500, 0.5, "multi-key", 2, keys=["ab-cd", "ab-cd"], values=["1234567", "7654321"])
+    with pytest.raises(ValueError, match="takes 3 values and one key"):
+        nd.build_sample(tok, 1500, 0.5, "multi-value", 3, keys=["ab-cd", "ef-gh", "ab-cd"], values=["1", "2", "3"])

@@ -117,6 +117,7 @@ class Haystack:
     """
 
     name = "haystack"
+    snap_tokens = SNAP_TOKENS      # the least distance a needle may move to a sentence boundary
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -189,7 +190,7 @@ class Haystack:
         word start (a token whose text begins with whitespace) within it, else ``pos`` itself."""
         self._fill(n)
         if tolerance is None:
-            tolerance = snap_tolerance(n)
+            tolerance = max(self.snap_tokens, snap_tolerance(n))
         hi = bisect.bisect_right(self._bounds, n)
         i = bisect.bisect_left(self._bounds, pos, 0, hi)
         candidates = [b for b in (self._bounds[i - 1] if i > 0 else None,
@@ -471,7 +472,8 @@ def _frame(tokenizer, question: str, template: str | None) -> tuple[str, str, bo
 
 def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
                  n_needles: int | None = None, rng: random.Random | int | str = 0,
-                 haystack: Haystack | str = "noise", chat_template: str | None = None) -> NeedleSample:
+                 haystack: Haystack | str = "noise", chat_template: str | None = None,
+                 keys: Sequence[str] | None = None, values: Sequence[str] | None = None) -> NeedleSample:
     """A prompt of exactly ``ctx_tokens`` tokens with the needle(s) at ``depth``.
 
     The prompt is a text (``sample.prompt_text``) tokenized once, as the model's tokenizer makes
@@ -479,8 +481,11 @@ def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
     template, ``False``: the template writes the specials). ``rng`` (a ``random.Random`` or a seed)
     draws the keys and values; ``haystack`` is a ``Haystack`` built for ``tokenizer`` or a spec
     for ``make_haystack`` (``noise``, ``text``, a file); ``chat_template``: a jinja template text
-    (``tokenizer.chat_template_for``) or None. The trainer appends
-    ``tokenizer.encode(sample.answer)`` to train on the answer.
+    (``tokenizer.chat_template_for``) or None. ``keys`` / ``values``: the needles' own (``n``
+    each; a multi-value sample's keys all the same) in place of drawing them from ``rng`` (the
+    trainer's other key styles). ``sample.answer`` is a correct continuation: the values in the
+    order asked (multi-value: in the order they stand in the text); the trainer appends
+    ``tokenizer.encode(sample.answer)`` to train on it.
     """
     task, n = check_task(task, n_needles)
     if not isinstance(rng, random.Random):
@@ -488,7 +493,12 @@ def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
     if isinstance(haystack, str):
         haystack = _cached_haystack(haystack, tokenizer)
     depths = needle_depths(float(depth), n)
-    keys, values = _draw(task, n, rng)
+    if keys is None or values is None:
+        keys, values = _draw(task, n, rng)
+    keys, values = list(keys), list(values)
+    if len(keys) != n or len(values) != n or len(set(keys)) != (1 if task == "multi-value" else n):
+        raise ValueError(f"task {task} with {n} needle(s) takes {n} values and "
+                         + ("one key" if task == "multi-value" else f"{n} different keys"))
     needle_texts, qkeys, question, expected = _texts(task, keys, values)
     head, tail, special = _frame(tokenizer, question, chat_template)
     fixed = (len(_encode(tokenizer, head, special)) + len(tokenizer.encode(tail))
@@ -500,6 +510,8 @@ def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
     text, ids, cuts = _fit(tokenizer, haystack, ctx_tokens, ctx_tokens - fixed, depths, head, needle_texts,
                            tail, special)
     starts, lengths, hay_start, hay_tokens = _locate(tokenizer, text, ids, cuts, special)
+    if task == "multi-value":                 # all values of one key: in the order of the text
+        expected = [values[j] for j in sorted(range(n), key=lambda j: starts[j])]
     if len(expected) == 1:
         answer = f" {expected[0]}."
     else:
