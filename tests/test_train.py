@@ -37,25 +37,83 @@ ASK_RE = re.compile(re.escape(nd.QUESTION).replace(r"\{key\}", r"(?P<key>\S+)", 
                     + r" (\d+)\.")
 
 
-def test_needle_samples_are_the_evaluated_format_with_right_answers():
+def _as_generated(answer: str) -> str:
+    """What ``run_cell`` scores when a model continues with ``answer``: the text up to the first
+    stop string, stripped."""
+    cut = min((answer.find(t) for t in nd.STOP_STRINGS if t in answer), default=len(answer))
+    return answer[:cut].strip()
+
+
+@pytest.mark.parametrize("fmt", list(syn.NEEDLE_FORMATS))
+@pytest.mark.parametrize("haystack", list(syn.HAYSTACKS))
+def test_every_trained_needle_format_is_scored_right_by_the_needle_scorer(fmt, haystack):
+    """Each format yoco needle scores, on each training haystack and key style: the prompt is the
+    evaluated one (instruction, needles, question), and the trained answer, as generated and
+    stopped, scores 1.0; multi-needle answers in the order the question asks, multi-value in
+    the order of the text; a wrong value scores less."""
+    import random
+
     tok = ByteTokenizer()
-    data = syn.SyntheticData(tok, seed=3, mix={"needle": 1.0})
-    batch = data.batch(0, 12, 1024)
-    assert batch.ids.shape == (12, 1025) and batch.kind.shape == (12, 1025)
-    n_multi = 0
-    for ids, kind, task in zip(batch.ids, batch.kind, batch.tasks):
-        assert task == "needle"
-        text = tok.decode(ids)
-        assert ids[0] == tok.bos_id and text.startswith(nd.INTRO)
-        needles = dict(NEEDLE_RE.findall(text))
-        asked = ASK_RE.findall(text)
-        assert needles and len(asked) == len(needles)         # every needle is asked for once
-        assert all(needles[k] == v for k, v in asked)          # ... with its own value
-        # the answer tokens are exactly the " VALUE." continuations, in the order asked
-        assert tok.decode(ids[kind == syn.ANSWER]) == "".join(f" {v}." for _, v in asked)
-        assert (kind[ids == tok.pad_id] == syn.IGNORE).all()
-        n_multi += len(needles) > 1
-    assert 0 < n_multi < 12                                    # both single and multi-key samples
+    data = syn.SyntheticData(tok, seed=3)
+    for style in syn.KEY_STYLES:
+        ids, kind, s = data.needle_sample(2048, random.Random(f"{fmt}{haystack}{style}"), fmt=fmt, n=5,
+                                          haystack=haystack, key_style=style)
+        assert ids.shape == kind.shape == (2048,) and (kind[ids == tok.pad_id] == syn.IGNORE).all()
+        text = tok.decode(ids[kind != syn.IGNORE])
+        n = 1 if fmt == "single" else 5
+        assert len(s.keys) == n and text.startswith(nd.INTRO)
+        for k, v in zip(s.keys, s.values):
+            assert text.count(nd.NEEDLE.format(key=k, value=v)) == 1
+        asked = nd.join_keys(s.question_keys)
+        question = (nd.QUESTION if nd.n_expected(fmt, n) == 1 else nd.QUESTION_ALL).format(key=asked)
+        answers = tok.decode(ids[kind == syn.ANSWER])
+        assert text.index(question) + len(question) == text.index(s.answer, text.index(question))
+        assert answers.startswith(s.answer)
+        if fmt == "multi-needle":       # every key asked; answered in the order of the text (the default)
+            assert s.question_keys == s.keys and sorted(s.expected) == sorted(s.values)
+            assert sorted(s.expected, key=text.index) == s.expected
+        if fmt == "multi-value":
+            assert sorted(s.expected, key=text.index) == s.expected and sorted(s.expected) == sorted(s.values)
+        if fmt == "multi-key":          # then each other needle asked for, answered with its own value
+            assert answers == s.answer + "".join(sorted((f" {v}." for v in s.values[1:]), key=answers.index))
+        else:
+            assert answers == s.answer
+        assert nd.score(s.expected, _as_generated(s.answer)) == 1.0
+        wrong = s.answer.replace(s.expected[0], str(int(s.expected[0]) % 9_000_000 + 1_000_001))
+        assert nd.score(s.expected, _as_generated(wrong)) < 1.0
+
+
+def test_multi_needle_answers_in_the_question_order_when_asked():
+    import random
+
+    tok = ByteTokenizer()
+    _, _, s = syn.SyntheticData(tok, needle_order="asked").needle_sample(2048, random.Random(2), fmt="multi-needle",
+                                                                        n=5)
+    assert s.expected == s.values and s.answer == " " + nd.join_keys(s.values) + "."
+    assert nd.score(s.expected, _as_generated(s.answer)) == 1.0
+    with pytest.raises(ValueError, match="needle order 'sorted'"):
+        syn.SyntheticData(tok, needle_order="sorted")
+    with pytest.raises(tr.TrainError, match="needle_order must be"):
+        tr.TrainConfig(needle_order="sorted")
+
+
+def test_a_batch_mixes_every_format_haystack_and_key_style():
+    tok = ByteTokenizer()
+    data = syn.SyntheticData(tok, seed=5, mix={"needle": 1.0})
+    batch = data.batch(0, 48, 2048)
+    assert batch.ids.shape == (48, 2049) and set(batch.tasks) == {"needle"}
+    texts = [tok.decode(row) for row in batch.ids]
+    assert all(t.startswith(nd.INTRO) for t in texts)
+    assert sum("What are all the special magic numbers for" in t for t in texts) >= 8      # multi-needle / value
+    assert sum(" and " in t.split("What are all")[-1].split("?")[0] for t in texts if "What are all" in t) >= 1
+    assert sum(t.count("The grass is green.") > 3 for t in texts) >= 4                    # noise haystacks
+    assert sum(t.count("\nOne of the special magic numbers") > 5 for t in texts) >= 2     # needle lines
+    assert sum(t.count("The grass") == 0 and t.count("One of the special") < 10 for t in texts) >= 4   # prose
+    # a 600-token sample cannot hold 8 needles: fewer needles, then a single one
+    import random
+    _, _, s = data.needle_sample(600, random.Random(0), fmt="multi-needle", n=8)
+    assert 1 <= len(s.keys) < 8
+    assert data.needle_sample(40, random.Random(0), fmt="multi-value") is None
 
 
 def test_batches_are_a_pure_function_of_seed_and_step():
@@ -128,6 +186,20 @@ def test_schedule_and_curriculum():
     assert tr.lr_at(cfg, 99) == pytest.approx(1e-4, rel=0.01)
     assert [tr.length_at(cfg, s) for s in (0, 49, 50, 99)] == [256, 256, 1024, 1024]
     assert tr.batch_size_at(cfg, 0) == 16 and tr.batch_size_at(cfg, 99) == 4
+
+
+def test_mixed_lengths_revisit_earlier_lengths_reproducibly():
+    cfg = tr.TrainConfig(steps=400, curriculum=[256, 512, 1024, 1024], mix_lengths=0.5, seed=1)
+    lengths = [tr.length_at(cfg, s) for s in range(400)]
+    assert set(lengths[:100]) == {256}                                   # the first phase: its own length
+    assert set(lengths[100:200]) == {256, 512}
+    last = lengths[200:]
+    assert set(last) == {256, 512, 1024} and 0.35 < last.count(1024) / len(last) < 0.65
+    assert lengths == [tr.length_at(cfg, s) for s in range(400)]          # a pure function of (seed, step)
+    assert lengths != [tr.length_at(tr.TrainConfig(steps=400, curriculum=[256, 512, 1024, 1024], mix_lengths=0.5,
+                                                   seed=2), s) for s in range(400)]
+    with pytest.raises(tr.TrainError, match="mix_lengths"):
+        tr.TrainConfig(mix_lengths=1.0)
 
 
 # -- training --------------------------------------------------------------------------------------

@@ -47,8 +47,13 @@ def train(
         "--batch-tokens", help="Tokens per step (batch = this // sample length), e.g. 64k.")] = "64k",
     curriculum: Annotated[str, typer.Option(
         "--curriculum", help="Sample lengths in tokens (ascending), the steps split evenly over them.")] = "512,1k,2k,4k,8k,16k,32k",
+    mix_lengths: Annotated[float, typer.Option(
+        "--mix-lengths", help="Share of the steps after the first length that take an earlier length (0: none).")] = 0.0,
     mix: Annotated[str, typer.Option(
         "--mix", help="Task weights: needle (the evaluated format), kv (lookups), copy.")] = "needle=0.5,kv=0.25,copy=0.25",
+    needle_order: Annotated[str, typer.Option(
+        "--needle-order", help="Multi-needle answers: text (the values in the order of the text) or asked "
+                               "(in the question's order).")] = "text",
     lm_weight: Annotated[float, typer.Option(
         "--lm-weight", help="Weight of the loss on non-answer tokens (the answer tokens weigh 1).")] = 0.1,
     set_: Annotated[Optional[List[str]], typer.Option(
@@ -65,8 +70,9 @@ def train(
     """Train a preset on synthetic long-context data (needles, kv lookups, copying), resumably."""
     cfg = _config(model=model, steps=steps, out=out, device=device, dtype=dtype, seed=seed, lr=lr,  # checked
                   min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=batch_tokens,
-                  curriculum=curriculum, mix=mix, lm_weight=lm_weight, set_=set_, log_every=log_every,
-                  save_every=save_every, keep=keep, stop_at=stop_at)
+                  curriculum=curriculum, mix_lengths=mix_lengths, mix=mix, needle_order=needle_order,
+                  lm_weight=lm_weight, set_=set_, log_every=log_every, save_every=save_every, keep=keep,
+                  stop_at=stop_at)
     from yoco_core import train as tr
 
     with lock_results(cfg.out, command_line()):        # one writer per run folder
@@ -102,7 +108,7 @@ def _run(cfg, resume: bool, stop_at):
 
 
 def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup, weight_decay, batch_tokens,
-            curriculum, mix, lm_weight, set_, log_every, save_every, keep, stop_at):
+            curriculum, mix_lengths, mix, needle_order, lm_weight, set_, log_every, save_every, keep, stop_at):
     """The checked ``TrainConfig`` of the options (every check before any work; exit 2 if bad)."""
     from yoco_core import train as tr
     from yoco_core.synthetic import parse_mix
@@ -127,8 +133,8 @@ def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup,
         cfg = tr.TrainConfig(
             model=model, overrides=overrides, steps=steps, out=str(out), device=dev, amp=amp, seed=seed, lr=lr,
             min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=tokens,
-            curriculum=lengths, mix=mixture, lm_weight=lm_weight, log_every=log_every, save_every=save_every,
-            keep=keep, command=command_line())
+            curriculum=lengths, mix_lengths=mix_lengths, mix=mixture, needle_order=needle_order.strip().lower(),
+            lm_weight=lm_weight, log_every=log_every, save_every=save_every, keep=keep, command=command_line())
     except tr.TrainError as e:
         fail(str(e))
     ensure_out_dir(out)

@@ -12,12 +12,20 @@ Every sample is exactly ``length + 1`` token ids (inputs are ``ids[:-1]``, label
 Three tasks, mixed per sample (``mix``):
 
 * ``needle``: the exact evaluation format of :mod:`yoco_core.needle` (its templates, keys, values,
-  haystacks and ``build_sample``), RULER ``niah_single`` or ``niah_multikey`` with 2 to 4 needles,
-  each needle at a uniform random depth (the ends included). A multi-key sample asks the
-  evaluated question first, then, after its answer, asks for each other needle in the same
-  question format: more retrieval targets per sample, and every needle is a hard negative for
-  the others. Haystack: ``noise`` (the evaluation default, exactly) or ``text`` prose from
-  grammar seeds other than the evaluation's seed 0.
+  haystacks and ``build_sample``), each of the four formats ``yoco needle`` scores
+  (``NEEDLE_FORMATS``): ``single``; ``multi-key`` (one of 2 to 8 needles asked, the others
+  distractors; after its answer each other needle is asked for in the same question format: more
+  retrieval targets per sample, every needle a hard negative for the others); ``multi-needle``
+  (2 to 8 keys asked at once; the values answered in the order they stand in the text, or with
+  ``needle_order="asked"`` in the order the question lists the keys: the scorer takes any order);
+  ``multi-value`` (one key with 2 to 8 values, answered in the order they stand in the text).
+  Each needle at a uniform random depth (the ends included). Haystacks (``HAYSTACKS``): ``noise``
+  (the evaluation default, exactly), ``noise-lines`` (the same sentences a line at a time, as
+  RULER's ``repeat`` haystack), ``text`` prose from grammar seeds other than the evaluation's
+  seed 0, and ``needle-lines`` (a line per distractor needle of other keys, RULER's ``needle``
+  haystack of ``niah_multikey_2``). Keys (``KEY_STYLES``): the evaluation's ``adjective-noun``
+  pairs, or pairs of other words and made-up words, so that retrieval does not hang on a closed
+  list of keys.
 * ``kv``: a dense table of ``key: value`` lines (the needle keys and 7-digit values) followed by
   lookups ``key:`` -> `` value``: associative recall at every distance, many targets per sample.
 * ``copy``: a random passage of words and numbers, a separator, then the passage again: induction
@@ -50,7 +58,12 @@ KV_ANSWER = " {value}\n"
 COPY_INTRO = "Read the passage, then repeat it.\n"
 COPY_SEPARATOR = "\nRepeat:\n"
 
-MAX_TRAIN_NEEDLES = 4          # multi-key samples hold 2 .. this many needles
+NEEDLE_FORMATS = {"single": 0.15, "multi-key": 0.35, "multi-needle": 0.3, "multi-value": 0.2}
+MAX_TRAIN_NEEDLES = 8          # multi-* samples hold 2 .. this many needles
+HAYSTACKS = {"noise": 0.35, "noise-lines": 0.1, "text": 0.35, "needle-lines": 0.2}
+KEY_STYLES = {"grammar": 0.5, "words": 0.5}
+NEEDLE_ORDERS = ("text", "asked")   # a multi-needle answer's order: as in the text, or as asked
+SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]    # made-up words: 2 to 4 of these
 TEXT_SEEDS = (1, 2, 3, 4)      # prose grammar seeds for training haystacks (evaluation uses 0)
 POOL_SENTENCES = 6000          # sentences kept per prose seed (~70 bytes each)
 
@@ -110,18 +123,45 @@ class PoolHaystack(nd.Haystack):
             i = (i + 1) % len(s)
 
 
+class LinesHaystack(nd.Haystack):
+    """RULER's line-per-unit haystacks: ``noise-lines`` repeats the noise sentences, a line at a
+    time; ``needle-lines`` is a line per distractor needle (``keys()`` draws a key, never one of
+    ``exclude``; the values are fresh 7-digit numbers). A needle goes between lines: its snap
+    distance is a line's length."""
+
+    snap_tokens = 96
+
+    def __init__(self, tokenizer, kind: str, rng: random.Random, keys=None, exclude=()):
+        super().__init__(tokenizer)
+        self.name, self._rng, self._keys, self._exclude = kind, rng, keys, set(exclude)
+
+    def pieces(self) -> Iterator[str]:
+        if self.name == "noise-lines":
+            while True:
+                yield "\n" + nd.NOISE[0]
+                yield from (" " + t for t in nd.NOISE[1:])
+        while True:
+            key = self._keys()
+            if key not in self._exclude:
+                yield "\n" + nd.NEEDLE.format(key=key, value=nd.draw_values(self._rng, 1)[0])
+
+
 class SyntheticData:
     """Builds the batch of any step: ``batch(step, batch_size, length)``."""
 
-    def __init__(self, tokenizer: Tokenizer, seed: int = 0, mix: dict[str, float] | None = None):
+    def __init__(self, tokenizer: Tokenizer, seed: int = 0, mix: dict[str, float] | None = None,
+                 needle_order: str = "text"):
+        if needle_order not in NEEDLE_ORDERS:
+            raise ValueError(f"needle order {needle_order!r}: use {' or '.join(NEEDLE_ORDERS)}")
         self.tok = tokenizer
         self.seed = int(seed)
         self.mix = normalise_mix(mix or DEFAULT_MIX)
+        self.needle_order = needle_order
         self._pools: dict[int, list[str]] = {}
         self._noise = nd.make_haystack("noise", tokenizer)     # the evaluation's filler, exactly
         g = nd.grammar()
-        self._words = sorted({w for k in ("nouns", "adjectives", "places", "key_nouns", "key_adjectives",
-                                          "names", "verbs_i", "verbs_t", "adverbs") for w in g[k]})
+        self._words = sorted({w.lower() for k in ("nouns", "adjectives", "places", "key_nouns", "key_adjectives",
+                                          "names", "verbs_i", "verbs_t", "adverbs") for w in g[k] if w.isalpha()})
         self._kv_intro = self.tok.encode(KV_INTRO, add_bos=True)
         self._copy_intro = self.tok.encode(COPY_INTRO, add_bos=True)
         self._copy_sep = self.tok.encode(COPY_SEPARATOR)
@@ -129,13 +169,15 @@ class SyntheticData:
         key = max((f"{a}-{n}" for a in g["key_adjectives"] for n in g["key_nouns"]),
                   key=lambda k: len(self.tok.encode(k)))
         self._followup_max = len(self._followup(key, "9" * nd.VALUE_DIGITS)[0]) + 2
-        self._answer_max = len(self.tok.encode(f" {'9' * nd.VALUE_DIGITS}.")) + 2
-        self._min_ctx = {n: nd.min_context(self.tok, "single" if n == 1 else "multi-key", n)
-                         for n in range(1, MAX_TRAIN_NEEDLES + 1)}
+        nines = "9" * nd.VALUE_DIGITS
+        self._answer_max = {n: len(self.tok.encode(" " + nd.join_keys([nines] * n) + ".")) + 2
+                            for n in range(1, MAX_TRAIN_NEEDLES + 1)}
+        self._min_ctx = {(f, n): nd.min_context(self.tok, f, n) for f in NEEDLE_FORMATS
+                         for n in ([1] if f == "single" else range(2, MAX_TRAIN_NEEDLES + 1))}
 
     # -- state (the generator is a pure function of (seed, step); this is what resumes it) -------
     def state(self, next_step: int) -> dict:
-        return {"seed": self.seed, "next_step": int(next_step), "mix": self.mix}
+        return {"seed": self.seed, "next_step": int(next_step), "mix": self.mix, "needle_order": self.needle_order}
 
     # -- batches ------------------------------------------------------------------------------
     def batch(self, step: int, batch_size: int, length: int) -> Batch:
@@ -185,37 +227,79 @@ class SyntheticData:
         a = self.tok.encode(f" {value}.")
         return q + a, [CONTEXT] * len(q) + [ANSWER] * len(a)
 
+    def _key(self, style: str, rng: random.Random) -> str:
+        if style == "grammar":
+            return nd.draw_keys(rng, 1)[0]
+        words = [rng.choice(self._words) if rng.random() < 0.5
+                 else "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(2)]
+        return "-".join(words)
+
+    def _reserve(self, fmt: str, n: int) -> int:
+        """Tokens after the prompt: the answer (and a multi-key sample's follow-up questions)."""
+        if fmt == "multi-key":
+            return self._answer_max[1] + (n - 1) * self._followup_max
+        return self._answer_max[1 if fmt == "single" else n]
+
     def _needle(self, n_tokens: int, rng: random.Random):
-        n = rng.choice([1, 1] + list(range(2, MAX_TRAIN_NEEDLES + 1)))
-        if rng.random() < 0.5:
-            haystack: nd.Haystack = self._noise
-        else:
-            pool = self._pool(rng.choice(TEXT_SEEDS))
-            haystack = PoolHaystack(self.tok, pool, rng.randrange(len(pool)))
+        got = self.needle_sample(n_tokens, rng)
+        return None if got is None else got[:2]
+
+    def needle_sample(self, n_tokens: int, rng: random.Random, fmt: str | None = None, n: int | None = None,
+                      haystack: str | None = None, key_style: str | None = None):
+        """One needle sample of exactly ``n_tokens`` ids: (ids, kind, the ``NeedleSample``), or None
+        when not even a single needle fits. Format, needle count, haystack and key style are drawn
+        from ``rng`` unless given; a format (or count) that does not fit steps down to fewer
+        needles, then to ``single``."""
+        pick = lambda table: rng.choices(list(table), weights=list(table.values()))[0]
+        fmt = fmt or pick(NEEDLE_FORMATS)
+        n = 1 if fmt == "single" else int(n or rng.randint(2, MAX_TRAIN_NEEDLES))
+        haystack = haystack or pick(HAYSTACKS)
+        style = key_style or pick(KEY_STYLES)
+        while True:
+            ctx = n_tokens - self._reserve(fmt, n)
+            if ctx >= self._min_ctx[fmt, n]:
+                break
+            if n > 2:
+                n -= 1
+            elif fmt != "single":
+                fmt, n = "single", 1
+            else:
+                return None
+        keys: list[str] = []
+        while len(keys) < (1 if fmt == "multi-value" else n):
+            k = self._key(style, rng)
+            if k not in keys:
+                keys.append(k)
+        if fmt == "multi-value":
+            keys = keys * n
+        values = nd.draw_values(rng, n)
         u = rng.random()
         depth = 0.0 if u < 0.05 else 1.0 if u < 0.10 else rng.random()
-        while n >= 1:
-            task = "single" if n == 1 else "multi-key"
-            reserve = self._answer_max + (n - 1) * self._followup_max
-            ctx = n_tokens - reserve
-            if ctx >= self._min_ctx[n]:
-                break
-            n -= 1
+        if haystack == "noise":
+            hay: nd.Haystack = self._noise
+        elif haystack == "text":
+            pool = self._pool(rng.choice(TEXT_SEEDS))
+            hay = PoolHaystack(self.tok, pool, rng.randrange(len(pool)))
         else:
-            return None
-        s = nd.build_sample(self.tok, ctx, depth, task, n, rng, haystack)
+            hay = LinesHaystack(self.tok, haystack, random.Random(rng.getrandbits(64)),
+                                lambda: self._key(style, rng), exclude=keys)
+        s = nd.build_sample(self.tok, ctx, depth, fmt, n, rng, hay, keys=keys, values=values)
+        if fmt == "multi-needle" and self.needle_order == "text":
+            s.expected = [s.values[j] for j in sorted(range(n), key=lambda j: s.needle_positions[j])]
+            s.answer = " " + nd.join_keys(s.expected) + "."
         ids = list(s.prompt_ids)
         kind = [CONTEXT] * len(ids)
         answer = self.tok.encode(s.answer)
         ids += answer
         kind += [ANSWER] * len(answer)
-        others = list(range(1, n))
-        rng.shuffle(others)
-        for j in others:
-            f_ids, f_kind = self._followup(s.keys[j], s.values[j])
-            ids += f_ids
-            kind += f_kind
-        return _pad(ids, kind, n_tokens, self.tok.pad_id)
+        if fmt == "multi-key":
+            others = list(range(1, n))
+            rng.shuffle(others)
+            for j in others:
+                f_ids, f_kind = self._followup(s.keys[j], s.values[j])
+                ids += f_ids
+                kind += f_kind
+        return (*_pad(ids, kind, n_tokens, self.tok.pad_id), s)
 
     # -- kv: a table, then lookups ------------------------------------------------------------------
     def _kv(self, n_tokens: int, rng: random.Random):

@@ -4,6 +4,8 @@
   lookups, copying); the batch of step ``s`` is a pure function of ``(seed, s)``.
 * **Length curriculum**: the steps are split evenly over the ``curriculum`` lengths (e.g. 512, 1K,
   2K, 4K); each step holds about ``batch_tokens`` tokens, ``batch = max(1, batch_tokens // length)``.
+  After the first phase a share ``mix_lengths`` of the steps (drawn from the seed and the step)
+  takes one of the earlier lengths instead, so the lengths trained first are not forgotten.
 * **Loss**: next-token cross-entropy, ``answer loss + lm_weight * mean over the other tokens``
   (padding excluded). The answer loss averages each sample's answer tokens (needle values,
   looked-up values, copied spans), then the samples, so every task weighs as its share of the mix
@@ -68,7 +70,7 @@ from .kernels import backend
 from .kernels.gret import backend_for as gret_backend_for
 from .model import CausalLM, build_model
 from .perf.hardware import device_name
-from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, TASKS, Batch, SyntheticData, normalise_mix
+from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, NEEDLE_ORDERS, TASKS, Batch, SyntheticData, normalise_mix
 from .tokenizer import tokenizer_for
 
 LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc",
@@ -111,7 +113,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     batch_tokens: int = 65536
     curriculum: list = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192, 16384, 32768])
+    mix_lengths: float = 0.0                 # share of a later phase's steps at an earlier length
     mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
+    needle_order: str = "text"               # multi-needle answers: in the text's order, or as asked
     lm_weight: float = 0.1
     log_every: int = 10
     save_every: int = 250                    # 0: only at the end
@@ -120,8 +124,8 @@ class TrainConfig:
 
     # what must match for a resume to reproduce the run exactly
     RESUME_KEYS = ("model", "overrides", "steps", "seed", "lr", "min_lr_ratio", "warmup",
-                   "weight_decay", "betas", "grad_clip", "batch_tokens", "curriculum", "mix",
-                   "lm_weight", "amp")
+                   "weight_decay", "betas", "grad_clip", "batch_tokens", "curriculum", "mix_lengths", "mix",
+                   "needle_order", "lm_weight", "amp")
 
     def __post_init__(self):
         try:
@@ -145,6 +149,10 @@ class TrainConfig:
             problems.append("lr must be > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append("min_lr_ratio must be between 0 and 1")
+        if not 0 <= self.mix_lengths < 1:
+            problems.append("mix_lengths must be in [0, 1)")
+        if self.needle_order not in NEEDLE_ORDERS:
+            problems.append(f"needle_order must be {' or '.join(NEEDLE_ORDERS)}, not {self.needle_order!r}")
         problems += [f"{k} must be >= 0" for k in ("lm_weight", "weight_decay") if getattr(self, k) < 0]
         if not self.grad_clip > 0:
             problems.append("grad_clip must be > 0")
@@ -188,9 +196,17 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def length_at(cfg: TrainConfig, step: int) -> int:
-    """The curriculum length of ``step`` (the steps split evenly over the lengths)."""
+    """The curriculum length of ``step``: the steps split evenly over the lengths; after the first
+    phase a share ``mix_lengths`` of the steps (a pure function of seed and step) takes one of
+    the phase's earlier lengths."""
     n = len(cfg.curriculum)
-    return cfg.curriculum[min(n - 1, step * n // cfg.steps)]
+    phase = min(n - 1, step * n // cfg.steps)
+    earlier = sorted({x for x in cfg.curriculum[:phase] if x < cfg.curriculum[phase]})
+    if cfg.mix_lengths and earlier:
+        u, pick = np.random.default_rng([cfg.seed, int(step), 0x1E46]).random(2)
+        if u < cfg.mix_lengths:
+            return earlier[int(pick * len(earlier))]
+    return cfg.curriculum[phase]
 
 
 def batch_size_at(cfg: TrainConfig, step: int) -> int:
@@ -351,6 +367,7 @@ def save_checkpoint(out: Path, model: CausalLM, opt, cfg: TrainConfig, data: Syn
         "lr": lr_at(cfg, min(step, cfg.steps - 1)),
         "schedule": {"warmup": cfg.warmup_steps, "steps": cfg.steps, "lr": cfg.lr,
                      "min_lr_ratio": cfg.min_lr_ratio, "curriculum": cfg.curriculum,
+                     "mix_lengths": cfg.mix_lengths,
                      "batch_tokens": cfg.batch_tokens},
         "rng": _rng_state(torch.device(cfg.device)),
         "data": data.state(step),
@@ -472,7 +489,8 @@ def batch_loss(model: CausalLM, ids, ans_w, ctx_w, ans, onehot, lm_weight: float
     lm_loss = (ce * ctx_w).sum()
     loss = answer_loss + lm_weight * lm_loss
     right_rows = ((logits.argmax(-1) == labels) & ans).sum(1).float()
-    return loss, answer_loss.detach(), lm_loss.detach(), right_rows @ onehot
+    # not a matmul: under autocast that would count in bf16 (8 bits), and accuracies pass 1
+    return loss, answer_loss.detach(), lm_loss.detach(), (right_rows[:, None] * onehot).sum(0)
 
 
 # -- the gRet backend on CUDA ------------------------------------------------------------------------
@@ -568,7 +586,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
     tok = model.tokenizer
     if model.config.vocab_size < 259 or not hasattr(tok, "pad_id"):
         raise TrainError("the synthetic data needs the byte tokenizer and a vocabulary of >= 259")
-    run = _Run(cfg, out, device, model, make_optimizer(model, cfg), SyntheticData(tok, cfg.seed, cfg.mix),
+    run = _Run(cfg, out, device, model, make_optimizer(model, cfg), SyntheticData(tok, cfg.seed, cfg.mix, cfg.needle_order),
                cfg.use_amp())
     if resume and found:
         _resume(run, found[-1][1])
