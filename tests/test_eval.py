@@ -279,3 +279,60 @@ def test_eval_chat_template_is_applied_and_recorded(tiny_dir, tmp_path):
     plain, chat = (result_file(out, str(tiny_dir), "yoco_kv_choice", t) for t in ("none", str(jinja)))
     assert plain != chat and plain.is_file() and chat.is_file()
     _agree(out)
+
+
+def test_gpus_2_on_the_cpu_shares_the_documents_and_writes_the_one_process_numbers(tiny_dir, tmp_path):
+    """yoco eval --gpus 2: lm-eval deals each task's documents over the two ranks (each sample
+    once in the gathered samples), rank 0 writes eval.csv with one process's numbers."""
+    import json
+
+    import pandas as pd
+
+    from conftest import run_yoco
+    from yoco_cli.eval import result_file
+    from yoco_cli.main import main
+
+    base = ["eval", "--tasks", "yoco_kv_choice,yoco_passkey", "--model", str(tiny_dir), "--limit", "5",
+            "--device", "cpu", "--log-samples"]
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    r = run_yoco(*base, "--out", str(tmp_path / "two"), "--gpus", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    cols = ["task", "metric", "value", "stderr", "model", "num_fewshot", "limit"]
+    one, two = (pd.read_csv(tmp_path / d / "eval.csv")[cols] for d in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two, check_exact=False, rtol=1e-12)
+    for task in ("yoco_kv_choice", "yoco_passkey"):
+        lines = result_file(tmp_path / "two", str(tiny_dir), task).with_name(f"samples_{task}.jsonl").read_text()
+        assert sorted(json.loads(x)["doc_id"] for x in lines.splitlines()) == [0, 1, 2, 3, 4]
+    assert "--gpus 2" in (tmp_path / "two" / "commands.txt").read_text()
+    assert r.stdout.count("yoco eval: ") == 1                     # rank 0 prints the table
+    assert "documents shared among 2 processes" in r.stderr
+
+
+def _collectives_body(rank, world, device):
+    """A rank of a gloo group: the model class sees its rank, and its gathers are lm-eval's."""
+    import torch
+
+    from conftest import small_model
+    from yoco_cli.lm_eval_model import YOCOLM
+    from yoco_core.tokenizer import ByteTokenizer
+
+    model = small_model("yoco-gret", n_layers=2)
+    model.tokenizer = ByteTokenizer()
+    lm = YOCOLM(model=model)
+    bad = []
+    if (lm.rank, lm.world_size) != (rank, world):
+        bad.append(f"rank {rank}: the model says rank {lm.rank} of {lm.world_size}")
+    counts = lm.all_gather(torch.tensor(10 + rank)).tolist()
+    if counts != [10 + r for r in range(world)]:
+        bad.append(f"rank {rank}: all_gather gave {counts}")
+    got = lm.gather_object({"rank": rank}, dst=0)
+    if got != ([{"rank": r} for r in range(world)] if rank == 0 else None):
+        bad.append(f"rank {rank}: gather_object gave {got}")
+    lm.barrier()
+    return bad
+
+
+def test_the_model_class_serves_lm_evals_collectives_in_a_process_group():
+    from conftest import spawn_ranks
+
+    spawn_ranks(_collectives_body, 2)

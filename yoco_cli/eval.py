@@ -24,8 +24,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import schemas
-from .options import (ChatTemplateOpt, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, TokenizerOpt, command_line,
+from . import parallel, schemas
+from .options import (ChatTemplateOpt, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, TokenizerOpt,
                       console, fail, slug)
 
 TasksOpt = Annotated[str, typer.Option("--tasks", "-t", help="Comma list of lm-eval task names (or groups, tags, globs).")]
@@ -82,8 +82,13 @@ def eval_command(
     out: OutOpt = Path("results/eval"),
     tokenizer: TokenizerOpt = None,
     chat_template: ChatTemplateOpt = "auto",
+    gpus: Annotated[Optional[int], parallel.gpus_option(
+        "lm-eval shares every task's documents among them and gathers the metrics; the first writes the "
+        "results, the same numbers one process gives.")] = None,
 ) -> None:
     """Run lm-evaluation-harness tasks (lm-eval's and the project's tasks/) on a model."""
+    from yoco_core.parallel import data
+
     from .options import (chat_template_or_fail, ensure_fits, ensure_out_dir, model_config, resolve_device,
                           resolve_dtype)
 
@@ -91,24 +96,37 @@ def eval_command(
     if not names:
         fail("--tasks: give at least one task name")
     extra_meta = _metadata(metadata)
+    parallel.launch(gpus, device)        # --gpus N: this command as N processes, then exit
+    w = parallel.world_or_fail()
     dev = resolve_device(device)
+    try:
+        dev = data.device_for(dev, w)
+    except ValueError as e:
+        fail(str(e))
     torch_dtype = resolve_dtype(dtype, dev)
     chat_template_or_fail(None, chat_template)          # a missing jinja file: before any work
     out = ensure_out_dir(out)
-    _read_csv(out)                       # a damaged eval.csv is refused before any work
     # the prompt lengths are the tasks' (unknown here): the weights, and --max-length tokens if given
     ensure_fits(model_config(model), max_length or 1, batch_size, dev, torch_dtype)
-    with schemas.lock_results(out, command_line()):      # a second run into OUT: one line (main)
+    with data.process_group(w), contextlib.ExitStack() as held:
+        # rank 0 locks OUT (a second run into it: one line) and checks eval.csv before any work
+        parallel.opened_by_main(w, held, out, lambda: _read_csv(out) is not None)
+        if w.parallel and w.main:
+            console.print(f"eval: every task's documents shared among {w.size} processes (lm-eval's sharding)",
+                          highlight=False, markup=False)
         results, template_name = _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length,
-                                           num_fewshot, limit, log_samples, seed, tokenizer, chat_template)
+                                           num_fewshot, limit, log_samples, seed, tokenizer, chat_template, w.main)
+        if not w.main:                   # lm-eval gathers the metrics on rank 0, which writes
+            return
         rows = _write(out, results, model, num_fewshot, limit, dev, template_name)
     _print_table(model, rows, out)
 
 
 def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length, num_fewshot, limit,
-              log_samples, seed, tokenizer=None, chat_template="auto") -> tuple[dict, str]:
-    """lm-eval's results (``samples`` included with ``log_samples``) and the chat template applied
-    (``none``, ``model`` or its path); lm-eval's complaints one line."""
+              log_samples, seed, tokenizer=None, chat_template="auto", main=True) -> tuple[dict | None, str]:
+    """lm-eval's results (``samples`` included with ``log_samples``; None on a rank other than the
+    first, ``main``) and the chat template applied (``none``, ``model`` or its path); lm-eval's
+    complaints one line."""
     from yoco_core.dtypes import name_of
 
     from .options import kernel_status, load_model_or_fail
@@ -129,8 +147,9 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
                     chat_template=chat_template)
     except ValueError as e:
         fail(str(e))
-    console.print(f"[bold]yoco eval[/] {escape(model)} on {escape(', '.join(names))} ({dev}, "
-                  f"{name_of(torch_dtype)})", highlight=False)
+    if main:
+        console.print(f"[bold]yoco eval[/] {escape(model)} on {escape(', '.join(names))} ({dev}, "
+                      f"{name_of(torch_dtype)})", highlight=False)
     try:
         with kernel_status():        # lm-eval draws its own progress bars: a line, not a status
             results = simple_evaluate(
@@ -143,7 +162,7 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
         line = _lm_eval_error(e, model)          # re-raises what is not one of these
         console.print()                          # lm-eval's progress bar may have left its line open
         fail(line)
-    if results is None:
+    if results is None and main:
         fail("lm-eval returned no results")
     return results, lm.template_name
 
@@ -237,7 +256,7 @@ def _write(out: Path, results: dict, model: str, num_fewshot: int | None, limit:
     replaced = {(model, t, template) for t in done}
     old = [r for r in _read_csv(out) if (r["model"], r["task"], r["chat_template"]) not in replaced]
     _write_csv(out, old + new)
-    schemas.write_command(out, command_line())
+    schemas.write_command(out, parallel.command_line())
     return rows
 
 

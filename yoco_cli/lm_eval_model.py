@@ -31,6 +31,13 @@ given in ``--model_args`` and by lm-eval's ``--device`` at once (the model args 
 
 A prompt longer than ``max_length`` is cut from the left only with a warning naming the tokens
 dropped (lm-eval's own models do the same); ``truncated`` counts the requests cut.
+
+Several processes: lm-eval shards every task's documents over the model's ``rank`` and
+``world_size`` and gathers the metrics through its ``all_gather`` / ``gather_object`` /
+``barrier``, which this class serves with ``torch.distributed`` (a gloo group: it carries request
+counts and metric lists, never tensors of the model). ``yoco eval --gpus N`` starts the processes
+and the group; under ``torchrun`` (``torchrun --nproc-per-node N -m yoco_cli.lm_eval_model ...``)
+the model starts the group itself and computes on ``cuda:LOCAL_RANK``.
 """
 from __future__ import annotations
 
@@ -99,6 +106,8 @@ class YOCOLM(TemplateLM):
                 if dev.startswith("cuda"):   # lm-eval's CLI defaults to cuda
                     log.warning("yoco model: CUDA is not available; running on cpu")
                 dev = "cuda" if torch.cuda.is_available() else "cpu"
+            if dev.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"       # torchrun: a GPU each
             self.model = load_model(str(pretrained), device=dev, dtype=dtype_from_name(dtype, dev),
                                     tokenizer=tokenizer)
             self.model_name = str(pretrained)
@@ -114,6 +123,35 @@ class YOCOLM(TemplateLM):
         self.synthetic_tokenizer = tokenizer
         self._template, self.template_name = chat_template_for(self.tok, chat_template or "auto")
         self.truncated = 0
+        self._rank, self._world_size = _distributed()
+
+    # -- several processes (lm-eval shards the documents by rank) -----------------------------------
+    def all_gather(self, tensor):
+        """Every rank's ``tensor`` (a request count), concatenated in rank order."""
+        if self._world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        flat = tensor.detach().reshape(-1).cpu()
+        parts = [torch.empty_like(flat) for _ in range(self._world_size)]
+        dist.all_gather(parts, flat)
+        return torch.cat(parts).to(tensor.device)
+
+    def gather_object(self, obj, dst=0):
+        """Every rank's ``obj`` in rank order on ``dst``, None elsewhere."""
+        if self._world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        box = [None] * self._world_size if self._rank == dst else None
+        dist.gather_object(obj, box, dst=dst)
+        return box
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -289,6 +327,22 @@ class YOCOLM(TemplateLM):
 
 if "yoco" not in model_registry:
     register_model("yoco")(YOCOLM)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): the process group's when one is up (``yoco eval --gpus N`` starts it),
+    else torchrun's environment, for which a gloo group is started here; (0, 1) for one process."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return 0, 1
+        from yoco_core.parallel.data import TIMEOUT
+
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+    return dist.get_rank(), dist.get_world_size()
 
 
 def synthetic_tokenizer_for(model_name: str) -> str:
