@@ -3,6 +3,7 @@ and measure them with ``yoco needle`` (one device call per stage; every run the 
 
     python3 scripts/train_shipped.py train --plan sweep-a --out $OUT [--budget-s 470]
     python3 scripts/train_shipped.py eval  --out $OUT --models yoco-tiny,yoco-swa-tiny,transformer-tiny
+    python3 scripts/train_shipped.py ruler --out $OUT --models yoco-tiny,transformer-tiny --limit 50
     python3 scripts/train_shipped.py unpack --bundle DIR --run NAME --as PRESET      # here, after a call
 
 * ``train``: each run of the plan is ``yoco train`` with the shared recipe (``RECIPE``: seed 0, the
@@ -17,6 +18,10 @@ and measure them with ``yoco needle`` (one device call per stage; every run the 
   1M, the multi formats at 8K, 128K and 1M; the Transformer to 128K (past that its full-attention
   prefill costs minutes per prompt; what it does past its training length is in the table).
   ``$OUT/needle.tar.gz`` holds each model's needle folder, ``$OUT/eval.csv`` the table.
+* ``ruler``: RULER's offline niah tasks through lm-eval (``yoco eval``: ``RULER_TASKS`` at
+  ``RULER_LENGTHS``, ``--limit`` prompts per length and task, the models side by side);
+  ``$OUT/ruler.csv`` (model, task, length, score, prompts) and ``$OUT/ruler.tar.gz`` (lm-eval's
+  results). Needs lm-eval, its RULER extras and their dependencies as wheels (``.wheels-eval``).
 * ``unpack``: ships one run of a fetched ``train`` bundle as a preset
   (``yoco_core/weights/<preset>/``) and files its logs under ``reports/runs/``.
 """
@@ -282,6 +287,52 @@ def stage_eval(a) -> None:
         print(f"{r['model']:<18} {r['task']:<13} {r['needles']:>2} {r['ctx']:>8} {r['score']:.3f}")
 
 
+RULER_TASKS = "niah_single_1,niah_multikey_2,niah_multikey_3"
+RULER_LENGTHS = (4096, 8192, 16384, 32768, 65536)
+
+
+def _ruler_model(model: str, work: Path, limit: int, device: str, lengths) -> None:
+    """One model's RULER lengths, one ``yoco eval`` each (its ``--limit`` then counts per length)."""
+    with (work / f"{model}.txt").open("a") as log:
+        for L in lengths:
+            subprocess.run([*Y, "eval", "--tasks", RULER_TASKS, "-m", model, "--limit", str(limit), "--metadata",
+                            json.dumps({"max_seq_lengths": [L]}), "--device", device, "--out", str(work / f"{model}-{L}")],
+                           stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def stage_ruler(a) -> None:
+    import threading
+
+    out, work = Path(a.out), Path(a.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    lengths = (4096,) if a.smoke else RULER_LENGTHS
+    t0 = time.time()
+    threads = [threading.Thread(target=_ruler_model, args=(m, work, a.limit, a.device, lengths))
+               for m in a.models.split(",")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = []
+    for m in a.models.split(","):
+        for L in lengths:
+            f = work / f"{m}-{L}" / "eval.csv"
+            if f.is_file():
+                with f.open(newline="") as fh:
+                    rows += [{"model": m, "task": r["task"], "ctx": r["metric"], "score": r["value"],
+                              "prompts": r["limit"], "device": r["device"]} for r in csv.DictReader(fh)]
+    with (out / "ruler.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "task", "ctx", "score", "prompts", "device"])
+        w.writeheader()
+        w.writerows(rows)
+    with tarfile.open(out / "ruler.tar.gz", "w:gz") as tar:
+        tar.add(work, arcname="ruler")
+    print(f"== ruler after {time.time() - t0:.0f} s")
+    for r in rows:
+        print(f"{r['model']:<18} {r['task']:<16} {r['ctx']:>6} {float(r['score']):.3f} ({r['prompts']} prompts)")
+
+
 def stage_unpack(a) -> None:
     """One run of a fetched train bundle -> yoco_core/weights/<preset>/ and reports/runs/."""
     import torch  # noqa: F401  (safetensors' torch reader)
@@ -326,10 +377,15 @@ def main() -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--work", default="/tmp/yoco-eval")
     e.add_argument("--budget-s", type=float, default=500.0)
+    r = sub.add_parser("ruler")
+    r.add_argument("--models", default="yoco-tiny,yoco-swa-tiny,transformer-tiny")
+    r.add_argument("--limit", type=int, default=50, help="prompts per length and task")
+    r.add_argument("--out", required=True)
+    r.add_argument("--work", default="/tmp/yoco-ruler")
     n = sub.add_parser("_needle")
-    for q in (t, e, n):
+    for q in (t, e, n, r):
         q.add_argument("--device", default="cuda")
-    for q in (t, e):
+    for q in (t, e, r):
         q.add_argument("--smoke", action="store_true", help="tiny runs on the CPU: the whole path in a minute")
     n.add_argument("--weights", required=True)
     n.add_argument("--out", required=True)
@@ -340,7 +396,8 @@ def main() -> None:
     u.add_argument("--as", dest="as_")
     a = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    {"train": stage_train, "eval": stage_eval, "_needle": stage_needle, "unpack": stage_unpack}[a.stage](a)
+    {"train": stage_train, "eval": stage_eval, "ruler": stage_ruler, "_needle": stage_needle,
+     "unpack": stage_unpack}[a.stage](a)
 
 
 if __name__ == "__main__":
