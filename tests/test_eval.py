@@ -281,9 +281,11 @@ def test_eval_chat_template_is_applied_and_recorded(tiny_dir, tmp_path):
     _agree(out)
 
 
-def test_gpus_2_on_the_cpu_shares_the_documents_and_writes_the_one_process_numbers(tiny_dir, tmp_path):
+def test_gpus_2_and_tp_2_on_the_cpu_write_the_one_process_numbers(tiny_dir, tmp_path):
     """yoco eval --gpus 2: lm-eval deals each task's documents over the two ranks (each sample
-    once in the gathered samples), rank 0 writes eval.csv with one process's numbers."""
+    once in the gathered samples), rank 0 writes eval.csv with one process's numbers; --tp 2: the
+    model's heads split over two ranks that run every document together, the same numbers
+    within float32 rounding."""
     import json
 
     import pandas as pd
@@ -306,6 +308,11 @@ def test_gpus_2_on_the_cpu_shares_the_documents_and_writes_the_one_process_numbe
     assert "--gpus 2" in (tmp_path / "two" / "commands.txt").read_text()
     assert r.stdout.count("yoco eval: ") == 1                     # rank 0 prints the table
     assert "documents shared among 2 processes" in r.stderr
+    r = run_yoco(*base, "--out", str(tmp_path / "tp"), "--tp", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    tp = pd.read_csv(tmp_path / "tp" / "eval.csv")[cols]
+    pd.testing.assert_frame_equal(one, tp, check_exact=False, rtol=1e-5)
+    assert "tensor parallel over 2 processes" in r.stderr and r.stdout.count("yoco eval: ") == 1
 
 
 def _collectives_body(rank, world, device):

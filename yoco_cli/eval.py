@@ -85,6 +85,7 @@ def eval_command(
     gpus: Annotated[Optional[int], parallel.gpus_option(
         "lm-eval shares every task's documents among them and gathers the metrics; the first writes the "
         "results, the same numbers one process gives.")] = None,
+    tp: Annotated[int, parallel.tp_option("The groups share the documents as --gpus processes do.")] = 1,
 ) -> None:
     """Run lm-evaluation-harness tasks (lm-eval's and the project's tasks/) on a model."""
     from yoco_core.parallel import data
@@ -96,8 +97,10 @@ def eval_command(
     if not names:
         fail("--tasks: give at least one task name")
     extra_meta = _metadata(metadata)
-    parallel.launch(gpus, device)        # --gpus N: this command as N processes, then exit
+    parallel.check_tensor_parallel(model, tp)      # --tp: a model it cannot split, before any work
+    parallel.launch(gpus, device, tp)    # --gpus N / --tp N: this command as N processes, then exit
     w = parallel.world_or_fail()
+    dw, _ = parallel.layout(w, tp)       # the data-parallel world: groups of tp ranks
     dev = resolve_device(device)
     try:
         dev = data.device_for(dev, w)
@@ -111,11 +114,16 @@ def eval_command(
     with data.process_group(w), contextlib.ExitStack() as held:
         # rank 0 locks OUT (a second run into it: one line) and checks eval.csv before any work
         parallel.opened_by_main(w, held, out, lambda: _read_csv(out) is not None)
-        if w.parallel and w.main:
-            console.print(f"eval: every task's documents shared among {w.size} processes (lm-eval's sharding)",
+        if dw.parallel and w.main:
+            groups = "processes" if tp == 1 else f"groups of {tp} (tensor parallel)"
+            console.print(f"eval: every task's documents shared among {dw.size} {groups} (lm-eval's sharding)",
                           highlight=False, markup=False)
+        elif tp > 1 and w.main:
+            console.print(f"eval: tensor parallel over {tp} processes", highlight=False, markup=False)
+        split = (w, tp) if tp > 1 else None
         results, template_name = _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length,
-                                           num_fewshot, limit, log_samples, seed, tokenizer, chat_template, w.main)
+                                           num_fewshot, limit, log_samples, seed, tokenizer, chat_template, w.main,
+                                           split)
         if not w.main:                   # lm-eval gathers the metrics on rank 0, which writes
             return
         rows = _write(out, results, model, num_fewshot, limit, dev, template_name)
@@ -123,10 +131,11 @@ def eval_command(
 
 
 def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length, num_fewshot, limit,
-              log_samples, seed, tokenizer=None, chat_template="auto", main=True) -> tuple[dict | None, str]:
+              log_samples, seed, tokenizer=None, chat_template="auto", main=True, split=None) -> tuple[dict | None, str]:
     """lm-eval's results (``samples`` included with ``log_samples``; None on a rank other than the
     first, ``main``) and the chat template applied (``none``, ``model`` or its path); lm-eval's
-    complaints one line."""
+    complaints one line. ``split``: ``(world, tp)`` of ``--tp``: the model sharded over its group,
+    the documents over one rank per group."""
     from yoco_core.dtypes import name_of
 
     from .options import kernel_status, load_model_or_fail
@@ -142,9 +151,15 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
     _check_tasks(names, _known(tm), folder)
 
     lm_model = load_model_or_fail(model, dev, torch_dtype, tokenizer)
+    data_parallel = None
+    if split is not None:
+        w, tp = split
+        parallel.split_model(lm_model, w, tp, dev, model)
+        dw, _ = parallel.layout(w, tp)
+        data_parallel = (dw.rank, dw.size, parallel.data_group(w, tp))
     try:
         lm = YOCOLM(pretrained=model, model=lm_model, batch_size=batch_size, max_length=max_length,
-                    chat_template=chat_template)
+                    chat_template=chat_template, data_parallel=data_parallel)
     except ValueError as e:
         fail(str(e))
     if main:

@@ -88,7 +88,7 @@ class YOCOLM(TemplateLM):
 
     def __init__(self, pretrained="yoco-tiny", device=None, dtype="auto", batch_size=1, max_length=None,
                  max_gen_toks=256, chunk_size=None, add_bos_token=None, tokenizer=None, model=None,
-                 max_batch_size=None, chat_template="auto", **kwargs):
+                 max_batch_size=None, chat_template="auto", data_parallel=None, **kwargs):
         super().__init__()
         if kwargs:
             log.warning("yoco model: ignoring unknown model args %s", sorted(kwargs))
@@ -123,7 +123,9 @@ class YOCOLM(TemplateLM):
         self.synthetic_tokenizer = tokenizer
         self._template, self.template_name = chat_template_for(self.tok, chat_template or "auto")
         self.truncated = 0
-        self._rank, self._world_size = _distributed()
+        # (rank, ranks, group) of the documents' sharding: yoco eval --tp gives its data-parallel
+        # layout (one rank per tensor-parallel group); else the process group's, or none
+        self._rank, self._world_size, self._group = data_parallel or (*_distributed(), None)
 
     # -- several processes (lm-eval shards the documents by rank) -----------------------------------
     def all_gather(self, tensor):
@@ -134,7 +136,7 @@ class YOCOLM(TemplateLM):
 
         flat = tensor.detach().reshape(-1).cpu()
         parts = [torch.empty_like(flat) for _ in range(self._world_size)]
-        dist.all_gather(parts, flat)
+        dist.all_gather(parts, flat, group=self._group)
         return torch.cat(parts).to(tensor.device)
 
     def gather_object(self, obj, dst=0):
@@ -144,14 +146,14 @@ class YOCOLM(TemplateLM):
         import torch.distributed as dist
 
         box = [None] * self._world_size if self._rank == dst else None
-        dist.gather_object(obj, box, dst=dst)
+        dist.gather_object(obj, box, group=self._group, group_dst=dst)
         return box
 
     def barrier(self) -> None:
         if self._world_size > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            dist.barrier(group=self._group)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):

@@ -160,7 +160,7 @@ def _run(w, tp, done, parts, model, dev, torch_dtype, tokenizer, chat_template, 
 
     dw, tp_rank = parallel.layout(w, tp)
     lm = load_model_or_fail(model, dev, torch_dtype, tokenizer)
-    group = _split(lm, w, tp, dev, model)
+    group = parallel.split_model(lm, w, tp, dev, model)
     template, template_name = chat_template_or_fail(lm.tokenizer, chat_template)
     try:
         hay = nd.make_haystack(haystack, lm.tokenizer, seed=0)
@@ -184,24 +184,6 @@ def _run(w, tp, done, parts, model, dev, torch_dtype, tokenizer, chat_template, 
         _announce(sweep, resume, len(cells) - len(todo), len(cells), grid)
     kept = _measure(sweep, data.shard(todo, dw))
     return sweep, cells, (len(done) if dw.main else 0) + kept       # a group's ranks: its writer's count
-
-
-def _split(lm, w, tp: int, dev: str, model: str):
-    """With ``--tp``: this rank's tensor-parallel group, ``lm`` sharded over it in place (a model
-    that is not ours, or whose heads do not divide, refused: rank 0 says why in one line, the
-    others exit 2 without a word); None without."""
-    if tp <= 1:
-        return None
-    from yoco_core.parallel.tensor import apply_tensor_parallel
-
-    group = parallel.tensor_group(w, tp, dev)
-    try:
-        apply_tensor_parallel(lm, group)
-    except ValueError as e:
-        if w.main:
-            fail(f"--tp {tp}: {model}: {e}")
-        raise typer.Exit(2) from None
-    return group
 
 
 def _announce(sweep: _Sweep, resume: bool, n_done: int, n_cells: int, grid: str) -> None:

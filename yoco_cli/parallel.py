@@ -174,6 +174,43 @@ def tensor_group(w, tp: int, device: str):
     return mine
 
 
+def split_model(lm, w, tp: int, dev: str, model: str):
+    """With ``--tp``: this rank's tensor-parallel group, ``lm`` sharded over it in place (a model
+    that is not ours, or whose heads do not divide, refused: rank 0 says why in one line, the
+    others exit 2 without a word); None without."""
+    if tp <= 1:
+        return None
+    from yoco_core.parallel.tensor import apply_tensor_parallel
+
+    group = tensor_group(w, tp, dev)
+    try:
+        apply_tensor_parallel(lm, group)
+    except ValueError as e:
+        if w.main:
+            fail(f"--tp {tp}: {model}: {e}")
+        raise typer.Exit(2) from None
+    return group
+
+
+def data_group(w, tp: int):
+    """The gloo group of the ranks at this rank's place in their tensor-parallel groups (ranks
+    ``p, p + tp, p + 2 tp, ...``): one rank of every group, where a data-parallel gather runs
+    without crossing the groups' own collectives. Every rank makes every such group; with ``tp``
+    1 it is the whole world (None)."""
+    if tp <= 1:
+        return None
+    import torch.distributed as dist
+
+    from yoco_core.parallel.data import TIMEOUT
+
+    mine = None
+    for place in range(tp):
+        group = dist.new_group(list(range(place, w.size, tp)), backend="gloo", timeout=TIMEOUT)
+        if w.rank % tp == place:
+            mine = group
+    return mine
+
+
 def stop_agreed(group, device) -> int | None:
     """The signal (SIGINT / SIGTERM) that asks a sweep to stop before its next row: this process's
     (``interrupts``), or with a tensor-parallel ``group`` the one any of its ranks got (a maximum
