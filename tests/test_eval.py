@@ -343,3 +343,36 @@ def test_the_model_class_serves_lm_evals_collectives_in_a_process_group():
     from conftest import spawn_ranks
 
     spawn_ranks(_collectives_body, 2)
+
+
+def _data_group_body(rank, world, device):
+    """4 ranks as 2 tensor-parallel groups of 2: the gathers run among the ranks of one place in
+    their groups (0 with 2, 1 with 3), as lm-eval's sharding over the groups needs."""
+    import torch
+
+    from conftest import small_model
+    from yoco_cli import parallel
+    from yoco_cli.lm_eval_model import YOCOLM
+    from yoco_core.parallel import World
+    from yoco_core.tokenizer import ByteTokenizer
+
+    w = World(rank, world, rank)
+    dw, place = parallel.layout(w, 2)
+    model = small_model("yoco-gret", n_layers=2)
+    model.tokenizer = ByteTokenizer()
+    lm = YOCOLM(model=model, data_parallel=(dw.rank, dw.size, parallel.data_group(w, 2)))
+    bad = []
+    counts = lm.all_gather(torch.tensor(rank)).tolist()
+    if counts != [place, place + 2]:
+        bad.append(f"rank {rank}: all_gather gave {counts}")
+    got = lm.gather_object(rank, dst=0)
+    if got != ([place, place + 2] if dw.rank == 0 else None):
+        bad.append(f"rank {rank}: gather_object gave {got}")
+    lm.barrier()
+    return bad
+
+
+def test_tensor_parallel_groups_gather_among_one_rank_per_group():
+    from conftest import spawn_ranks
+
+    spawn_ranks(_data_group_body, 4)
