@@ -55,7 +55,7 @@ PLANS = {
                 "transformer-tiny lr=2e-3 " + WIDER, "yoco-tiny lr=2e-3"],
     # after "binding" (2000 steps): both learn single needles; YOCO binds keys (multi-key 1.0) but
     # lists too few values, the Transformer lists them all but does not bind (multi-key 0.17)
-    "long-a": ["yoco-tiny lr=2e-3", "yoco-tiny lr=2e-3 order=asked", "transformer-tiny lr=5e-4 " + WIDER],
+    "long-a": ["yoco-tiny lr=2e-3", "yoco-tiny lr=2e-3 order=any", "transformer-tiny lr=5e-4 " + WIDER],
     "long-b": ["transformer-tiny lr=3e-4 " + WIDER, "yoco-swa-tiny lr=5e-4 " + WIDER,
                "yoco-swa-tiny lr=1e-3 " + WIDER],
     "binding": ["transformer-tiny lr=5e-4 " + WIDER, "yoco-tiny lr=2e-3", "yoco-swa-tiny lr=2e-3 " + WIDER],

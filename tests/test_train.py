@@ -91,6 +91,15 @@ def test_multi_needle_answers_in_the_question_order_when_asked():
                                                                         n=5)
     assert s.expected == s.values and s.answer == " " + nd.join_keys(s.values) + "."
     assert nd.score(s.expected, _as_generated(s.answer)) == 1.0
+    any_order = syn.SyntheticData(tok, needle_order="any")
+    orders = set()
+    for seed in range(6):
+        for fmt in ("multi-needle", "multi-value"):
+            _, _, s = any_order.needle_sample(2048, random.Random(seed), fmt=fmt, n=4)
+            assert sorted(s.expected) == sorted(s.values) and s.answer == " " + ", ".join(s.expected) + "."
+            assert nd.score(s.expected, _as_generated(s.answer)) == 1.0
+            orders.add(tuple(s.values.index(v) for v in s.expected))
+    assert len(orders) > 3                      # a fresh order per sample
     with pytest.raises(ValueError, match="needle order 'sorted'"):
         syn.SyntheticData(tok, needle_order="sorted")
     with pytest.raises(tr.TrainError, match="needle_order must be"):

@@ -52,8 +52,8 @@ def train(
     mix: Annotated[str, typer.Option(
         "--mix", help="Task weights: needle (the evaluated format), kv (lookups), copy.")] = "needle=0.5,kv=0.25,copy=0.25",
     needle_order: Annotated[str, typer.Option(
-        "--needle-order", help="Multi-needle answers: text (the values in the order of the text) or asked "
-                               "(in the question's order).")] = "text",
+        "--needle-order", help="Multi-needle / multi-value answers: text (the values in the order of the text), "
+                               "asked (multi-needle in the question's order) or any (a random order, commas).")] = "text",
     lm_weight: Annotated[float, typer.Option(
         "--lm-weight", help="Weight of the loss on non-answer tokens (the answer tokens weigh 1).")] = 0.1,
     set_: Annotated[Optional[List[str]], typer.Option(

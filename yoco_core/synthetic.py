@@ -16,9 +16,11 @@ Three tasks, mixed per sample (``mix``):
   (``NEEDLE_FORMATS``): ``single``; ``multi-key`` (one of 2 to 8 needles asked, the others
   distractors; after its answer each other needle is asked for in the same question format: more
   retrieval targets per sample, every needle a hard negative for the others); ``multi-needle``
-  (2 to 8 keys asked at once; the values answered in the order they stand in the text, or with
-  ``needle_order="asked"`` in the order the question lists the keys: the scorer takes any order);
-  ``multi-value`` (one key with 2 to 8 values, answered in the order they stand in the text).
+  (2 to 8 keys asked at once); ``multi-value`` (one key with 2 to 8 values). Their answers list
+  the values in the order they stand in the text (``needle_order="text"``), multi-needle's in the
+  order the question lists the keys (``"asked"``), or both in a random order per sample, joined by
+  commas alone (``"any"``: the next value is any one not yet given, and a comma says more
+  follow); the scorer takes any order.
   Each needle at a uniform random depth (the ends included). Haystacks (``HAYSTACKS``): ``noise``
   (the evaluation default, exactly), ``noise-lines`` (the same sentences a line at a time, as
   RULER's ``repeat`` haystack), ``text`` prose from grammar seeds other than the evaluation's
@@ -62,7 +64,7 @@ NEEDLE_FORMATS = {"single": 0.15, "multi-key": 0.35, "multi-needle": 0.3, "multi
 MAX_TRAIN_NEEDLES = 8          # multi-* samples hold 2 .. this many needles
 HAYSTACKS = {"noise": 0.35, "noise-lines": 0.1, "text": 0.35, "needle-lines": 0.2}
 KEY_STYLES = {"grammar": 0.5, "words": 0.5}
-NEEDLE_ORDERS = ("text", "asked")   # a multi-needle answer's order: as in the text, or as asked
+NEEDLE_ORDERS = ("text", "asked", "any")   # a list answer's order: the text's, the question's, random
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]    # made-up words: 2 to 4 of these
 TEXT_SEEDS = (1, 2, 3, 4)      # prose grammar seeds for training haystacks (evaluation uses 0)
 POOL_SENTENCES = 6000          # sentences kept per prose seed (~70 bytes each)
@@ -287,6 +289,9 @@ class SyntheticData:
         if fmt == "multi-needle" and self.needle_order == "text":
             s.expected = [s.values[j] for j in sorted(range(n), key=lambda j: s.needle_positions[j])]
             s.answer = " " + nd.join_keys(s.expected) + "."
+        elif fmt in ("multi-needle", "multi-value") and self.needle_order == "any":
+            rng.shuffle(s.expected)
+            s.answer = " " + ", ".join(s.expected) + "."
         ids = list(s.prompt_ids)
         kind = [CONTEXT] * len(ids)
         answer = self.tok.encode(s.answer)

@@ -115,7 +115,7 @@ class TrainConfig:
     curriculum: list = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192, 16384, 32768])
     mix_lengths: float = 0.0                 # share of a later phase's steps at an earlier length
     mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
-    needle_order: str = "text"               # multi-needle answers: in the text's order, or as asked
+    needle_order: str = "text"               # list answers: the text's order, the question's, or any
     lm_weight: float = 0.1
     log_every: int = 10
     save_every: int = 250                    # 0: only at the end
