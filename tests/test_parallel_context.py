@@ -15,8 +15,11 @@ from yoco_core.parallel.context import RingShard, context_parallel_prefill, piec
 WORLD = 3
 # (model, prompt length): 29 tokens over 3 ranks are pieces of 10, 10, 9, shorter than the SWA
 # window of 16 (the keys before a piece come from two ranks back); 52 are pieces longer than it
-CASES = [("yoco-gret", 29), ("yoco-nope", 29), ("yoco-swa", 29), ("yoco-swa", 52), ("yoco-swa", 5),
-         ("transformer", 29), ("transformer", 52)]
+# (a batch of 2, and of 1, where a [1, 1, d] slice is already contiguous: a broadcast into it once
+# overwrote a rank's own hidden state)
+CASES = [("yoco-gret", 29, 2), ("yoco-nope", 29, 2), ("yoco-swa", 29, 2), ("yoco-swa", 52, 2), ("yoco-swa", 5, 2),
+         ("transformer", 29, 2), ("transformer", 52, 2), ("yoco-gret", 29, 1), ("yoco-swa", 52, 1),
+         ("transformer", 29, 1)]
 NEW = 5
 
 
@@ -24,18 +27,19 @@ def rel_err(out, ref) -> float:
     return float((out.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
-def check_case(kind: str, T: int, rank: int, world: int = WORLD, device: str = "cpu", tol: float = 1e-5) -> list[str]:
+def check_case(kind: str, T: int, B: int, rank: int, world: int = WORLD, device: str = "cpu",
+               tol: float = 1e-5) -> list[str]:
     """What differs between the context-parallel prefill and the one-process one (empty: nothing)."""
     model = small_model(kind, seed=1).to(device)
     g = torch.Generator().manual_seed(T)
-    ids = torch.randint(0, model.config.vocab_size, (2, T + NEW), generator=g).to(device)
+    ids = torch.randint(0, model.config.vocab_size, (B, T + NEW), generator=g).to(device)
     prompt, new = ids[:, :T], ids[:, T:]
     bad = []
 
     def expect(what, out, want):
         if out.shape != want.shape or not torch.isfinite(out).all() or rel_err(out, want) > tol:
             err = rel_err(out, want) if out.shape == want.shape else out.shape
-            bad.append(f"{kind} T={T} rank {rank} {what}: {err}")
+            bad.append(f"{kind} T={T} B={B} rank {rank} {what}: {err}")
 
     last_ref, cache_ref = model.prefill(prompt)
     last, cache = context_parallel_prefill(model, prompt)
@@ -95,8 +99,8 @@ def refusals(rank: int) -> list[str]:
 
 def ranks(rank: int, world: int, device: str) -> list[str]:
     bad = refusals(rank)
-    for kind, T in CASES:        # on the GPU: fla-core's gRet, cuDNN attention, sums in another order
-        bad += check_case(kind, T, rank, world, device, 1e-5 if device == "cpu" else 1e-4)
+    for kind, T, B in CASES:     # on the GPU: fla-core's gRet, cuDNN attention, sums in another order
+        bad += check_case(kind, T, B, rank, world, device, 1e-5 if device == "cpu" else 1e-4)
     return bad
 
 

@@ -155,7 +155,9 @@ def _yoco(model: YOCO, input_ids, g: _Group, reserve: int):
         states.append(s)
     # the self layers' final states and the last position's hidden state are the last rank's
     states = g.broadcast_from_last(torch.stack(states))
-    x_last = g.broadcast_from_last(x[:, -1:].contiguous())
+    # a copy: with batch 1, x[:, -1:] is already contiguous, and the broadcast would write the last
+    # rank's row into this rank's x (whose global KV is computed next) in place
+    x_last = g.broadcast_from_last(x[:, -1:].clone())
     # the global KV: each rank its piece's, gathered once (pieces padded to the longest)
     k, v = model.global_kv(x, cross[0])
     most = parts[0][1]
