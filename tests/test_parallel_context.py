@@ -137,3 +137,24 @@ def test_gated_retention_is_linear_in_its_initial_state():
     torch.testing.assert_close(dstate, decay.sum(1).exp()[..., None, None] * S, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state0 + dstate, state, rtol=1e-5, atol=1e-5)
     assert (o0 - o).abs().max() > 1e-2          # the initial state does change the outputs
+
+
+def test_the_benchmark_script_runs_two_cpu_ranks_and_checks_yoco_against_one_process(tmp_path):
+    """scripts/bench_context_parallel.py --smoke under torchrun: a row per arch and length, YOCO's
+    context-parallel last logits equal to one process's (its --check)."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                        str(root / "scripts" / "bench_context_parallel.py"), "--smoke", "--out", str(tmp_path)],
+                       cwd=root, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "cp.csv").open()))
+    assert [(x["arch"], x["ctx"], x["gpus"], x["parallel"], x["status"]) for x in rows] == [
+        (a, c, "2", "cp2", "ok") for a in ("transformer", "yoco") for c in ("256", "512")]
+    assert all(float(x["prefill_s"]) > 0 for x in rows)
+    assert all(float(x["check_rel_err"]) < 1e-4 for x in rows if x["arch"] == "yoco")
