@@ -404,5 +404,7 @@ def test_given_keys_and_values_are_the_needles_and_bad_ones_are_refused():
     assert nd.NEEDLE.format(key="ef-gh", value="7654321") in tok.decode(s.prompt_ids)
     with pytest.raises(ValueError, match="takes 2 values and 2 different keys"):
         nd.build_sample(tok, 1500, 0.5, "multi-key", 2, keys=["ab-cd", "ab-cd"], values=["1234567", "7654321"])
+    with pytest.raises(ValueError, match="keys and values together"):
+        nd.build_sample(tok, 1500, 0.5, "multi-key", 2, keys=["ab-cd", "ef-gh"])
     with pytest.raises(ValueError, match="takes 3 values and one key"):
         nd.build_sample(tok, 1500, 0.5, "multi-value", 3, keys=["ab-cd", "ef-gh", "ab-cd"], values=["1", "2", "3"])

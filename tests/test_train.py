@@ -49,8 +49,8 @@ def _as_generated(answer: str) -> str:
 def test_every_trained_needle_format_is_scored_right_by_the_needle_scorer(fmt, haystack):
     """Each format yoco needle scores, on each training haystack and key style: the prompt is the
     evaluated one (instruction, needles, question), and the trained answer, as generated and
-    stopped, scores 1.0; multi-needle answers in the order the question asks, multi-value in
-    the order of the text; a wrong value scores less."""
+    stopped, scores 1.0; multi-needle and multi-value answers in the order of the text (the
+    default); a wrong value scores less."""
     import random
 
     tok = ByteTokenizer()
@@ -81,6 +81,44 @@ def test_every_trained_needle_format_is_scored_right_by_the_needle_scorer(fmt, h
         assert nd.score(s.expected, _as_generated(s.answer)) == 1.0
         wrong = s.answer.replace(s.expected[0], str(int(s.expected[0]) % 9_000_000 + 1_000_001))
         assert nd.score(s.expected, _as_generated(wrong)) < 1.0
+
+
+def test_the_longest_keys_fit_every_format_at_every_length(monkeypatch):
+    """Each key style's longest keys (the budget of the answer, the follow-ups and the smallest
+    prompt counts them) never push a sample past its length, on any haystack."""
+    import random
+
+    tok = ByteTokenizer()
+    data = syn.SyntheticData(tok, seed=0)
+    half = (len(data._longest_key) - 1) // 2
+    monkeypatch.setattr(data, "_key", lambda style, rng: "-".join(
+        "".join(rng.choice("bdkz") for _ in range(half)) for _ in range(2)))
+    for fmt in syn.NEEDLE_FORMATS:
+        for haystack in syn.HAYSTACKS:
+            for n_tokens in range(260, 2200, 61):
+                got = data.needle_sample(n_tokens, random.Random(n_tokens), fmt=fmt, n=8, haystack=haystack)
+                if got is not None:
+                    ids, kind, sample = got
+                    assert ids.shape == (n_tokens,) and len(sample.keys[0]) == 2 * half + 1
+
+
+def test_a_line_haystack_puts_each_needle_on_a_line_of_its_own():
+    """On RULER's line haystacks a needle is a line, as every distractor is: nothing but its key
+    tells it apart."""
+    import random
+
+    tok = ByteTokenizer()
+    data = syn.SyntheticData(tok, seed=0)
+    for haystack in ("noise-lines", "needle-lines"):
+        ids, kind, s = data.needle_sample(3000, random.Random(4), fmt="multi-key", n=4, haystack=haystack)
+        text = tok.decode(ids[kind != syn.IGNORE])
+        for k, v in zip(s.keys, s.values):
+            needle = nd.NEEDLE.format(key=k, value=v)
+            before, after = text.split(needle)
+            assert before.endswith("\n") and after.startswith("\n")
+        body = text[len(nd.INTRO):text.index("\nWhat is")]
+        lines = [ln for ln in body.split("\n") if ln]
+        assert all(ln.startswith("One of the special") or ln == " ".join(nd.NOISE) for ln in lines[:-1])
 
 
 def test_multi_needle_answers_in_the_question_order_when_asked():
@@ -197,6 +235,26 @@ def test_schedule_and_curriculum():
     assert tr.batch_size_at(cfg, 0) == 16 and tr.batch_size_at(cfg, 99) == 4
 
 
+def test_answer_tokens_right_are_counted_exactly_under_bf16_autocast():
+    """The per-task counts behind needle_acc / kv_acc / copy_acc: 1001 right answer tokens count
+    1001 under autocast (bf16 holds 8 significant bits: a matmul there made it 1000 or 1002)."""
+    B, T = 7, 144
+    ids = torch.randint(0, 50, (B, T + 1), generator=torch.Generator().manual_seed(0))
+
+    class Oracle(torch.nn.Module):           # logits whose argmax is the next token
+        def forward(self, x):
+            return torch.nn.functional.one_hot(ids[:, 1:], 50).float() * 10
+
+    ans = torch.zeros(B, T, dtype=torch.bool)
+    ans.view(-1)[:1001] = True
+    onehot = torch.zeros(B, len(syn.TASKS))
+    onehot[:, 0] = 1
+    w = ans.float() / ans.sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, _, right = tr.batch_loss(Oracle(), ids, w, w, ans, onehot, 0.1)
+    assert right.tolist() == [1001.0, 0.0, 0.0]
+
+
 def test_mixed_lengths_revisit_earlier_lengths_reproducibly():
     cfg = tr.TrainConfig(steps=400, curriculum=[256, 512, 1024, 1024], mix_lengths=0.5, seed=1)
     lengths = [tr.length_at(cfg, s) for s in range(400)]
@@ -238,6 +296,16 @@ def test_resume_is_exact(tmp_path, arch):
         tr.train(micro_cfg(tmp_path / "b", model=arch))
     with pytest.raises(tr.TrainError, match="cannot resume"):
         tr.train(micro_cfg(tmp_path / "b", model=arch, lr=5e-3), resume=True)
+    # a checkpoint of the earlier data (no version in its data state, none of the later settings)
+    state_file = half.out / "step_2" / tr.STATE_FILE
+    good = state_file.read_text()
+    old = json.loads(good)
+    del old["data"]["version"], old["train_config"]["mix_lengths"], old["train_config"]["needle_order"]
+    state_file.write_text(json.dumps(old))
+    with pytest.raises(tr.TrainError, match=r"trained on synthetic data v1, this yoco makes v2"):
+        tr.train(micro_cfg(tmp_path / "b", model=arch), resume=True)
+    old["data"]["version"] = syn.DATA_VERSION          # the same data: the missing settings are the defaults
+    state_file.write_text(json.dumps(old))
     resumed = tr.train(micro_cfg(tmp_path / "b", model=arch), resume=True)
     assert resumed.resumed_from == 2 and resumed.step == 4
     for name in ("final/model.safetensors", "step_4/model.safetensors", "step_4/optimizer.safetensors"):

@@ -118,6 +118,7 @@ class Haystack:
 
     name = "haystack"
     snap_tokens = SNAP_TOKENS      # the least distance a needle may move to a sentence boundary
+    needle_prefix = " "            # what a needle starts with (a line haystack's start a line)
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -402,9 +403,10 @@ class NeedleSample:
         return answer_tokens(len(self.expected))
 
 
-def _texts(task: str, keys: list[str], values: list[str]) -> tuple[list[str], list[str], str, list[str]]:
-    """(needle texts, question keys, question + answer prefix, expected values)."""
-    needles = [" " + NEEDLE.format(key=k, value=v) for k, v in zip(keys, values)]
+def _texts(task: str, keys: list[str], values: list[str], prefix: str = " ") -> tuple[list[str], list[str], str,
+                                                                                      list[str]]:
+    """(needle texts, each after ``prefix``; question keys; question + answer prefix; expected values)."""
+    needles = [prefix + NEEDLE.format(key=k, value=v) for k, v in zip(keys, values)]
     if task in ("single", "multi-key"):      # multi-key: needles 2..n are distractors
         qkeys, expected, q = keys[:1], values[:1], QUESTION
     elif task == "multi-needle":
@@ -422,13 +424,21 @@ def _draw(task: str, n: int, rng: random.Random) -> tuple[list[str], list[str]]:
     return keys, draw_values(rng, n)
 
 
-def prompt_overhead(tokenizer, task: str, n_needles: int | None = None, chat_template: str | None = None) -> int:
-    """An upper bound on the tokens a prompt spends outside its haystack (longest keys)."""
-    task, n = check_task(task, n_needles)
+def longest_key(tokenizer) -> str:
+    """The drawn key (``draw_keys``) of the most tokens."""
     g = grammar()
     adj = max(g["key_adjectives"], key=lambda w: (len(tokenizer.encode(w)), len(w)))
     noun = max(g["key_nouns"], key=lambda w: (len(tokenizer.encode(w)), len(w)))
-    key = f"{adj}-{noun}"
+    return f"{adj}-{noun}"
+
+
+def prompt_overhead(tokenizer, task: str, n_needles: int | None = None, chat_template: str | None = None,
+                    key: str | None = None) -> int:
+    """An upper bound on the tokens a prompt spends outside its haystack: every key as long as
+    ``key`` (default: the longest ``draw_keys`` draws; a caller with keys of its own passes its
+    longest)."""
+    task, n = check_task(task, n_needles)
+    key = key or longest_key(tokenizer)
     keys = [key] * n
     values = ["9" * VALUE_DIGITS] * n
     needles, qkeys, question, _ = _texts(task, keys, values)
@@ -438,10 +448,11 @@ def prompt_overhead(tokenizer, task: str, n_needles: int | None = None, chat_tem
             + len(tokenizer.encode(tail)) + slack)
 
 
-def min_context(tokenizer, task: str, n_needles: int | None = None, chat_template: str | None = None) -> int:
+def min_context(tokenizer, task: str, n_needles: int | None = None, chat_template: str | None = None,
+                key: str | None = None) -> int:
     """The smallest prompt that holds the instruction, the needle(s), the question and one
-    haystack token, whatever keys are drawn."""
-    return prompt_overhead(tokenizer, task, n_needles, chat_template) + 1
+    haystack token, whatever keys are drawn (or keys no longer than ``key``)."""
+    return prompt_overhead(tokenizer, task, n_needles, chat_template, key) + 1
 
 
 SENTINEL = "\x00YOCO-HAYSTACK\x00"
@@ -473,7 +484,8 @@ def _frame(tokenizer, question: str, template: str | None) -> tuple[str, str, bo
 def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
                  n_needles: int | None = None, rng: random.Random | int | str = 0,
                  haystack: Haystack | str = "noise", chat_template: str | None = None,
-                 keys: Sequence[str] | None = None, values: Sequence[str] | None = None) -> NeedleSample:
+                 keys: Sequence[str] | None = None, values: Sequence[str] | None = None,
+                 order: str = "asked") -> NeedleSample:
     """A prompt of exactly ``ctx_tokens`` tokens with the needle(s) at ``depth``.
 
     The prompt is a text (``sample.prompt_text``) tokenized once, as the model's tokenizer makes
@@ -484,8 +496,9 @@ def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
     (``tokenizer.chat_template_for``) or None. ``keys`` / ``values``: the needles' own (``n``
     each; a multi-value sample's keys all the same) in place of drawing them from ``rng`` (the
     trainer's other key styles). ``sample.answer`` is a correct continuation: the values in the
-    order asked (multi-value: in the order they stand in the text); the trainer appends
-    ``tokenizer.encode(sample.answer)`` to train on it.
+    order asked (``order="text"``: multi-needle's too in the order they stand in the text;
+    multi-value's always are); the trainer appends ``tokenizer.encode(sample.answer)`` to train on
+    it. A needle starts with the haystack's ``needle_prefix`` (a space; a line haystack's newline).
     """
     task, n = check_task(task, n_needles)
     if not isinstance(rng, random.Random):
@@ -493,13 +506,17 @@ def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
     if isinstance(haystack, str):
         haystack = _cached_haystack(haystack, tokenizer)
     depths = needle_depths(float(depth), n)
-    if keys is None or values is None:
+    if order not in ("asked", "text"):
+        raise ValueError(f"answer order {order!r}: use asked or text")
+    if (keys is None) != (values is None):
+        raise ValueError("give the needles' keys and values together, or neither")
+    if keys is None:
         keys, values = _draw(task, n, rng)
     keys, values = list(keys), list(values)
     if len(keys) != n or len(values) != n or len(set(keys)) != (1 if task == "multi-value" else n):
         raise ValueError(f"task {task} with {n} needle(s) takes {n} values and "
                          + ("one key" if task == "multi-value" else f"{n} different keys"))
-    needle_texts, qkeys, question, expected = _texts(task, keys, values)
+    needle_texts, qkeys, question, expected = _texts(task, keys, values, haystack.needle_prefix)
     head, tail, special = _frame(tokenizer, question, chat_template)
     fixed = (len(_encode(tokenizer, head, special)) + len(tokenizer.encode(tail))
              + sum(len(tokenizer.encode(t)) for t in needle_texts))
@@ -510,7 +527,7 @@ def build_sample(tokenizer, ctx_tokens: int, depth: float, task: str = "single",
     text, ids, cuts = _fit(tokenizer, haystack, ctx_tokens, ctx_tokens - fixed, depths, head, needle_texts,
                            tail, special)
     starts, lengths, hay_start, hay_tokens = _locate(tokenizer, text, ids, cuts, special)
-    if task == "multi-value":                 # all values of one key: in the order of the text
+    if task == "multi-value" or (task == "multi-needle" and order == "text"):     # in the order of the text
         expected = [values[j] for j in sorted(range(n), key=lambda j: starts[j])]
     if len(expected) == 1:
         answer = f" {expected[0]}."
@@ -696,7 +713,8 @@ __all__ = [
     "INTRO", "NEEDLE", "QUESTION", "QUESTION_ALL", "NOISE", "TASKS", "DEFAULT_NEEDLES", "STOP_STRINGS",
     "Haystack", "NoiseHaystack", "TextHaystack", "FileHaystack", "make_haystack", "prose_sentence",
     "draw_keys", "draw_values", "check_task", "needle_depths", "answer_tokens", "n_expected",
-    "NeedleSample", "build_sample", "chat_prompt", "snap_tolerance", "prompt_overhead", "min_context", "score",
+    "NeedleSample", "build_sample", "chat_prompt", "snap_tolerance", "longest_key", "prompt_overhead", "min_context",
+    "score",
     "cell_rng",
     "NeedleResult", "run_cell",
 ]

@@ -49,6 +49,9 @@ from . import needle as nd
 from .tokenizer import Tokenizer
 
 IGNORE, CONTEXT, ANSWER = 0, 1, 2
+# What the generator makes, in the checkpoints: a run resumes only on the data it started on
+# (1: single and multi-key needles; 2: every needle format, the line haystacks, the key styles)
+DATA_VERSION = 2
 TASKS = ("needle", "kv", "copy")
 DEFAULT_MIX = {"needle": 0.5, "kv": 0.25, "copy": 0.25}
 
@@ -128,10 +131,12 @@ class PoolHaystack(nd.Haystack):
 class LinesHaystack(nd.Haystack):
     """RULER's line-per-unit haystacks: ``noise-lines`` repeats the noise sentences, a line at a
     time; ``needle-lines`` is a line per distractor needle (``keys()`` draws a key, never one of
-    ``exclude``; the values are fresh 7-digit numbers). A needle goes between lines: its snap
-    distance is a line's length."""
+    ``exclude``; the values are fresh 7-digit numbers). Each piece is a whole line, so the only
+    boundaries are line starts, and a needle is a line of its own (``needle_prefix``), as the
+    distractors are: nothing but its key tells it from them. Its snap distance is a line's length."""
 
     snap_tokens = 96
+    needle_prefix = "\n"
 
     def __init__(self, tokenizer, kind: str, rng: random.Random, keys=None, exclude=()):
         super().__init__(tokenizer)
@@ -140,8 +145,7 @@ class LinesHaystack(nd.Haystack):
     def pieces(self) -> Iterator[str]:
         if self.name == "noise-lines":
             while True:
-                yield "\n" + nd.NOISE[0]
-                yield from (" " + t for t in nd.NOISE[1:])
+                yield "\n" + " ".join(nd.NOISE)
         while True:
             key = self._keys()
             if key not in self._exclude:
@@ -167,19 +171,22 @@ class SyntheticData:
         self._kv_intro = self.tok.encode(KV_INTRO, add_bos=True)
         self._copy_intro = self.tok.encode(COPY_INTRO, add_bos=True)
         self._copy_sep = self.tok.encode(COPY_SEPARATOR)
+        # the longest key of any style (``_key``): the evaluation's, or two words or made-up words
+        word = max(self._words + [SYLLABLES[0] * 4], key=lambda w: len(self.tok.encode(w)))
+        key = max(nd.longest_key(self.tok), f"{word}-{word}", key=lambda k: len(self.tok.encode(k)))
+        self._longest_key = key
         # an upper bound on one follow-up question + answer (longest key, 7-digit value)
-        key = max((f"{a}-{n}" for a in g["key_adjectives"] for n in g["key_nouns"]),
-                  key=lambda k: len(self.tok.encode(k)))
         self._followup_max = len(self._followup(key, "9" * nd.VALUE_DIGITS)[0]) + 2
         nines = "9" * nd.VALUE_DIGITS
         self._answer_max = {n: len(self.tok.encode(" " + nd.join_keys([nines] * n) + ".")) + 2
                             for n in range(1, MAX_TRAIN_NEEDLES + 1)}
-        self._min_ctx = {(f, n): nd.min_context(self.tok, f, n) for f in NEEDLE_FORMATS
+        self._min_ctx = {(f, n): nd.min_context(self.tok, f, n, key=key) for f in NEEDLE_FORMATS
                          for n in ([1] if f == "single" else range(2, MAX_TRAIN_NEEDLES + 1))}
 
     # -- state (the generator is a pure function of (seed, step); this is what resumes it) -------
     def state(self, next_step: int) -> dict:
-        return {"seed": self.seed, "next_step": int(next_step), "mix": self.mix, "needle_order": self.needle_order}
+        return {"version": DATA_VERSION, "seed": self.seed, "next_step": int(next_step), "mix": self.mix,
+                "needle_order": self.needle_order}
 
     # -- batches ------------------------------------------------------------------------------
     def batch(self, step: int, batch_size: int, length: int) -> Batch:
@@ -285,11 +292,9 @@ class SyntheticData:
         else:
             hay = LinesHaystack(self.tok, haystack, random.Random(rng.getrandbits(64)),
                                 lambda: self._key(style, rng), exclude=keys)
-        s = nd.build_sample(self.tok, ctx, depth, fmt, n, rng, hay, keys=keys, values=values)
-        if fmt == "multi-needle" and self.needle_order == "text":
-            s.expected = [s.values[j] for j in sorted(range(n), key=lambda j: s.needle_positions[j])]
-            s.answer = " " + nd.join_keys(s.expected) + "."
-        elif fmt in ("multi-needle", "multi-value") and self.needle_order == "any":
+        s = nd.build_sample(self.tok, ctx, depth, fmt, n, rng, hay, keys=keys, values=values,
+                            order="asked" if self.needle_order == "asked" else "text")
+        if fmt in ("multi-needle", "multi-value") and self.needle_order == "any":
             rng.shuffle(s.expected)
             s.answer = " " + ", ".join(s.expected) + "."
         ids = list(s.prompt_ids)

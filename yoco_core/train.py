@@ -70,7 +70,8 @@ from .kernels import backend
 from .kernels.gret import backend_for as gret_backend_for
 from .model import CausalLM, build_model
 from .perf.hardware import device_name
-from .synthetic import ANSWER, CONTEXT, DEFAULT_MIX, NEEDLE_ORDERS, TASKS, Batch, SyntheticData, normalise_mix
+from .synthetic import (ANSWER, CONTEXT, DATA_VERSION, DEFAULT_MIX, NEEDLE_ORDERS, TASKS, Batch, SyntheticData,
+                        normalise_mix)
 from .tokenizer import tokenizer_for
 
 LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc",
@@ -383,10 +384,18 @@ def save_checkpoint(out: Path, model: CausalLM, opt, cfg: TrainConfig, data: Syn
     return final
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, where: Path) -> None:
+def _check_resumable(saved: dict, cfg: TrainConfig, where: Path, data: dict | None = None) -> None:
+    """Refuse (one line) a resume that would not continue the same run: another synthetic data
+    version (``data``: the checkpoint's data state), or a setting of ``RESUME_KEYS`` changed (one
+    a checkpoint predates counts as its default)."""
+    version = (data or {}).get("version", 1)
+    if version != DATA_VERSION:
+        raise TrainError(f"cannot resume {where}: it was trained on synthetic data v{version}, this yoco makes "
+                         f"v{DATA_VERSION}; start a new run (another --out)")
     now = cfg.to_dict()
+    defaults = TrainConfig().to_dict()
     for key in TrainConfig.RESUME_KEYS:
-        a, b = saved.get(key), now.get(key)
+        a, b = saved.get(key, defaults.get(key)), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             same = a.keys() == b.keys() and all(
                 abs(a[k] - b[k]) < 1e-12 if isinstance(a[k], float) else a[k] == b[k] for k in a)
@@ -601,7 +610,7 @@ def _resume(run: _Run, where: Path) -> None:
     """Weights, optimiser, RNG states and counters from the checkpoint ``where``."""
     try:
         state = json.loads((where / STATE_FILE).read_text())
-        _check_resumable(state["train_config"], run.cfg, where)
+        _check_resumable(state["train_config"], run.cfg, where, state.get("data"))
         load_state(run.model, read_state_dict(where / "model.safetensors"), str(where))
         load_optimizer(run.opt, where / OPTIM_FILE)
         _set_rng_state(state["rng"], run.device)
