@@ -376,3 +376,13 @@ def test_tensor_parallel_groups_gather_among_one_rank_per_group():
     from conftest import spawn_ranks
 
     spawn_ranks(_data_group_body, 4)
+
+
+def test_fewer_documents_than_processes_is_refused_in_one_line(tiny_dir, tmp_path, capsys):
+    from yoco_cli.main import main
+
+    rc = main(["eval", "--tasks", "yoco_kv_choice", "--model", str(tiny_dir), "--limit", "1", "--device", "cpu",
+               "--gpus", "2", "--out", str(tmp_path / "ev")])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and line.startswith("error: --limit 1 over 2 processes")
+    assert not (tmp_path / "ev").exists()

@@ -98,6 +98,10 @@ def eval_command(
         fail("--tasks: give at least one task name")
     extra_meta = _metadata(metadata)
     parallel.check_tensor_parallel(model, tp)      # --tp: a model it cannot split, before any work
+    groups = (gpus or tp) // max(1, tp) if "WORLD_SIZE" not in os.environ else None
+    if limit is not None and groups and limit < groups:
+        fail(f"--limit {limit} over {groups} processes (or groups): each takes a share of the documents; "
+             f"use --limit {groups} or more, or fewer processes")
     parallel.launch(gpus, device, tp)    # --gpus N / --tp N: this command as N processes, then exit
     w = parallel.world_or_fail()
     dw, _ = parallel.layout(w, tp)       # the data-parallel world: groups of tp ranks
@@ -174,12 +178,26 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
                 apply_chat_template=lm.template_name != "none",
             )
     except Exception as e:
+        if _peer_stopped(e):                     # another process stopped: its own line says why
+            raise typer.Exit(2) from None
         line = _lm_eval_error(e, model)          # re-raises what is not one of these
         console.print()                          # lm-eval's progress bar may have left its line open
         fail(line)
     if results is None and main:
         fail("lm-eval returned no results")
     return results, lm.template_name
+
+
+def _peer_stopped(e: Exception) -> bool:
+    """Whether ``e`` is a collective that failed because another process of the run stopped
+    (lm-eval's gathers on a closed gloo connection)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    backend_error = getattr(dist, "DistBackendError", ())
+    return (backend_error and isinstance(e, backend_error)) or (
+        isinstance(e, RuntimeError) and any(w in str(e) for w in ("Connection closed by peer", "Connection reset")))
 
 
 def _lm_eval_error(e: Exception, model: str) -> str:
