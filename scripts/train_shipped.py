@@ -180,8 +180,16 @@ def stage_train(a) -> None:
             evals.append(subprocess.Popen([sys.executable, __file__, "_needle", "--weights", str(w), "--out",
                                            str(d / "needle"), "--grid", "smoke" if a.smoke else "select",
                                            "--device", a.device], cwd=ROOT))
-    for p in evals:
-        p.wait()
+    until = time.time() + a.select_s
+    for p in evals:                  # a check past its time is stopped: its rows so far are kept
+        try:
+            p.wait(timeout=max(1.0, until - time.time()))
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
     rows = []
     for r in runs:
         d = work / r["name"]
@@ -334,31 +342,47 @@ def stage_ruler(a) -> None:
 
 
 def stage_unpack(a) -> None:
-    """One run of a fetched train bundle -> yoco_core/weights/<preset>/ and reports/runs/."""
-    import torch  # noqa: F401  (safetensors' torch reader)
+    """One run of a fetched train bundle -> yoco_core/weights/<preset>/ (through ``yoco train``'s own
+    ``ship``: finite weights, a preset name) and its logs -> reports/runs/. Refused: a run cut
+    short (unless ``--force``), and a run whose config is not the preset's (change the preset in
+    yoco_core/config.py first, in the commit that ships the weights)."""
+    import tempfile
 
-    from yoco_core.checkpoint import WEIGHTS_DIR
+    from yoco_core import get_config
     from yoco_core.config import ModelConfig
+    from yoco_core.train import TrainError, ship
 
     bundle = Path(a.bundle)
     with tarfile.open(bundle / "runs.tar.gz") as tar:
         tar.extractall(bundle / "runs", filter="data")
     src = bundle / "runs" / a.run
     preset = a.as_ or a.run.split("-lr")[0]
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["name"] = preset
-    dest = WEIGHTS_DIR / preset
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(bundle / f"{a.run}.safetensors", dest / "model.safetensors")
-    (dest / "config.json").write_text(ModelConfig(**cfg).to_json() + "\n")
-    if (src / "run" / "train_summary.json").is_file():
-        shutil.copy(src / "run" / "train_summary.json", dest / "train_summary.json")
+    status = {r["run"]: r["status"] for r in csv.DictReader((bundle / "sweep.csv").open())}.get(a.run, "not in sweep.csv")
+    if status != "done" and not a.force:
+        raise SystemExit(f"{a.run}: {status}; ship it anyway with --force")
+    trained = ModelConfig(**{**json.loads((src / "config.json").read_text()), "name": preset})
+    want = get_config(preset)
+    if trained != want:
+        diff = ", ".join(f"{k}={getattr(trained, k)!r} (preset {getattr(want, k)!r})" for k in trained.to_dict()
+                         if getattr(trained, k) != getattr(want, k))
+        raise SystemExit(f"{a.run} was trained as {diff}: make that the preset {preset} in yoco_core/config.py first")
+    with tempfile.TemporaryDirectory() as tmp:
+        final = Path(tmp) / "final"
+        final.mkdir()
+        shutil.copy(bundle / f"{a.run}.safetensors", final / "model.safetensors")
+        (final / "config.json").write_text(trained.to_json() + "\n")
+        if (src / "run" / "train_summary.json").is_file():
+            shutil.copy(src / "run" / "train_summary.json", Path(tmp) / "train_summary.json")
+        try:
+            dest = ship(tmp, name=preset)
+        except TrainError as e:
+            raise SystemExit(str(e)) from None
     rep = ROOT / "reports" / "runs" / f"h200-train-{preset}"
     rep.mkdir(parents=True, exist_ok=True)
     for rel in ("run/train_log.csv", "run/train_summary.json", "run/commands.txt", "needle/needle.csv"):
         if (src / rel).is_file():
             shutil.copy(src / rel, rep / Path(rel).name)
-    print(f"{a.run} -> {dest} (config {preset}); logs -> {rep}")
+    print(f"{a.run} -> {dest} (preset {preset}); logs -> {rep}")
 
 
 def main() -> None:
@@ -372,6 +396,7 @@ def main() -> None:
     t.add_argument("--budget-s", type=float, default=470.0, help="wall seconds for the training, all runs together")
     t.add_argument("--steps", type=int, help="steps of every run (default: the recipe's)")
     t.add_argument("--no-select", dest="select", action="store_false", help="skip the needle check after training")
+    t.add_argument("--select-s", type=float, default=100.0, help="wall seconds for that check, all runs together")
     e = sub.add_parser("eval")
     e.add_argument("--models", default="yoco-tiny,yoco-swa-tiny,transformer-tiny")
     e.add_argument("--out", required=True)
@@ -394,6 +419,7 @@ def main() -> None:
     u.add_argument("--bundle", required=True)
     u.add_argument("--run", required=True)
     u.add_argument("--as", dest="as_")
+    u.add_argument("--force", action="store_true", help="ship a run cut short (its newest checkpoint)")
     a = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     {"train": stage_train, "eval": stage_eval, "ruler": stage_ruler, "_needle": stage_needle,
