@@ -315,39 +315,10 @@ def test_gpus_2_and_tp_2_on_the_cpu_write_the_one_process_numbers(tiny_dir, tmp_
     assert "tensor parallel over 2 processes" in r.stderr and r.stdout.count("yoco eval: ") == 1
 
 
-def _collectives_body(rank, world, device):
-    """A rank of a gloo group: the model class sees its rank, and its gathers are lm-eval's."""
-    import torch
-
-    from conftest import small_model
-    from yoco_cli.lm_eval_model import YOCOLM
-    from yoco_core.tokenizer import ByteTokenizer
-
-    model = small_model("yoco-gret", n_layers=2)
-    model.tokenizer = ByteTokenizer()
-    lm = YOCOLM(model=model)
-    bad = []
-    if (lm.rank, lm.world_size) != (rank, world):
-        bad.append(f"rank {rank}: the model says rank {lm.rank} of {lm.world_size}")
-    counts = lm.all_gather(torch.tensor(10 + rank)).tolist()
-    if counts != [10 + r for r in range(world)]:
-        bad.append(f"rank {rank}: all_gather gave {counts}")
-    got = lm.gather_object({"rank": rank}, dst=0)
-    if got != ([{"rank": r} for r in range(world)] if rank == 0 else None):
-        bad.append(f"rank {rank}: gather_object gave {got}")
-    lm.barrier()
-    return bad
-
-
-def test_the_model_class_serves_lm_evals_collectives_in_a_process_group():
-    from conftest import spawn_ranks
-
-    spawn_ranks(_collectives_body, 2)
-
-
-def _data_group_body(rank, world, device):
-    """4 ranks as 2 tensor-parallel groups of 2: the gathers run among the ranks of one place in
-    their groups (0 with 2, 1 with 3), as lm-eval's sharding over the groups needs."""
+def _gathers_body(rank, world, device):
+    """A rank of a gloo group: the model class sees its place, and its gathers are lm-eval's. Two
+    ranks: one process each (the whole world); four: two tensor-parallel groups of two, whose
+    gathers run among the ranks of one place in their groups (0 with 2, 1 with 3)."""
     import torch
 
     from conftest import small_model
@@ -356,26 +327,38 @@ def _data_group_body(rank, world, device):
     from yoco_core.parallel import World
     from yoco_core.tokenizer import ByteTokenizer
 
-    w = World(rank, world, rank)
-    dw, place = parallel.layout(w, 2)
     model = small_model("yoco-gret", n_layers=2)
     model.tokenizer = ByteTokenizer()
-    lm = YOCOLM(model=model, data_parallel=(dw.rank, dw.size, parallel.data_group(w, 2)))
+    if world == 2:
+        lm, peers, first = YOCOLM(model=model), list(range(world)), rank == 0
+    else:
+        w = World(rank, world, rank)
+        dw, place = parallel.layout(w, 2)
+        lm = YOCOLM(model=model, data_parallel=(dw.rank, dw.size, parallel.data_group(w, 2)))
+        peers, first = [place, place + 2], dw.rank == 0
     bad = []
+    if world == 2 and (lm.rank, lm.world_size) != (rank, world):
+        bad.append(f"rank {rank}: the model says rank {lm.rank} of {lm.world_size}")
     counts = lm.all_gather(torch.tensor(rank)).tolist()
-    if counts != [place, place + 2]:
+    if counts != peers:
         bad.append(f"rank {rank}: all_gather gave {counts}")
-    got = lm.gather_object(rank, dst=0)
-    if got != ([place, place + 2] if dw.rank == 0 else None):
+    got = lm.gather_object({"rank": rank}, dst=0)
+    if got != ([{"rank": r} for r in peers] if first else None):
         bad.append(f"rank {rank}: gather_object gave {got}")
     lm.barrier()
     return bad
 
 
+def test_the_model_class_serves_lm_evals_collectives_in_a_process_group():
+    from conftest import spawn_ranks
+
+    spawn_ranks(_gathers_body, 2)
+
+
 def test_tensor_parallel_groups_gather_among_one_rank_per_group():
     from conftest import spawn_ranks
 
-    spawn_ranks(_data_group_body, 4)
+    spawn_ranks(_gathers_body, 4)
 
 
 def test_fewer_documents_than_processes_is_refused_in_one_line(tiny_dir, tmp_path, capsys):
