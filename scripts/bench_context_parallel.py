@@ -1,6 +1,7 @@
 """Context-parallel prefill over N GPUs (issue 18): one long prompt split over the ranks
 (``yoco_core.parallel.context``: the Transformer by ring attention, YOCO by its chunk parallelism),
-timed, with each rank's peak memory; one row per (arch, ctx) appended to ``OUT/cp.csv``.
+timed, with each rank's peak memory; one row per (arch, ctx) appended to ``OUT/cp.csv`` as soon as
+it is measured.
 
     torchrun --nproc-per-node N scripts/bench_context_parallel.py --arch transformer,yoco --size 3b \
         --ctx 256k,512k,1m --out DIR          # N = 1 times model.prefill (the one-GPU reference)
@@ -13,8 +14,10 @@ N = 1 the prefill is ``model.prefill`` in ``--chunk-size`` chunks, so the rows o
 1, 2 and 4 GPUs in one ``cp.csv`` give the speed-up (``yoco report`` does not read this file; the
 script prints the ratio to the one-GPU row of the same cell when there is one). ``--check``: the
 YOCO's last logits against a one-process ``model.prefill`` on rank 0 (max relative error in the
-row). An out-of-memory on any rank makes the cell ``oom`` on all (agreed by an all-reduce), and
-the next cell runs. Multicast stays off (``NCCL_NVLS_ENABLE=0`` ...), set here before NCCL starts.
+row; ``oom`` where the one-GPU reference does not fit). An out-of-memory inside the context-parallel
+prefill ends the run: the other ranks are then waiting in a collective that rank never joins, so
+there is nothing to agree on; the rows measured before it are in ``cp.csv``. ``--no-warmup``
+times the first prefill. Multicast stays off (``NCCL_NVLS_ENABLE=0`` ...), set here before NCCL starts.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def timed_prefill(model, ids, world: int, chunk, clock_dev: str) -> float:
     return time.perf_counter() - t0
 
 
-def agree_worst(flag: int, device: str) -> int:
+def agree_max(flag: int, device: str) -> int:
     if not dist.is_initialized():
         return flag
     t = torch.tensor([flag], device=device)
@@ -92,6 +95,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="YOCO: compare the last logits with a one-process prefill")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="time the first prefill (the 1M Transformer cell on 2 GPUs is minutes each)")
     p.add_argument("--smoke", action="store_true", help="tiny models, short prompts, the CPU (gloo)")
     a = p.parse_args()
     if a.smoke:
@@ -120,53 +125,53 @@ def main() -> None:
             row = {"arch": arch, "size": a.size, "ctx": ctx, "gpus": world, "parallel": f"cp{world}" if world > 1 else "",
                    "device": device_name(device), "torch": torch.__version__,
                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "note": ""}
-            oom = 0
-            try:
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                timed_prefill(model, ids, world, chunk, device)                        # warm-up
-                times = [timed_prefill(model, ids, world, chunk, device) for _ in range(max(1, a.repeats))]
-            except Exception as e:  # noqa: BLE001 - an OOM is a row; anything else stops the run
-                if not is_out_of_memory(e):
-                    raise
-                oom, times = 1, []
-                release(device)
-            if agree_worst(oom, device):
-                row.update(status="oom", note="out of memory on at least one rank")
-            else:
-                row["status"] = "ok"
-                row["prefill_s"] = round(statistics.median(times), 4)
-                peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0
-                row["peak_gb_max_rank"] = round(agree_worst(int(peak * 1000), device) / 1000, 3)   # MB: the max
-                one = [r for r in earlier + rows if r["arch"] == arch and r["size"] == a.size
-                       and int(r["ctx"]) == ctx and int(r["gpus"]) == 1 and r["status"] == "ok"]
-                if one and world > 1:
-                    row["speedup_vs_1"] = round(float(one[-1]["prefill_s"]) / row["prefill_s"], 3)
-            if a.check and arch == "yoco" and row["status"] == "ok" and world > 1:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            # an out-of-memory on one rank leaves the others inside a collective it never joins:
+            # nothing to agree on, so it ends the run (torchrun stops every rank); the rows so far
+            # are on disk, and a run with fewer lengths continues
+            if a.warmup:
+                timed_prefill(model, ids, world, chunk, device)
+            times = [timed_prefill(model, ids, world, chunk, device) for _ in range(max(1, a.repeats))]
+            row["status"] = "ok"
+            row["prefill_s"] = round(statistics.median(times), 4)
+            peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0
+            row["peak_gb_max_rank"] = round(agree_max(int(peak * 1000), device) / 1000, 3)   # MB: the max
+            one = [r for r in earlier + rows if r["arch"] == arch and r["size"] == a.size and int(r["ctx"]) == ctx
+                   and int(r["gpus"]) == 1 and r["status"] == "ok" and r["device"] == row["device"]]
+            if one and world > 1:
+                row["speedup_vs_1"] = round(float(one[-1]["prefill_s"]) / row["prefill_s"], 3)
+            if a.check and arch == "yoco" and world > 1:
                 from yoco_core.parallel.context import context_parallel_prefill
 
                 with torch.inference_mode():
-                    last, _ = context_parallel_prefill(model, ids, reserve=1)
-                    if rank == 0:
-                        ref, _ = model.prefill(ids, chunk_size=chunk, reserve=1)
-                        err = float((last.double() - ref.double()).abs().max() / ref.double().abs().max())
-                        row["check_rel_err"] = f"{err:.2e}"
+                    last = context_parallel_prefill(model, ids, reserve=1)[0]     # its cache freed at once
+                    if rank == 0:         # the others wait at the next barrier: no collective here
+                        try:
+                            ref = model.prefill(ids, chunk_size=chunk, reserve=1)[0]
+                            err = float((last.double() - ref.double()).abs().max() / ref.double().abs().max())
+                            row["check_rel_err"] = f"{err:.2e}"
+                        except Exception as e:  # noqa: BLE001 - the one-GPU reference may not fit
+                            if not is_out_of_memory(e):
+                                raise
+                            row["check_rel_err"] = "oom"
+                            release(device)
+                    del last
             if arch == "transformer" and world > 1:
-                row["note"] = (row["note"] + "; " if row["note"] else "") + "prefill only: each rank keeps its piece's KV"
+                row["note"] = "prefill only: each rank keeps its piece's KV"
             rows.append(row)
-            if rank == 0:
+            if rank == 0:                 # each row on disk as soon as it is measured
+                new = not path.is_file()
+                with path.open("a", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=FIELDS)
+                    if new:
+                        w.writeheader()
+                    w.writerow(row)
                 print(f"{arch:<12} {ctx:>8} {world} GPU(s) {row['status']:<4} prefill {row.get('prefill_s', '-')} s "
                       f"peak {row.get('peak_gb_max_rank', '-')} GB speed-up {row.get('speedup_vs_1', '-')} "
                       f"check {row.get('check_rel_err', '-')}", flush=True)
         del model
         release(device)
-    if rank == 0:
-        new = not path.is_file()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
     if world > 1:
         dist.destroy_process_group()
 

@@ -74,6 +74,27 @@ EVAL_GRID = {
 }
 
 
+def wait_or_stop(procs: list, until: float, grace: float = 30.0) -> None:
+    """Wait for ``procs`` (each started in a session of its own) until ``until``; those still running
+    then get SIGINT in their whole process group at once (``yoco needle`` stops after its row in
+    flight and keeps its rows), and SIGKILL after one shared ``grace``."""
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, until - time.time()))
+        except subprocess.TimeoutExpired:
+            break
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        os.killpg(p.pid, signal.SIGINT)
+    end = time.time() + grace
+    for p in running:
+        try:
+            p.wait(timeout=max(0.1, end - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def parse_run(spec: str) -> dict:
     """``PRESET [lr=X] [warmup=N] [--set K=V ...]`` -> the run's name and its ``yoco train`` options."""
     words = spec.split()
@@ -179,17 +200,8 @@ def stage_train(a) -> None:
         if w is not None and a.select:
             evals.append(subprocess.Popen([sys.executable, __file__, "_needle", "--weights", str(w), "--out",
                                            str(d / "needle"), "--grid", "smoke" if a.smoke else "select",
-                                           "--device", a.device], cwd=ROOT))
-    until = time.time() + a.select_s
-    for p in evals:                  # a check past its time is stopped: its rows so far are kept
-        try:
-            p.wait(timeout=max(1.0, until - time.time()))
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+                                           "--device", a.device], cwd=ROOT, start_new_session=True))
+    wait_or_stop(evals, t0 + a.budget_s + a.select_s)   # a check past its time: its rows so far kept
     rows = []
     for r in runs:
         d = work / r["name"]
@@ -252,7 +264,10 @@ def stage_needle(a) -> None:
     else:
         grid, trials, depths = EVAL_GRID[a.grid], 4, 5
     with (out.parent / f"{out.name}.txt").open("a") as log:
-        needle(Path(a.weights), out, grid, trials, depths, log, a.device)
+        try:
+            needle(Path(a.weights), out, grid, trials, depths, log, a.device)
+        except KeyboardInterrupt:        # wait_or_stop: yoco needle (same group) keeps its rows
+            pass
 
 
 def stage_eval(a) -> None:
@@ -267,14 +282,8 @@ def stage_eval(a) -> None:
         grid = "transformer" if get_config(m).arch == "transformer" else "yoco"
         procs.append((m, subprocess.Popen([sys.executable, __file__, "_needle", "--weights", m, "--out",
                                            str(work / m), "--grid", "smoke" if a.smoke else grid,
-                                           "--device", a.device], cwd=ROOT)))
-    deadline = t0 + a.budget_s
-    for m, p in procs:
-        try:
-            p.wait(timeout=max(1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGINT)         # yoco needle keeps its rows; --resume continues
-            p.wait(timeout=60)
+                                           "--device", a.device], cwd=ROOT, start_new_session=True)))
+    wait_or_stop([p for _, p in procs], t0 + a.budget_s)   # yoco needle keeps its rows; --resume continues
     rows = []
     for m, _ in procs:
         for (task, n, ctx), score in sorted(accuracy(work / m / "needle.csv").items()):

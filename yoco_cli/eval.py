@@ -179,6 +179,8 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
             )
     except Exception as e:
         if _peer_stopped(e):                     # another process stopped: its own line says why
+            if main:
+                fail(f"another process of this run stopped ({type(e).__name__}); its line, if any, says why")
             raise typer.Exit(2) from None
         line = _lm_eval_error(e, model)          # re-raises what is not one of these
         console.print()                          # lm-eval's progress bar may have left its line open

@@ -146,7 +146,8 @@ class YOCOLM(TemplateLM):
         import torch.distributed as dist
 
         box = [None] * self._world_size if self._rank == dst else None
-        dist.gather_object(obj, box, group=self._group, group_dst=dst)
+        g = self._group                # dst is a rank of the group: gather_object takes a global one
+        dist.gather_object(obj, box, dst=dst if g is None else dist.get_global_rank(g, dst), group=g)
         return box
 
     def barrier(self) -> None:

@@ -837,6 +837,8 @@ def ship(out, name: str | None = None, weights_dir: Path | None = None) -> Path:
     (dest / "config.json").write_text(mcfg.replace(name=name).to_json() + "\n")
     if (out / SUMMARY_FILE).is_file():
         shutil.copyfile(out / SUMMARY_FILE, dest / SUMMARY_FILE)
+    else:                                     # never an earlier model's summary beside these weights
+        (dest / SUMMARY_FILE).unlink(missing_ok=True)
     for f in dest.iterdir():
         f.chmod(0o644)                        # package data: readable by everyone
     return dest
