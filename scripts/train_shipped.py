@@ -117,9 +117,11 @@ def parse_run(spec: str) -> dict:
 
 def weights_dir(run_dir: Path) -> tuple[Path | None, str]:
     """The run's final weights, else its newest checkpoint (``cut``)."""
+    from yoco_core.train import checkpoints
+
     if (run_dir / "final" / "model.safetensors").is_file():
         return run_dir / "final", "done"
-    steps = sorted((int(p.name[5:]), p) for p in run_dir.glob("step_*") if (p / "model.safetensors").is_file())
+    steps = checkpoints(run_dir)                 # complete step_N checkpoints, oldest first
     return (steps[-1][1], f"cut at step {steps[-1][0]}") if steps else (None, "no weights")
 
 
@@ -160,6 +162,8 @@ SMOKE_GRID = [("single", None, "512,1k"), ("multi-needle", 2, "1k")]
 
 
 def stage_train(a) -> None:
+    from yoco_core.train import _last_logged      # the training log's last row
+
     runs = [parse_run(s) for s in (a.runs.split(";") if a.runs else PLANS[a.plan])]
     for r in runs:
         if a.steps:
@@ -210,7 +214,7 @@ def stage_train(a) -> None:
         for f in (d / "run" / "train_summary.json",):
             if f.is_file():
                 summary = json.loads(f.read_text())
-        last = _last_row(d / "run" / "train_log.csv")
+        last = _last_logged(d / "run")
         row = {"run": r["name"], "preset": r["preset"], "lr": r["lr"], "warmup": r["warmup"], "order": r["order"],
                "sets": " ".join(r["sets"][1::2]), "status": r["status"], "step": last.get("step", ""),
                "train_s": summary.get("train_seconds", last.get("seconds", "")),
@@ -243,14 +247,6 @@ def stage_train(a) -> None:
               + " ".join(f"{row[f'single_{L}']!s:>4}" for L in TRAINED)
               + " | multi-needle/key/value@8K " + " ".join(str(row[f"{t}4_8192"]) for t in
                                                            ("multi-needle", "multi-key", "multi-value")))
-
-
-def _last_row(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return rows[-1] if rows else {}
 
 
 def stage_needle(a) -> None:

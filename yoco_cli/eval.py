@@ -98,10 +98,10 @@ def eval_command(
         fail("--tasks: give at least one task name")
     extra_meta = _metadata(metadata)
     parallel.check_tensor_parallel(model, tp)      # --tp: a model it cannot split, before any work
-    groups = (gpus or tp) // max(1, tp) if "WORLD_SIZE" not in os.environ else None
-    if limit is not None and groups and limit < groups:
-        fail(f"--limit {limit} over {groups} processes (or groups): each takes a share of the documents; "
-             f"use --limit {groups} or more, or fewer processes")
+    shares = (gpus or tp) // max(1, tp) if "WORLD_SIZE" not in os.environ else None
+    if limit is not None and shares and limit < shares:
+        fail(f"--limit {limit} over {shares} processes (or groups): each takes a share of the documents; "
+             f"use --limit {shares} or more, or fewer processes")
     parallel.launch(gpus, device, tp)    # --gpus N / --tp N: this command as N processes, then exit
     w = parallel.world_or_fail()
     dw, _ = parallel.layout(w, tp)       # the data-parallel world: groups of tp ranks
@@ -124,7 +124,7 @@ def eval_command(
                           highlight=False, markup=False)
         elif tp > 1 and w.main:
             console.print(f"eval: tensor parallel over {tp} processes", highlight=False, markup=False)
-        split = (w, tp) if tp > 1 else None
+        split = (w, tp, dw) if tp > 1 else None
         results, template_name = _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length,
                                            num_fewshot, limit, log_samples, seed, tokenizer, chat_template, w.main,
                                            split)
@@ -138,8 +138,8 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
               log_samples, seed, tokenizer=None, chat_template="auto", main=True, split=None) -> tuple[dict | None, str]:
     """lm-eval's results (``samples`` included with ``log_samples``; None on a rank other than the
     first, ``main``) and the chat template applied (``none``, ``model`` or its path); lm-eval's
-    complaints one line. ``split``: ``(world, tp)`` of ``--tp``: the model sharded over its group,
-    the documents over one rank per group."""
+    complaints one line. ``split``: ``(world, tp, data-parallel world)`` of ``--tp``: the model
+    sharded over its group, the documents over one rank per group."""
     from yoco_core.dtypes import name_of
 
     from .options import kernel_status, load_model_or_fail
@@ -157,9 +157,8 @@ def _evaluate(names, model, dev, torch_dtype, extra_meta, batch_size, max_length
     lm_model = load_model_or_fail(model, dev, torch_dtype, tokenizer)
     data_parallel = None
     if split is not None:
-        w, tp = split
+        w, tp, dw = split
         parallel.split_model(lm_model, w, tp, dev, model)
-        dw, _ = parallel.layout(w, tp)
         data_parallel = (dw.rank, dw.size, parallel.data_group(w, tp))
     try:
         lm = YOCOLM(pretrained=model, model=lm_model, batch_size=batch_size, max_length=max_length,
@@ -197,8 +196,7 @@ def _peer_stopped(e: Exception) -> bool:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return False
-    backend_error = getattr(dist, "DistBackendError", ())
-    return (backend_error and isinstance(e, backend_error)) or (
+    return isinstance(e, getattr(dist, "DistBackendError", ())) or (
         isinstance(e, RuntimeError) and any(w in str(e) for w in ("Connection closed by peer", "Connection reset")))
 
 

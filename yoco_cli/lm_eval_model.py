@@ -106,8 +106,10 @@ class YOCOLM(TemplateLM):
                 if dev.startswith("cuda"):   # lm-eval's CLI defaults to cuda
                     log.warning("yoco model: CUDA is not available; running on cpu")
                 dev = "cuda" if torch.cuda.is_available() else "cpu"
-            if dev.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"       # torchrun: a GPU each
+            if dev == "cuda":                # under torchrun: cuda:LOCAL_RANK, a GPU each
+                from yoco_core.parallel.data import device_for, world
+
+                dev = device_for(dev, world())
             self.model = load_model(str(pretrained), device=dev, dtype=dtype_from_name(dtype, dev),
                                     tokenizer=tokenizer)
             self.model_name = str(pretrained)
@@ -340,11 +342,12 @@ def _distributed() -> tuple[int, int]:
     if not dist.is_available():
         return 0, 1
     if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return 0, 1
-        from yoco_core.parallel.data import TIMEOUT
+        from yoco_core.parallel.data import TIMEOUT, world
 
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+        w = world()
+        if not w.parallel:
+            return 0, 1
+        dist.init_process_group("gloo", rank=w.rank, world_size=w.size, timeout=TIMEOUT)
     return dist.get_rank(), dist.get_world_size()
 
 
