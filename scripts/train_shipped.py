@@ -146,14 +146,10 @@ def accuracy(csv_path: Path) -> dict:
 
 
 def to_bf16(src: Path, dest: Path) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
+    """One run's weights (final or a cut checkpoint) as bf16, the way ``ship`` writes them."""
+    from yoco_core.train import bf16_state, save_bf16
 
-    from yoco_core.checkpoint import FORMAT_VERSION
-
-    sd = {k: v.to(torch.bfloat16).contiguous() if v.is_floating_point() else v
-          for k, v in load_file(str(src / "model.safetensors")).items()}
-    save_file(sd, str(dest), metadata={"format": "yoco", "version": str(FORMAT_VERSION), "dtype": "bfloat16"})
+    save_bf16(bf16_state(src), dest)
 
 
 SMOKE = ["--steps", "4", "--batch-tokens", "2k", "--curriculum", "512,1k", "--set", "dim=32", "--set", "n_layers=2",
@@ -166,8 +162,9 @@ def stage_train(a) -> None:
 
     runs = [parse_run(s) for s in (a.runs.split(";") if a.runs else PLANS[a.plan])]
     for r in runs:
-        if a.steps:
-            r["args"] += ["--steps", str(a.steps)]
+        if a.steps:                              # in place of the recipe's, so commands.txt reads true
+            i = r["args"].index("--steps")
+            r["args"][i + 1] = str(a.steps)
         if a.smoke:                              # the whole path in seconds on the CPU
             r["args"] += SMOKE
     work, out = Path(a.work), Path(a.out)
@@ -227,8 +224,12 @@ def stage_train(a) -> None:
         row["min_single_trained"] = min(singles) if all(v != "" for v in singles) else ""
         rows.append(row)
         if r["weights"] is not None:
-            to_bf16(r["weights"], out / f"{r['name']}.safetensors")
-            shutil.copy(r["weights"] / "config.json", d / "config.json")
+            from yoco_core.train import TrainError
+            try:
+                to_bf16(r["weights"], out / f"{r['name']}.safetensors")
+                shutil.copy(r["weights"] / "config.json", d / "config.json")
+            except TrainError as e:                # non-finite weights: the row says so, the rest go on
+                row["status"] = f"not exported: {e}"
     with (out / "sweep.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

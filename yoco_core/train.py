@@ -809,31 +809,46 @@ def _last_logged(out: Path) -> dict:
 
 
 # -- shipping ------------------------------------------------------------------------------------
+def bf16_state(weights_dir) -> dict:
+    """``weights_dir/model.safetensors`` in bf16, each floating tensor checked finite (TrainError
+    names the first bad one): what ``ship`` ships and what a sweep exports of each run."""
+    weights_dir = Path(weights_dir)
+    try:
+        state = {k: v.to(torch.bfloat16).contiguous() if v.is_floating_point() else v
+                 for k, v in read_state_dict(weights_dir / "model.safetensors").items()}
+    except CheckpointError as e:
+        raise TrainError(str(e)) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainError(f"{weights_dir}: {len(bad)} tensors hold non-finite values (e.g. {bad[0]}); not shipped")
+    return state
+
+
+def save_bf16(state: dict, path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"format": "yoco", "version": str(ckpt.FORMAT_VERSION), "dtype": "bfloat16"})
+
+
 def ship(out, name: str | None = None, weights_dir: Path | None = None) -> Path:
     """Copy ``OUT/final`` into the package as ``yoco_core/weights/<name>/`` (bf16 safetensors +
     config.json + train_summary.json), where ``load_model(name)`` finds it; never weights with a
     non-finite value (TrainError, nothing written)."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     final = out / "final"
     if not (final / "model.safetensors").is_file():
         raise TrainError(f"no finished run in {out} (no final/model.safetensors)")
     try:
         mcfg = read_config(final)
-        state = {k: v.to(torch.bfloat16).contiguous() if v.is_floating_point() else v
-                 for k, v in read_state_dict(final / "model.safetensors").items()}
     except CheckpointError as e:
         raise TrainError(str(e)) from None
     name = (name or mcfg.name).lower()
     if name not in PRESETS:
         raise TrainError(f"{name!r} is not a preset name; shipped weights are found by preset name")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise TrainError(f"{final}: {len(bad)} tensors hold non-finite values (e.g. {bad[0]}); not shipped")
+    state = bf16_state(final)
     dest = Path(weights_dir or ckpt.WEIGHTS_DIR) / name
     dest.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dest / "model.safetensors"), metadata={"format": "yoco", "version": str(ckpt.FORMAT_VERSION), "dtype": "bfloat16"})
+    save_bf16(state, dest / "model.safetensors")
     (dest / "config.json").write_text(mcfg.replace(name=name).to_json() + "\n")
     if (out / SUMMARY_FILE).is_file():
         shutil.copyfile(out / SUMMARY_FILE, dest / SUMMARY_FILE)
