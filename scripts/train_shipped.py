@@ -145,20 +145,13 @@ def accuracy(csv_path: Path) -> dict:
     return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
-def to_bf16(src: Path, dest: Path) -> None:
-    """One run's weights (final or a cut checkpoint) as bf16, the way ``ship`` writes them."""
-    from yoco_core.train import bf16_state, save_bf16
-
-    save_bf16(bf16_state(src), dest)
-
-
 SMOKE = ["--steps", "4", "--batch-tokens", "2k", "--curriculum", "512,1k", "--set", "dim=32", "--set", "n_layers=2",
          "--set", "ffn_dim=64", "--log-every", "2"]
 SMOKE_GRID = [("single", None, "512,1k"), ("multi-needle", 2, "1k")]
 
 
 def stage_train(a) -> None:
-    from yoco_core.train import _last_logged      # the training log's last row
+    from yoco_core.train import TrainError, _last_logged, bf16_state, save_bf16
 
     runs = [parse_run(s) for s in (a.runs.split(";") if a.runs else PLANS[a.plan])]
     for r in runs:
@@ -224,9 +217,8 @@ def stage_train(a) -> None:
         row["min_single_trained"] = min(singles) if all(v != "" for v in singles) else ""
         rows.append(row)
         if r["weights"] is not None:
-            from yoco_core.train import TrainError
-            try:
-                to_bf16(r["weights"], out / f"{r['name']}.safetensors")
+            try:                                   # bf16, the way ship writes it
+                save_bf16(bf16_state(r["weights"]), out / f"{r['name']}.safetensors")
                 shutil.copy(r["weights"] / "config.json", d / "config.json")
             except TrainError as e:                # non-finite weights: the row says so, the rest go on
                 row["status"] = f"not exported: {e}"
