@@ -4,33 +4,37 @@
 #      vs the full forward)                                                     -> $OUT/check.txt
 #   2. yoco profile --arch yoco,transformer,hf,fla --size 3b --ctx 1m          -> $OUT/p/
 #   3. yoco profile --arch yoco,transformer --size 3b --ctx 256k, --batch 1..64 --decode-only  -> $OUT/b/
-# A CSV already in runs/gpu/{p,b}/ (carried from a call cut short) is resumed (--resume).
+# A CSV already in runs/gpu/{p,b}/ (carried from a call cut short) is resumed (--resume). The sweeps write
+# straight into $OUT, so the rows of a call the device's limit cuts still come back. ARCH and CTX pick the
+# profile's archs and contexts (default: yoco,transformer,hf,fla to 1m).
 # Short tables are printed last; only the end of a long log comes back.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl >/dev/null 2>&1
 export PYTHONPATH=.:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-runs/gpu}; mkdir -p "$OUT/p" "$OUT/b" /tmp/p /tmp/b
+OUT=${OUT:-runs/gpu}; mkdir -p "$OUT/p" "$OUT/b"
 Y="python3 -m yoco_cli.main"
-for d in p b; do [ -f runs/gpu/$d/profile.csv ] && cp runs/gpu/$d/profile.csv /tmp/$d/; done
+# the sweeps write straight into $OUT: a call cut by the device's own limit still brings its rows back
+for d in p b; do [ -f runs/gpu/$d/profile.csv ] && [ ! -f "$OUT/$d/profile.csv" ] && cp runs/gpu/$d/profile.csv "$OUT/$d/"; done
 if [ "${CHECK_S:-120}" -gt 0 ]; then
   timeout ${CHECK_S:-120} python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | grep -v -i warn | tail -40 > "$OUT/check.txt"
 fi
 if [ "${PROFILE_S:-470}" -gt 0 ]; then
-  timeout ${PROFILE_S:-470} $Y profile --arch yoco,transformer,hf,fla --size 3b --ctx 1m --gen-tokens ${GEN:-32} \
-      --device cuda --dtype bf16 --out /tmp/p --resume > "$OUT/p/log.txt" 2>&1
+  timeout -k 30 -s INT ${PROFILE_S:-470} $Y profile --arch ${ARCH:-yoco,transformer,hf,fla} --size 3b --ctx ${CTX:-1m} \
+      --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/p" --resume > "$OUT/p/log.txt" 2>&1
   echo "profile rc=$?"
 fi
 if [ "${BATCH_S:-0}" -gt 0 ]; then
-  timeout ${BATCH_S} $Y profile --arch yoco,transformer --size 3b --ctx 256k, --batch 1,2,4,8,16,32,64 --decode-only \
-      --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out /tmp/b --resume > "$OUT/b/log.txt" 2>&1
+  timeout -k 30 -s INT ${BATCH_S} $Y profile --arch yoco,transformer --size 3b --ctx 256k, --batch 1,2,4,8,16,32,64 \
+      --decode-only --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/b" --resume > "$OUT/b/log.txt" 2>&1
   echo "batch rc=$?"
 fi
-cp /tmp/p/profile.csv /tmp/p/commands.txt "$OUT/p/" 2>/dev/null
-cp /tmp/b/profile.csv /tmp/b/commands.txt "$OUT/b/" 2>/dev/null
+for d in p b; do   # at most 8 files come back: the figures as one bundle per folder (yoco report redraws them)
+  (cd "$OUT/$d" && ls *.png >/dev/null 2>&1 && tar czf figures.tar.gz *.png && rm -f *.png)
+done
 tail -3 "$OUT/check.txt" 2>/dev/null
-python3 - <<'PY'
-import csv
-for f in ("/tmp/p/profile.csv", "/tmp/b/profile.csv"):
+python3 - "$OUT" <<'PY'
+import csv, sys
+for f in (f"{sys.argv[1]}/p/profile.csv", f"{sys.argv[1]}/b/profile.csv"):
     try:
         rows = list(csv.DictReader(open(f)))
     except OSError:

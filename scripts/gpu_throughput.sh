@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call of the YOCO paper's throughput protocol (arXiv 2405.05254, Fig. 6) on the 3B models:
-#   yoco profile --throughput --arch $ARCH --size 3b --ctx $CTX --gen-tokens $GEN [--timed-steps $TIMED]
+#   yoco profile --throughput --arch $ARCH --size 3b --ctx $CTX --gen-tokens $GEN [--timed-steps $TIMED] [--timed-prefills $PREFILLS]
 #                [--batch $BATCH] --device cuda --dtype bf16 --resume                    -> $OUT/t/
 # Per context the largest batch the memory estimate fits (an out-of-memory is a row, the batch steps
-# down), prefilled, then GEN tokens decoded (TIMED of them timed, the rest extrapolated: see the note
+# down), prefilled (with PREFILLS: one sequence at a time, PREFILLS of them timed, the batch's time extrapolated),
+# then GEN tokens decoded (TIMED of them timed, the rest extrapolated: see the note
 # column). A profile.csv already in $RESUME_DIR (default runs/gpu/t: an earlier call's $OUT/t/profile.csv,
 # copied there from what came back and carried) is resumed, so the whole target runs over several calls. The
 # sweep gets SIGINT after LIMIT_S seconds (it stops after the row in flight) and SIGKILL 30 s later;
@@ -17,6 +18,7 @@ OUT=${OUT:-runs/gpu}; RESUME_DIR=${RESUME_DIR:-runs/gpu/t}; mkdir -p "$OUT/t" /t
 [ -f "$RESUME_DIR/profile.csv" ] && cp "$RESUME_DIR/profile.csv" /tmp/t/
 EXTRA=""
 [ -n "${TIMED:-}" ] && EXTRA="$EXTRA --timed-steps $TIMED"
+[ -n "${PREFILLS:-}" ] && EXTRA="$EXTRA --timed-prefills $PREFILLS"
 [ -n "${BATCH:-}" ] && EXTRA="$EXTRA --batch $BATCH"
 timeout -k 30 -s INT ${LIMIT_S:-540} python3 -m yoco_cli.main profile --throughput --arch ${ARCH:-yoco,transformer} \
     --size 3b --ctx ${CTX:-32k,64k,128k,256k,512k,1m} --gen-tokens ${GEN:-1024} $EXTRA \

@@ -55,13 +55,14 @@ THROUGHPUT = (("yoco", 32768, 140, "oom", None), ("yoco", 32768, 117, "ok", 1684
               ("transformer", 1 << 20, 1, "oom", None))
 
 
-def write_throughput(folder, device="NVIDIA H200", rows=THROUGHPUT, timed=64, cap=None, note=None):
+def write_throughput(folder, device="NVIDIA H200", rows=THROUGHPUT, timed=64, cap=None, note=None, prefills=None):
     """A --throughput sweep of the 3B models (decode timed over ``timed`` of 1024 steps; ``cap``: every
-    row's batch_cap; ``note``: every row's note instead of the sweep's; a row's sixth item: its model,
-    else ``<arch>-3b``)."""
+    row's batch_cap; ``note``: every row's note instead of the sweep's; ``prefills``: every row's
+    timed_prefills; a row's sixth item: its model, else ``<arch>-3b``)."""
     for arch, ctx, batch, status, tok_s, *model in rows:
         row = dict(arch=arch, model=model[0] if model else f"{arch}-3b", size="3b", params=3_000_000_000, ctx=ctx,
                    batch=batch, batch_cap=cap, status=status, mode="throughput", gen_tokens=1024, timed_steps=timed,
+                   timed_prefills=prefills,
                    chunk_size=8192, device=device, dtype="bf16", torch="2.11.0", triton="3.6.0", date=DATE,
                    note=note if note is not None else "CUDA out of memory" if status == "oom" else
                    f"decode: {timed} of 1024 steps timed, the time of all 1024 extrapolated (x16.2)")
@@ -261,6 +262,29 @@ def test_extrapolation_is_read_from_the_step_columns_not_the_note(tmp_path):
     said = plots.throughput_rows(schemas.PROFILE.read(
         write_throughput(tmp_path / "b", rows=rows, timed=1024, note="remark: nothing extrapolated")))
     assert list(said["note"]) == [""]
+
+
+def test_throughput_rows_keep_one_sequence_prefills_a_setting_of_their_own(tmp_path, monkeypatch):
+    """Rows of --timed-prefills and of whole-batch prefills at one context: a pair each (never a
+    YOCO of one against a Transformer of the other), the former's note saying how its prefill was
+    timed; the figure draws each setting."""
+    folder = tmp_path / "run"
+    write_throughput(folder, rows=(("yoco", 32768, 117, "ok", 1684.0), ("transformer", 32768, 24, "ok", 695.0)))
+    write_throughput(folder, rows=(("yoco", 32768, 117, "ok", 1500.0), ("transformer", 32768, 24, "ok", 500.0)),
+                     prefills=1)
+    df = schemas.PROFILE.read(schemas.PROFILE.path(folder))
+    r = plots.throughput_rows(df)
+    assert len(r) == 2 and not plots.several_yoco_models(r)
+    [whole], [one] = r[r["timed_prefills"].isna()].to_dict("records"), r[r["timed_prefills"] == 1].to_dict("records")
+    assert (whole["ratio"], one["ratio"]) == (pytest.approx(1684 / 695), pytest.approx(3.0))
+    assert "prefill" not in whole["note"]
+    assert one["note"].endswith("; prefill extrapolated from 1 sequence(s) prefilled one at a time")
+    drawn = {}
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(
+        {i: sorted(ln.get_label() for ln in ax.get_lines()) for i, ax in enumerate(fig.axes)}) or real(fig, path))
+    plots.throughput_figure(df, tmp_path / "fig")
+    assert len([lab for lab in drawn[1] if lab.startswith("measured")]) == 2
 
 
 def test_the_throughput_figure_draws_each_yoco_model(tmp_path, monkeypatch):

@@ -537,7 +537,8 @@ def fixed_cell(monkeypatch):
     monkeypatch.setattr(profile, "_ceilings", lambda plan: sweep.Ceilings(1.0, 1.0, 1.0))
     asked = []
 
-    def fixed(runner, ctx, batch, gen_tokens, chunk_size, repeats=1, seed=0, decode_only=False, steps=None):
+    def fixed(runner, ctx, batch, gen_tokens, chunk_size, repeats=1, seed=0, decode_only=False, steps=None,
+              prefills=None):
         asked.append(steps)
         return sweep.CellResult(status="ok", prefill_s=2.0, decode_ms=10.0, decode_s=0.25, cache_bytes=1)
 
@@ -602,6 +603,152 @@ def test_throughput_cells_that_cannot_fit_are_skipped_once(tmp_path, fixed_cell)
     assert "exceeds the --memory-gb budget of 0.001 GB" in rows[0]["note"] and fixed_cell == []
 
 
+# -- --timed-prefills: the batch prefilled one sequence at a time ----------------------------------
+TP1 = ["profile", "--throughput", "--size", "tiny", "--ctx", "512", "--gen-tokens", "8", "--device", "cpu"]
+
+
+@pytest.fixture
+def one_at_a_time(monkeypatch):
+    """What a --timed-prefills sweep runs: each prefill's (arch, batch of its ids), and each
+    measure_cell's [arch, batch, decode_only, its result (None: it raised)]; the ceilings not measured."""
+    from yoco_cli import profile
+
+    monkeypatch.setattr(profile, "_ceilings", lambda plan: sweep.Ceilings(1.0, 1.0, 1.0))
+    seen = {"prefill": [], "cell": []}
+    real_prefill, real_cell = runners.NativeRunner.prefill, sweep.measure_cell
+
+    def prefill(self, ids, chunk_size, reserve):
+        seen["prefill"].append((self.arch, ids.shape[0]))
+        return real_prefill(self, ids, chunk_size, reserve)
+
+    def cell(*a, **k):
+        seen["cell"].append([a[0].arch, a[2], a[7], None])        # a cell that raises is seen too
+        seen["cell"][-1][3] = res = real_cell(*a, **k)
+        return res
+
+    monkeypatch.setattr(runners.NativeRunner, "prefill", prefill)
+    monkeypatch.setattr(sweep, "measure_cell", cell)
+    return seen
+
+
+def test_timed_prefills_prefill_one_sequence_at_a_time(tmp_path, one_at_a_time):
+    """--timed-prefills 1: no prefill of the whole batch, only batch-1 ones (the warm-up and the one
+    timed); prefill_s = batch x that prefill's time; the decode the decode-only cell's at the batch
+    (its cache the batch's), --timed-steps applying as before; the column, the note and the
+    throughput formula."""
+    argv = [*TP1, "--arch", "yoco,transformer", "--timed-steps", "2", "--timed-prefills", "1", "--batch", "3",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert one_at_a_time["prefill"] == [("yoco", 1)] * 2 + [("transformer", 1)] * 2     # warm-up + 1, never 3
+    cells = one_at_a_time["cell"]
+    assert [(arch, b, only) for arch, b, only, _ in cells] == [
+        ("yoco", 3, True), ("yoco", 1, False), ("transformer", 3, True), ("transformer", 1, False)]
+    rows = _rows(tmp_path)
+    assert [(r["arch"], r["batch"], r["status"], r["timed_prefills"], r["timed_steps"]) for r in rows] == [
+        ("yoco", "3", "ok", "1", "2"), ("transformer", "3", "ok", "1", "2")]
+    for r, (_, _, _, decode), (_, _, _, one) in zip(rows, cells[::2], cells[1::2]):
+        assert one.decode_s is None and one.prefill_s > 0               # the prefill half decodes nothing
+        assert float(r["prefill_s"]) == 3 * one.prefill_s
+        assert float(r["decode_ms"]) == decode.decode_ms and decode.prefill_s is None
+        cfg = get_config(r["model"])
+        reserve = sweep.decode_reserve(8)
+        assert float(r["cache_gb"]) * GB == pytest.approx(sum(analytic.cache_bytes(cfg, 512, 3, 4, reserve).values()))
+        scale = analytic.decode_bytes_over(cfg, 512, 3, 4, 8) / analytic.decode_bytes_over(cfg, 512, 3, 4, 2)
+        assert float(r["decode_s"]) == pytest.approx(decode.decode_s * scale)
+        assert float(r["throughput_tok_s"]) == pytest.approx(3 * 8 / (float(r["prefill_s"]) + float(r["decode_s"])))
+        assert ("prefill: 1 of 3 sequences prefilled one at a time and timed, the batch's prefill time 3 x their "
+                "median; the batch decoded from a cache of random values (as --decode-only)") in r["note"]
+        assert "decode: 2 of 8 steps timed" in r["note"] and "peak memory" not in r["note"]    # none on the CPU
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "prefill extrapolated from 1 sequence(s) prefilled one at a time" in md
+    assert "Every batch was prefilled one sequence at a time, 1 of those prefills timed" in md
+
+
+def test_one_at_a_time_takes_the_larger_phases_peak_and_stops_at_a_failed_half(monkeypatch):
+    """The row's peaks are the larger phase's (the decode's batch cache or the prefill's one
+    sequence), said in the note; no more than the batch's sequences are timed; a failed half is the
+    cell's result, the prefill's named as such, and a failed decode runs no prefill."""
+    plan = sweep.Plan(archs=["yoco"], sizes=["tiny"], ctxs=[64], batches=[], throughput=True, gen_tokens=4,
+                      timed_prefills=5)
+    cell = sweep.Cell("yoco", "tiny", "yoco-tiny", 2, 64)
+    runner = runners.Runner(arch="yoco", config=None, model=None, device=torch.device("cpu"), params=0)
+    results, asked = [], []
+
+    def run_cell(runner, ctx, batch, gen_tokens, chunk, repeats=1, seed=0, decode_only=False, steps=None,
+                 prefills=None):
+        asked.append((batch, decode_only, steps, prefills))
+        return results.pop(0)
+
+    monkeypatch.setattr(sweep, "run_cell", run_cell)
+    results[:] = [sweep.CellResult("ok", decode_ms=3.0, decode_s=0.01, peak_alloc=10, peak_reserved=12, cache_bytes=7),
+                  sweep.CellResult("ok", prefill_s=0.5, peak_alloc=11, peak_reserved=11, cache_bytes=1)]
+    res = sweep._one_at_a_time(plan, runner, cell, 0)
+    assert asked == [(2, True, 4, None), (1, False, 0, 2)]             # 2 of the batch's 2, not 5
+    assert (res.prefill_s, res.decode_ms, res.cache_bytes, res.peak_alloc, res.peak_reserved) == (1.0, 3.0, 7, 11, 12)
+    assert res.note.startswith("prefill: 2 of 2 sequences prefilled one at a time")
+    assert "peak memory: the larger phase's (the decode holds the batch's cache, the prefill one sequence's " \
+           "activations)" in res.note
+    results[:] = [sweep.CellResult("oom", note="CUDA out of memory")]
+    assert sweep._one_at_a_time(plan, runner, cell, 0).status == "oom" and len(asked) == 3
+    results[:] = [sweep.CellResult("ok", decode_ms=3.0, decode_s=0.01), sweep.CellResult("oom", note="CUDA oom")]
+    res = sweep._one_at_a_time(plan, runner, cell, 0)
+    assert (res.status, res.note) == ("oom", "prefilling one sequence: CUDA oom")
+
+
+def test_timed_prefills_are_part_of_the_cell_on_resume(tmp_path, one_at_a_time):
+    """Another --timed-prefills (or none) measures the cell anew, the same one skips it; a file
+    written before the column resumes as the whole-batch cells it holds, and is upgraded with it blank."""
+    argv = [*TP1, "--arch", "yoco", "--batch", "2", "--out", str(tmp_path)]
+    cells = one_at_a_time["cell"]
+    assert main([*argv, "--timed-prefills", "1"]) == 0 and len(cells) == 2
+    assert main([*argv, "--timed-prefills", "1", "--resume"]) == 0 and len(cells) == 2
+    assert main([*argv, "--timed-prefills", "2", "--resume"]) == 0 and len(cells) == 4
+    assert main([*argv, "--timed-prefills", "2", "--resume"]) == 0 and len(cells) == 4
+    assert main([*argv, "--resume"]) == 0 and len(cells) == 5                  # the whole batch, once
+    assert [c[1] for c in cells[4:]] == [2]
+    assert main([*argv, "--resume", "--timed-prefills", "1"]) == 0 and main([*argv, "--resume"]) == 0
+    assert len(cells) == 5
+    rows = _rows(tmp_path)
+    assert [(r["timed_prefills"], r["batch"]) for r in rows] == [("1", "2"), ("2", "2"), ("", "2")]
+    assert "prefilled one at a time" not in rows[2]["note"] and float(rows[2]["prefill_s"]) > 0
+    assert one_at_a_time["prefill"][-2:] == [("yoco", 2)] * 2              # the whole batch: warm-up + timed
+
+    old = tmp_path / "old"
+    old.mkdir()
+    path = schemas.PROFILE.path(old)
+    path.write_text(schemas.PROFILE.path(tmp_path).read_text())
+    _keep_columns(path, [c for c in schemas.PROFILE.names if c != "timed_prefills"])
+    keep = [r for r in _rows(old) if r["note"] and "one at a time" not in r["note"]]     # as an older version wrote it
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(keep[0]))
+        w.writeheader()
+        w.writerows(keep)
+    assert schemas.PROFILE.is_layout(list(keep[0]))
+    assert main([*TP1, "--arch", "yoco", "--batch", "2", "--out", str(old), "--resume"]) == 0 and len(cells) == 5
+    assert main([*TP1, "--arch", "yoco", "--batch", "2", "--out", str(old), "--resume", "--timed-prefills", "1"]) == 0
+    assert len(cells) == 7
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == schemas.PROFILE.names
+    assert [r["timed_prefills"] for r in _rows(old)] == ["", "1"]
+
+
+def test_an_oom_in_the_decode_phase_steps_the_batch_down_before_any_prefill(tmp_path, one_at_a_time, monkeypatch):
+    """The injected out-of-memory at the batch's decode (yoco 512 x 3) is an oom row, the batch
+    steps down to 2, and only that batch's cell prefills (the failed one spent no prefill)."""
+    monkeypatch.setenv(sweep.INJECT_ENV, "yoco:512:3")
+    argv = [*TP1, "--arch", "yoco", "--batch", "3", "--timed-prefills", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = _rows(tmp_path)
+    assert [(r["batch"], r["status"], r["timed_prefills"]) for r in rows] == [("3", "oom", "1"), ("2", "ok", "1")]
+    assert "injected" in rows[0]["note"] and rows[0]["note"].endswith("next: batch 2")
+    assert rows[0]["prefill_s"] == rows[0]["throughput_tok_s"] == ""
+    assert rows[1]["note"].startswith("batch: stepped down from 3 (out of memory); prefill: 1 of 2 sequences")
+    assert [(b, only) for _, b, only, _ in one_at_a_time["cell"]] == [(3, True), (2, True), (1, False)]
+    assert one_at_a_time["prefill"] == [("yoco", 1)] * 2
+    assert main([*argv, "--resume"]) == 0 and len(one_at_a_time["cell"]) == 3
+
+
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ["--ctx", "4q"], ["--ctx", "0"], ["--ctx", "1.5"], ["--arch", "rnn"], ["--arch", "yoco,mamba"],
@@ -611,7 +758,8 @@ def test_throughput_cells_that_cannot_fit_are_skipped_once(tmp_path, fixed_cell)
     ["--throughput", "--timed-steps", "0"], ["--throughput", "--gen-tokens", "8", "--timed-steps", "9"],
     ["--throughput", "--arch", "yoco,hf"], ["--memory-gb", "0"], ["--memory-gb", "-1"], ["--memory-gb", "nan"],
     ["--memory-gb", "1e-10"], ["--throughput", "--memory-gb", "4e-10"],
-    ["--throughput", "--batch", "0"],
+    ["--throughput", "--batch", "0"], ["--timed-prefills", "1"], ["--throughput", "--timed-prefills", "0"],
+    ["--throughput", "--timed-prefills", "1", "--repeats", "2"],
 ])
 def test_bad_input_is_one_line_exit_2(args, capsys, tmp_path):
     assert main(["profile", "--device", "cpu", "--out", str(tmp_path / "o"), *args]) == 2

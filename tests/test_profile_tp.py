@@ -124,6 +124,22 @@ def test_tp_2_on_the_cpu_writes_the_one_process_rows_as_cells_of_their_own(tmp_p
         assert keys == {schemas.PROFILE.key_of(x) for x in mine}
 
 
+def test_tp_2_prefills_one_sequence_at_a_time_and_steps_down_alike(tmp_path):
+    """``--tp 2 --throughput --timed-prefills 1``: both halves run on both ranks (the decode-only
+    cell at the batch, then the batch-1 prefills); an out-of-memory injected into the batch's decode
+    (both ranks) steps the group down alike; rank 0's rows say tp2 and timed_prefills 1."""
+    argv = ["profile", "--throughput", "--arch", "yoco", "--size", "tiny", "--ctx", "64", "--gen-tokens", "2",
+            "--batch", "3", "--timed-prefills", "1", "--device", "cpu", "--out", str(tmp_path), "--tp", "2"]
+    r = run_yoco(*argv, env={"OMP_NUM_THREADS": "1", sweep.INJECT_ENV: "yoco:64:3"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _rows(tmp_path)
+    assert [(x["batch"], x["status"], x["parallel"], x["timed_prefills"]) for x in rows] == [
+        ("3", "oom", "tp2", "1"), ("2", "ok", "tp2", "1")]
+    assert "prefill: 1 of 2 sequences prefilled one at a time" in rows[1]["note"]
+    assert float(rows[1]["throughput_tok_s"]) == pytest.approx(
+        2 * 2 / (float(rows[1]["prefill_s"]) + float(rows[1]["decode_s"])))
+
+
 def test_a_file_without_gpus_and_parallel_resumes_as_one_process_rows(tmp_path, monkeypatch):
     """profile.csv written before the gpus and parallel columns: its rows are one process's cells
     (done on --resume), and the first append rewrites it with gpus 1 and parallel blank."""

@@ -355,6 +355,24 @@ def test_a_capped_throughput_batch_is_not_reported_as_the_protocol(tmp_path):
     assert "Transformer capped at 16" in rows[0] and "Transformer capped" not in rows[1]
 
 
+def test_the_throughput_table_says_which_rows_prefilled_one_sequence_at_a_time(tmp_path):
+    """--timed-prefills rows: a column where the setting varies, else a sentence in the paragraph."""
+    rows = (("yoco", 32768, 117, "ok", 1684.0), ("transformer", 32768, 24, "ok", 695.0))
+    write_throughput(tmp_path / "both", rows=rows)
+    write_throughput(tmp_path / "both", rows=rows, prefills=2)
+    assert main(["report", str(tmp_path / "both"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    head, *body = _protocol_table(md)
+    assert "| timed prefills |" in head and sorted(r.split(" | ")[2] for r in body) == ["", "2"]
+    assert "prefilled one sequence at a time" not in md.split("*Throughput protocol")[0]
+    write_throughput(tmp_path / "one", rows=rows, prefills=2)
+    assert main(["report", str(tmp_path / "one"), "--out", str(tmp_path / "rep1")]) == 0
+    md = (tmp_path / "rep1" / "report.md").read_text()
+    assert "timed prefills" not in _protocol_table(md)[0]
+    assert ("Every batch was prefilled one sequence at a time, 2 of those prefills timed (at most the batch's), "
+            "the batch's prefill time its size x their median.") in md
+
+
 def test_the_throughput_table_names_the_yoco_model_when_there_are_several(tmp_path):
     """A gRet and an SWA YOCO at one context: a model column tells their rows apart; and a model that
     did not run is in the same words as the ratio table ("skipped (over memory)")."""

@@ -84,7 +84,7 @@ def _log2_ctx_axis(ax, ctxs) -> None:
 
 def _varying(df: pd.DataFrame, cols) -> list[str]:
     """Those of ``cols`` that take more than one value in ``df`` (so labels name only those)."""
-    return [c for c in cols if c in df.columns and df[c].astype(str).nunique() > 1]
+    return [c for c in cols if c in df.columns and df[c].astype(str).nunique(dropna=False) > 1]   # blank a value too
 
 
 def _last_per(df: pd.DataFrame, cols) -> pd.DataFrame:
@@ -408,18 +408,19 @@ def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     return [_save(fig, Path(out_dir) / "profile_ratios.png")]
 
 
-THROUGHPUT_KEYS = ["size", "ctx", "device", "dtype", "gen_tokens", "timed_steps"]
+THROUGHPUT_KEYS = ["size", "ctx", "device", "dtype", "gen_tokens", "timed_steps", "timed_prefills"]
 
 
 def throughput_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The throughput protocol (mode throughput), YOCO against the Transformer per (size, ctx,
-    device, dtype, gen_tokens, timed_steps): each model's final row of its batch search (the
-    last written that is not an out-of-memory at a batch above 1; one row per YOCO model, e.g. a
-    gRet and an SWA one), its batch, cap and tokens/s, the ratio (NaN unless both ran) and the
-    paper's ratio at that context (NaN where it has none); ``yoco_capped`` / ``base_capped``: the
-    batch ran at its ``batch_cap`` (maybe below the largest that fits, so not the paper's
-    protocol); ``note`` says why a ratio is missing, which batch its cap limited and where a decode
-    time was extrapolated (``timed_steps`` below ``gen_tokens``)."""
+    device, dtype, gen_tokens, timed_steps, timed_prefills): each model's final row of its batch
+    search (the last written that is not an out-of-memory at a batch above 1; one row per YOCO
+    model, e.g. a gRet and an SWA one), its batch, cap and tokens/s, the ratio (NaN unless both
+    ran) and the paper's ratio at that context (NaN where it has none); ``yoco_capped`` /
+    ``base_capped``: the batch ran at its ``batch_cap`` (maybe below the largest that fits, so not
+    the paper's protocol); ``note`` says why a ratio is missing, which batch its cap limited, where a decode
+    time was extrapolated (``timed_steps`` below ``gen_tokens``) and where the prefill time was
+    (``timed_prefills``: the batch prefilled one sequence at a time)."""
     cols = [*THROUGHPUT_KEYS, "yoco_model", "yoco_batch", "yoco_cap", "yoco_capped", "yoco_tok_s", "yoco_status",
             "base_batch", "base_cap", "base_capped", "base_tok_s", "base_status", "ratio", "paper_ratio", "note"]
     if "mode" not in df.columns:
@@ -442,6 +443,9 @@ def throughput_rows(df: pd.DataFrame) -> pd.DataFrame:
                 notes.append(f"{who} capped at {fmt_int(r[f'batch_cap_{k}'])}")
         if "ok" in (ys, bs) and _num(r["timed_steps"]) < _num(r["gen_tokens"]):
             notes.append(f"decode extrapolated from {fmt_int(r['timed_steps'])} of {fmt_int(r['gen_tokens'])} steps")
+        if "ok" in (ys, bs) and fmt_int(r["timed_prefills"]):
+            notes.append(f"prefill extrapolated from {fmt_int(r['timed_prefills'])} sequence(s) prefilled one at "
+                         "a time")
         out.append({**{k: r[k] for k in THROUGHPUT_KEYS}, "yoco_model": r.get("model_y"),
                     "yoco_batch": r.get("batch_y"), "yoco_cap": r.get("batch_cap_y"), "yoco_capped": capped["y"],
                     "yoco_tok_s": ty, "yoco_status": ys, "base_batch": r.get("batch_b"),
@@ -450,7 +454,8 @@ def throughput_rows(df: pd.DataFrame) -> pd.DataFrame:
                     "paper_ratio": PAPER_THROUGHPUT["ratio"].get(int(r["ctx"]), math.nan),
                     "note": "; ".join(n for n in notes if n)})
     res = pd.DataFrame(out, columns=cols)
-    return res.sort_values(["size", "device", "dtype", "gen_tokens", "timed_steps", "ctx", "yoco_model"],
+    return res.sort_values(["size", "device", "dtype", "gen_tokens", "timed_steps", "timed_prefills", "ctx",
+                            "yoco_model"],
                            kind="stable").reset_index(drop=True)
 
 
@@ -465,7 +470,7 @@ def several_yoco_models(rows: pd.DataFrame) -> bool:
     and an SWA one): then only the model tells their rows apart."""
     keys = [k for k in THROUGHPUT_KEYS if k != "ctx"]
     named = rows[rows["yoco_model"].notna()]
-    return bool(not named.empty and (named.groupby(keys)["yoco_model"].nunique() > 1).any())
+    return bool(not named.empty and (named.groupby(keys, dropna=False)["yoco_model"].nunique() > 1).any())
 
 
 def throughput_figure(df: pd.DataFrame, out_dir) -> list[Path]:
@@ -477,10 +482,10 @@ def throughput_figure(df: pd.DataFrame, out_dir) -> list[Path]:
     if rows.empty:
         return []
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
-    group = ["size", *_varying(rows, ("device", "dtype", "gen_tokens", "timed_steps"))]
+    group = ["size", *_varying(rows, ("device", "dtype", "gen_tokens", "timed_steps", "timed_prefills"))]
     by_model = several_yoco_models(rows)
     colour = 0
-    for key, g in rows.groupby(group, sort=False):
+    for key, g in rows.groupby(group, sort=False, dropna=False):     # a blank timed_prefills is a group too
         key = key if isinstance(key, tuple) else (key,)
         label = " ".join(str(k) for k in key)
         g = g.sort_values("ctx")

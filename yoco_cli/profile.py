@@ -11,7 +11,7 @@ SPEC is the ``--size`` path (its arch and size).
 
 One row per (arch, size, ctx, batch) cell is appended to ``OUT/profile.csv`` (``schemas.PROFILE``)
 as soon as the cell is measured; ``--resume`` skips cells already there with the same setting
-(dtype, mode, decode steps, chunk, device: ``schemas.PROFILE.key``). One run per ``--out`` at a
+(dtype, mode, decode steps, prefills timed, chunk, device: ``schemas.PROFILE.key``). One run per ``--out`` at a
 time (``schemas.lock_results``); Ctrl-C / SIGTERM stop after the cell in flight (``interrupts``). Out-of-memory is a
 result: the cell is recorded as ``oom`` with the memory it would have needed, and the sweep goes
 on; a cell whose analytic estimate exceeds the device's memory, or that is at least as large in
@@ -31,8 +31,12 @@ decoded (default 1024 there); throughput counts the generated tokens only, batch
 the prompts'), over the prefill and decode time together. A batch the cap limited says so (the
 row's ``batch_cap`` column and note; ``yoco report`` marks it).
 ``--timed-steps N`` runs and times only N of the decode steps and extrapolates the rest (the row's
-note says so). ``--resume`` skips a context whose search has ended (a row that is not an
-out-of-memory, or one at batch 1), and continues a search below the batches that ran out of memory.
+note says so). ``--timed-prefills N`` prefills the batch one sequence at a time, as a server with
+chunked prefill does: N of them are timed (after a batch-1 warm-up), the batch's prefill time is
+batch x their median, and the batch decodes from a cache of random values as ``--decode-only``
+does (``sweep._one_at_a_time``; the row's ``timed_prefills`` column and note say so).
+``--resume`` skips a context whose search has ended (a row that is not an out-of-memory, or one at
+batch 1), and continues a search below the batches that ran out of memory.
 ``--tp N`` runs the sweep as N processes (``yoco_cli.parallel.launch``), one tensor-parallel group
 (ours only: arch yoco and transformer; hf and fla are refused, as is a shape whose heads do not
 divide): every rank builds the same model (same seed), keeps its share of the heads
@@ -99,6 +103,10 @@ ThroughputOpt = Annotated[bool, typer.Option(
 TimedStepsOpt = Annotated[Optional[int], typer.Option(
     "--timed-steps", help="With --throughput: run and time only this many of the --gen-tokens decode steps; the "
                           "decode time of all of them is extrapolated by the analytic bytes per step (noted per row).")]
+TimedPrefillsOpt = Annotated[Optional[int], typer.Option(
+    "--timed-prefills", help="With --throughput: prefill the batch one sequence at a time, time this many of them "
+                             "(after a batch-1 warm-up) and take batch x their median as its prefill time; the "
+                             "batch then decodes from a cache of random values, as --decode-only (noted per row).")]
 MemoryOpt = Annotated[Optional[float], typer.Option(
     "--memory-gb", help="Memory a cell may take, GB (1e9 bytes); default: the device's (a GPU's total, the CPU's "
                         "available RAM). Cells estimated above it are skipped; --throughput picks its batches by it.")]
@@ -139,6 +147,7 @@ def profile(
     decode_only: DecodeOnlyOpt = False,
     throughput: ThroughputOpt = False,
     timed_steps: TimedStepsOpt = None,
+    timed_prefills: TimedPrefillsOpt = None,
     memory_gb: MemoryOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -156,7 +165,7 @@ def profile(
     from yoco_core.perf import sweep
 
     plan = _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only,
-                 throughput, timed_steps, device, dtype, seed)
+                 throughput, timed_steps, device, dtype, seed, timed_prefills)
     _check_tensor_parallel(plan, tp)             # before any work
     memory = _memory_option(memory_gb)
     out = ensure_out_dir(out)
@@ -223,7 +232,7 @@ def _check_tensor_parallel(plan, tp: int) -> None:
 
 
 def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, throughput,
-          timed_steps, device, dtype, seed):
+          timed_steps, device, dtype, seed, timed_prefills=None):
     """The options checked (a one-line error each) and made into a ``sweep.Plan``."""
     from yoco_core.config import SIZES
     from yoco_core.perf import runners, sweep
@@ -249,6 +258,12 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
         fail(f"bad --timed-steps {timed_steps}: must be between 1 and --gen-tokens ({gen_tokens})")
     if repeats < 1:
         fail(f"bad --repeats {repeats}: must be at least 1")
+    if timed_prefills is not None and not throughput:
+        fail("--timed-prefills goes with --throughput (the other modes prefill each batch whole)")
+    if timed_prefills is not None and timed_prefills < 1:
+        fail(f"bad --timed-prefills {timed_prefills}: must be at least 1")
+    if timed_prefills is not None and repeats != 1:
+        fail("--timed-prefills and --repeats exclude each other (--timed-prefills N times exactly N prefills)")
     chunk = parse_chunk(chunk_size, auto=sweep.AUTO_CHUNK)
     if self_decoder not in ("gret", "swa"):
         fail(f"unknown --self-decoder {self_decoder!r} (use gret or swa)")
@@ -269,7 +284,8 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
             fail(str(e))
     return sweep.Plan(archs=archs, sizes=sizes, ctxs=ctxs, batches=batches, gen_tokens=gen_tokens, chunk=chunk,
                       self_decoder=self_decoder, repeats=repeats, seed=seed, decode_only=decode_only,
-                      throughput=throughput, timed_steps=timed_steps, batch_cap=cap, batch_cap_auto=cap_auto,
+                      throughput=throughput, timed_steps=timed_steps, timed_prefills=timed_prefills,
+                      batch_cap=cap, batch_cap_auto=cap_auto,
                       device=dev, dtype=torch_dtype, folder=folder)
 
 
@@ -332,6 +348,7 @@ def _key(plan, machine, cell) -> tuple[str, ...]:
 
     return schemas.PROFILE.key_of({**asdict(cell), "dtype": plan.dtype_name, "mode": plan.mode,
                                    "gen_tokens": plan.gen_tokens, "timed_steps": plan.steps,
+                                   "timed_prefills": plan.timed_prefills,
                                    "chunk_size": plan.chunk_for(cell), "device": machine.name,
                                    "gpus": plan.tp, "parallel": plan.parallel})
 

@@ -152,7 +152,7 @@ def combine(runs: list[Run], schema: schemas.Schema) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=[*schema.names, "run"])
     df = layout_in_device(pd.concat(frames, ignore_index=True))
-    keyed = df[list(schema.key)].fillna("").astype(str).agg("\x1f".join, axis=1)
+    keyed = df[list(schema.key)].astype(object).fillna("").astype(str).agg("\x1f".join, axis=1)   # blank ints: NaN
     runs_per = df.assign(_k=keyed).groupby(["device", "_k"])["run"].nunique()
     shared = {dev for (dev, _), n in runs_per.items() if n > 1}
     if shared and df["run"].nunique() > 1:
@@ -237,14 +237,16 @@ def batch_table(profile: pd.DataFrame) -> pd.DataFrame:
 def throughput_table(profile: pd.DataFrame) -> pd.DataFrame:
     """The throughput protocol per context: each model's batch and tokens/s, YOCO / Transformer,
     and the paper's ratio at that context (``plots.throughput_rows``); the YOCO model where one
-    size has several (gRet and SWA), the setting (device, dtype, tokens generated, steps timed)
-    where it varies (``throughput_words`` says it otherwise), the note where there is one."""
+    size has several (gRet and SWA), the setting (device, dtype, tokens generated, steps timed,
+    prefills timed) where it varies (``throughput_words`` says it otherwise), the note where there
+    is one."""
     rows = plots.throughput_rows(profile)
     out = []
     for r in rows.to_dict("records"):
         out.append({"size": r["size"], "YOCO model": r["yoco_model"] if isinstance(r["yoco_model"], str) else "",
                     "context": format_size(int(r["ctx"])), "device": r["device"], "dtype": r["dtype"],
                     "generated": plots.fmt_int(r["gen_tokens"]), "timed steps": plots.fmt_int(r["timed_steps"]),
+                    "timed prefills": plots.fmt_int(r["timed_prefills"]),
                     "YOCO batch": plots.fmt_int(r["yoco_batch"]) if r["yoco_status"] == "ok" else "",
                     "YOCO tok/s": _tok_s(r["yoco_tok_s"], r["yoco_status"]),
                     "Transformer batch": plots.fmt_int(r["base_batch"]) if r["base_status"] == "ok" else "",
@@ -256,13 +258,13 @@ def throughput_table(profile: pd.DataFrame) -> pd.DataFrame:
         return df
     if not plots.several_yoco_models(rows):
         df = df.drop(columns=["YOCO model"])
-    df = _drop_constant(df, ("device", "dtype", "generated", "timed steps"))
+    df = _drop_constant(df, ("device", "dtype", "generated", "timed steps", "timed prefills"))
     return df.drop(columns=["note"]) if not df["note"].astype(bool).any() else df
 
 
 def throughput_words(profile: pd.DataFrame, table: pd.DataFrame) -> str:
-    """The paragraph above the throughput table: the protocol, the tokens generated and steps timed
-    where the table dropped them as constant, and how many rows ran at their batch cap."""
+    """The paragraph above the throughput table: the protocol, the tokens generated, steps timed and
+    prefills timed where the table dropped them as constant, and how many rows ran at their batch cap."""
     rows = plots.throughput_rows(profile)
     words = ("The throughput protocol of the YOCO paper (`yoco profile --throughput`): per context each model at "
              "the largest batch the estimate fits (or the --batch cap), prefilled, then the tokens generated; "
@@ -273,6 +275,10 @@ def throughput_words(profile: pd.DataFrame, table: pd.DataFrame) -> str:
         words += f" Every row generated {gen} tokens per sequence"
         words += (f", {timed} of the decode steps timed and the rest's time extrapolated from them."
                   if "timed steps" not in table.columns and gen != timed else ".")
+    prefills = plots.fmt_int(rows["timed_prefills"].iloc[0])
+    if "timed prefills" not in table.columns and prefills:
+        words += (f" Every batch was prefilled one sequence at a time, {prefills} of those prefills timed (at most "
+                  "the batch's), the batch's prefill time its size x their median.")
     capped = int((rows["yoco_capped"] | rows["base_capped"]).sum())
     if capped:
         words += (f" In {capped} row(s) a model ran at its batch cap (\"capped at\" in the note), which may be "

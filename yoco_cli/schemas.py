@@ -311,7 +311,10 @@ def _append_bytes(path: Path, data: bytes) -> None:
 
 
 def _norm(v) -> str:
-    """One spelling per value: 4096, 4096.0 and "4096" all give "4096"; 0.5 and "0.5" give "0.5"."""
+    """One spelling per value: 4096, 4096.0 and "4096" all give "4096"; 0.5 and "0.5" give "0.5";
+    an empty value ("", None, or the NaN a read gives an empty number) gives ""."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -359,6 +362,7 @@ NEEDLE = Schema(
 # --self-decoder: yoco-swa-* in model), --ctx, --batch, --dtype; mode (--decode-only: no prefill,
 # another cache; --throughput: the batch chosen, see below), --gen-tokens (the decode steps, and
 # the cache reserved for them), timed_steps (--timed-steps: how many of them ran and were timed),
+# timed_prefills (--timed-prefills: the batch prefilled one sequence at a time, that many timed),
 # chunk_size (--chunk-size, as the effective chunk of the cell: auto and an explicit 8k that come
 # to the same chunk are one cell), device (the chip's name: a --resume on another GPU measures
 # anew), gpus and parallel (--tp N: the N processes of one tensor-parallel group, ``tpN``: never
@@ -369,7 +373,8 @@ NEEDLE = Schema(
 # yoco_cli/profile.py), whatever batch a --batch cap or --memory-gb gave it.
 # Older files: before the mode column, decode-only rows are those whose note starts "decode only"
 # (what measured decode-only rows say), the others full; before timed_steps, every step was timed
-# (timed_steps = gen_tokens); before read_tbs, no read bandwidth was measured and their
+# (timed_steps = gen_tokens); before timed_prefills, every batch was prefilled whole (blank);
+# before read_tbs, no read bandwidth was measured and their
 # decode_share is over copy_tbs (yoco report shows no share for them); no throughput columns (nor
 # batch_cap: blank); before gpus and parallel, every row was one process's (gpus 1, parallel blank).
 PROFILE = Schema(
@@ -410,6 +415,9 @@ PROFILE = Schema(
         ("gen_tokens", "int", "decode steps of the cell (the cache has room for them)"),
         ("timed_steps", "int", "decode steps run and timed (throughput mode: fewer than gen_tokens with "
                                "--timed-steps)"),
+        ("timed_prefills", "int", "throughput mode with --timed-prefills: the batch prefilled one sequence at a "
+                                  "time, this many of them timed, prefill_s = batch x their median (empty: the "
+                                  "batch prefilled whole)"),
         ("chunk_size", "int", "prefill chunk size (0 = unchunked)"),
         ("device", "str", "device name"),
         ("gpus", "int", "processes (devices: GPUs, or CPU processes) that ran the cell together: 1, or N with --tp N"),
@@ -420,12 +428,12 @@ PROFILE = Schema(
         ("date", "str", "UTC time the row was measured"),
         ("note", "str", "error text or remark"),
     ),
-    key=("arch", "model", "size", "ctx", "batch", "dtype", "mode", "gen_tokens", "timed_steps", "chunk_size",
-         "device", "gpus", "parallel"),
+    key=("arch", "model", "size", "ctx", "batch", "dtype", "mode", "gen_tokens", "timed_steps", "timed_prefills",
+         "chunk_size", "device", "gpus", "parallel"),
     legacy={"mode": lambda row: "decode-only" if str(row.get("note", "")).startswith("decode only") else "full",
             "timed_steps": lambda row: row.get("gen_tokens", ""), "read_tbs": lambda row: "",
             "decode_s": lambda row: "", "throughput_tok_s": lambda row: "", "batch_cap": lambda row: "",
-            "gpus": lambda row: "1", "parallel": lambda row: ""},
+            "gpus": lambda row: "1", "parallel": lambda row: "", "timed_prefills": lambda row: ""},
 )
 
 EVAL = Schema(

@@ -37,7 +37,14 @@ batch and length, the batch prefilled, then decoded): throughput = batch x ``gen
 (prefill time + decode time), the generated tokens only (not the prompts'). With ``timed_steps`` below ``gen_tokens`` only that many steps run
 and the decode time of all ``gen_tokens`` is extrapolated from them by the analytic bytes per
 step (``analytic.decode_bytes_over``: step ``i`` reads the cache at ``ctx + i``); the row's note
-says so, with the factor.
+says so, with the factor. With ``timed_prefills`` (``--timed-prefills N``) the batch is prefilled
+one sequence at a time, as a server with chunked prefill does (``_one_at_a_time``): first the
+decode half, a decode-only cell's at the batch (``_measure_decode_only``: a cache of random values
+at the context, the same buffers and work per step; so an out-of-memory there steps the batch
+down before any prefill is spent), then ``measure_cell`` at batch 1 with ``N`` (at most the batch)
+timed prefills after its usual warm-up (a batch-1 prefill of the whole length) and no decode
+steps; prefill time = batch x their median (the batch's prefills are independent and alike), the
+peak memory the larger phase's; the note says so.
 
 Tensor parallel (``Plan.tp`` ranks in ``Plan.group``, ``yoco_core.parallel.tensor``): every rank
 runs the same sweep in lockstep, its model built with the same seed and sharded
@@ -139,11 +146,12 @@ def _cell_generator(dev, seed: int, ctx: int, batch: int) -> torch.Generator:
 
 def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
                  repeats: int = 1, seed: int = 0, decode_only: bool = False,
-                 steps: int | None = None) -> CellResult:
+                 steps: int | None = None, prefills: int | None = None) -> CellResult:
     """Time one cell (raises on out-of-memory; ``run_cell`` catches). See the module docstring.
     ``decode_only``: no prefill; decoding starts from ``runner.random_cache`` (prefill_s is None).
     ``steps``: the decode steps run and timed (default ``gen_tokens``; the cache has room for
-    ``gen_tokens`` either way)."""
+    ``gen_tokens`` either way). ``prefills``: exactly this many prefills timed (``--timed-prefills``),
+    instead of at least ``repeats`` and more while they are short."""
     steps = gen_tokens if steps is None else steps
     if decode_only:
         return _measure_decode_only(runner, ctx, batch, gen_tokens, seed, steps)
@@ -174,7 +182,8 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
             b = clock.mark()
             prefill_times.append(clock.seconds(a, b))
             n = len(prefill_times)
-            enough = n >= max(1, repeats) and (n >= MAX_PREFILL_REPEATS or sum(prefill_times) >= PREFILL_BUDGET_S)
+            enough = n >= prefills if prefills else \
+                n >= max(1, repeats) and (n >= MAX_PREFILL_REPEATS or sum(prefill_times) >= PREFILL_BUDGET_S)
             if _any_rank(enough, runner):
                 break
         res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, steps)
@@ -196,7 +205,8 @@ def _timed_decode(runner: Runner, clock: Clock, tok, cache, ctx: int, batch: int
     bytes, the decoder set-up, ``steps`` individually timed greedy steps, the memory peaks."""
     _inject_faults(runner.arch, ctx, batch)
     nbytes = runner.cache_nbytes(cache)
-    runner.prepare_decode(cache)
+    if steps:                         # none (a prefill timed alone): no decoder to build, nor its memory
+        runner.prepare_decode(cache)
     marks = []
     for _ in range(steps):
         a = clock.mark()
@@ -233,13 +243,15 @@ def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, 
 
 
 def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
-             repeats: int = 1, seed: int = 0, decode_only: bool = False, steps: int | None = None) -> CellResult:
+             repeats: int = 1, seed: int = 0, decode_only: bool = False, steps: int | None = None,
+             prefills: int | None = None) -> CellResult:
     """``measure_cell`` with out-of-memory as a result: on OOM (or any other error) the cell's
     tensors are dropped with the exception, the allocator is emptied, and the status says so. A
     CUDA error that lost the context (raised by the cell, or surfacing when the memory is released
     after it) is an ``error`` with ``lost`` set, and nothing more is asked of the device."""
     try:
-        res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only, steps=steps)
+        res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only, steps=steps,
+                           prefills=prefills)
     except Exception as e:  # noqa: BLE001 - every failure of a cell is recorded, the sweep goes on
         lost = is_context_lost(e)
         res = CellResult(status="oom" if is_out_of_memory(e) else "error", note=first_line(e), lost=lost)
@@ -289,7 +301,8 @@ class Plan:
     ``folder``, every arch on that model folder (``sizes`` is then its name alone). With
     ``throughput`` every (arch, size, ctx), the batch chosen when measured (at most ``batch_cap``;
     ``batch_cap_auto``: that cap is ``--batch auto``'s default, not one the user gave), ``timed_steps``
-    of the ``gen_tokens`` steps timed (None: all)."""
+    of the ``gen_tokens`` steps timed (None: all), ``timed_prefills``: the batch prefilled one
+    sequence at a time, that many of them timed (None: the batch prefilled whole)."""
     archs: list[str]
     sizes: list[str]
     ctxs: list[int]
@@ -302,6 +315,7 @@ class Plan:
     decode_only: bool = False
     throughput: bool = False
     timed_steps: int | None = None
+    timed_prefills: int | None = None
     batch_cap: int | None = None
     batch_cap_auto: bool = False
     device: str = "cpu"
@@ -465,6 +479,7 @@ class Record:
     mode: str = ""
     gen_tokens: int | None = None
     timed_steps: int | None = None
+    timed_prefills: int | None = None
     chunk_size: int | None = None
     device: str = ""
     gpus: int | None = None
@@ -631,7 +646,8 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
                  batch=cell.batch, batch_cap=plan.batch_cap if plan.throughput else None,
                  matmul_tflops=ceil.matmul_tflops if ceil else None,
                  copy_tbs=ceil.copy_tbs if ceil else None, read_tbs=(ceil.read_tbs or None) if ceil else None,
-                 mode=plan.mode, gen_tokens=plan.gen_tokens, timed_steps=plan.steps, chunk_size=chunk,
+                 mode=plan.mode, gen_tokens=plan.gen_tokens, timed_steps=plan.steps,
+                 timed_prefills=plan.timed_prefills, chunk_size=chunk,
                  device=machine.name, gpus=plan.tp, parallel=plan.parallel, dtype=plan.dtype_name,
                  torch=machine.torch, triton=machine.triton)
     analytic = _analyse(rec, plan.config_for(cell), plan, chunk)
@@ -647,9 +663,11 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
     if runner.config is not None:            # what was built: a loaded folder's own config
         analytic = _analyse(rec, runner.config, plan, chunk)
     rec.params = runner.params
-    res = run_cell(runner, cell.ctx, cell.batch, plan.gen_tokens, chunk or None, plan.repeats, plan.seed,
-                   plan.decode_only, steps=plan.steps)
-    res = _agreed(res, runner)
+    if plan.timed_prefills:
+        res = _one_at_a_time(plan, runner, cell, chunk)
+    else:
+        res = _agreed(run_cell(runner, cell.ctx, cell.batch, plan.gen_tokens, chunk or None, plan.repeats,
+                               plan.seed, plan.decode_only, steps=plan.steps), runner)
     rec.status, rec.note = res.status, _join(res.note, model_note)
     if res.lost:
         models.lost = res.note
@@ -660,6 +678,33 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
         if plan.throughput:
             _add_throughput(rec, res, runner.config or plan.config_for(cell), plan)
     return rec
+
+
+def _one_at_a_time(plan: Plan, runner: Runner, cell: Cell, chunk: int) -> CellResult:
+    """A throughput cell of ``plan.timed_prefills`` (module docstring): the decode half at the
+    cell's batch from a random cache, then the prefill half, ``N`` batch-1 prefills timed; each
+    half a ``run_cell`` of its own (out-of-memory a result, the memory released after it), its
+    status agreed over the tensor-parallel group before the next is run."""
+    batch = cell.batch
+    decode = _agreed(run_cell(runner, cell.ctx, batch, plan.gen_tokens, None, seed=plan.seed, decode_only=True,
+                              steps=plan.steps), runner)
+    if decode.status != "ok":
+        return decode
+    runner.end_cell()                 # the batch's cache is not held while one sequence is prefilled
+    n = min(plan.timed_prefills, batch)           # the batch has no more sequences to prefill
+    one = _agreed(run_cell(runner, cell.ctx, 1, plan.gen_tokens, chunk or None, seed=plan.seed, steps=0,
+                           prefills=n), runner)
+    if one.status != "ok":
+        one.note = f"prefilling one sequence: {one.note}"
+        return one
+    peaks = [(r.peak_alloc, r.peak_reserved) for r in (decode, one) if r.peak_alloc is not None]
+    note = _join(f"prefill: {n} of {batch} sequences prefilled one at a time and timed, the batch's prefill time "
+                 f"{batch} x their median; the batch decoded from a cache of random values (as --decode-only)",
+                 "peak memory: the larger phase's (the decode holds the batch's cache, the prefill one "
+                 "sequence's activations)" if peaks else "")
+    return dataclasses.replace(decode, prefill_s=batch * one.prefill_s, note=note,
+                               peak_alloc=max((a for a, _ in peaks), default=None),
+                               peak_reserved=max((r for _, r in peaks), default=None))
 
 
 STATUSES = ("ok", "oom", "error")          # better to worse: the group's status of a cell is the worst
