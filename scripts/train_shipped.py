@@ -297,13 +297,22 @@ RULER_TASKS = "niah_single_1,niah_multikey_2,niah_multikey_3"
 RULER_LENGTHS = (4096, 8192, 16384, 32768, 65536)
 
 
-def _ruler_model(model: str, work: Path, limit: int, device: str, lengths) -> None:
-    """One model's RULER lengths, one ``yoco eval`` each (its ``--limit`` then counts per length)."""
+def _ruler_model(model: str, work: Path, limit: int, device: str, lengths, until: float) -> None:
+    """One model's RULER lengths, one ``yoco eval`` each (its ``--limit`` then counts per length),
+    shortest first; a length still running at ``until`` is stopped (its results are lost, the
+    lengths before it kept) and none is started after."""
     with (work / f"{model}.txt").open("a") as log:
         for L in lengths:
-            subprocess.run([*Y, "eval", "--tasks", RULER_TASKS, "-m", model, "--limit", str(limit), "--metadata",
-                            json.dumps({"max_seq_lengths": [L]}), "--device", device, "--out", str(work / f"{model}-{L}")],
-                           stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            if time.time() >= until:
+                print(f"{model} {L}: not started (budget)", file=log, flush=True)
+                continue
+            try:
+                subprocess.run([*Y, "eval", "--tasks", RULER_TASKS, "-m", model, "--limit", str(limit), "--metadata",
+                                json.dumps({"max_seq_lengths": [L]}), "--device", device,
+                                "--out", str(work / f"{model}-{L}")],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, timeout=until - time.time())
+            except subprocess.TimeoutExpired:
+                print(f"{model} {L}: stopped at the budget", file=log, flush=True)
 
 
 def stage_ruler(a) -> None:
@@ -314,7 +323,7 @@ def stage_ruler(a) -> None:
     work.mkdir(parents=True, exist_ok=True)
     lengths = (4096,) if a.smoke else RULER_LENGTHS
     t0 = time.time()
-    threads = [threading.Thread(target=_ruler_model, args=(m, work, a.limit, a.device, lengths))
+    threads = [threading.Thread(target=_ruler_model, args=(m, work, a.limit, a.device, lengths, t0 + a.budget_s))
                for m in a.models.split(",")]
     for t in threads:
         t.start()
@@ -326,8 +335,10 @@ def stage_ruler(a) -> None:
             f = work / f"{m}-{L}" / "eval.csv"
             if f.is_file():
                 with f.open(newline="") as fh:
+                    # lm-eval lists every default length, -1 for those not run: the one asked for only
                     rows += [{"model": m, "task": r["task"], "ctx": r["metric"], "score": r["value"],
-                              "prompts": r["limit"], "device": r["device"]} for r in csv.DictReader(fh)]
+                              "prompts": r["limit"], "device": r["device"]} for r in csv.DictReader(fh)
+                             if r["metric"] == str(L)]
     with (out / "ruler.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["model", "task", "ctx", "score", "prompts", "device"])
         w.writeheader()
@@ -405,6 +416,7 @@ def main() -> None:
     r.add_argument("--limit", type=int, default=50, help="prompts per length and task")
     r.add_argument("--out", required=True)
     r.add_argument("--work", default="/tmp/yoco-ruler")
+    r.add_argument("--budget-s", type=float, default=1e9, help="wall seconds, all models together (default: none)")
     n = sub.add_parser("_needle")
     for q in (t, e, n, r):
         q.add_argument("--device", default="cuda")

@@ -511,7 +511,8 @@ def test_a_signal_keeps_a_checkpoint_at_the_end_of_the_step_and_resume_continues
 REGRESSION_GRID = [("single", 1, 1024), ("single", 1, 4096), ("multi-key", 4, 2048), ("multi-needle", 4, 2048),
                    ("multi-value", 4, 2048)]
 FLOORS = {   # measured 2026-12-02 on the weights shipped that day (data v2: every needle format)
-    "yoco-tiny": [1.0, 1.0, 1.0, 0.75, 0.9166],
+    # the 4000-step run: multi-needle 0.75 -> 1.0, multi-value 0.92 -> 0.83 (the README's trade)
+    "yoco-tiny": [1.0, 1.0, 1.0, 1.0, 0.8333],
     "yoco-swa-tiny": [1.0, 1.0, 1.0, 0.9166, 1.0],
     "transformer-tiny": [1.0, 1.0, 0.3333, 0.75, 0.75],
 }
