@@ -16,10 +16,10 @@ Y="python3 -m yoco_cli.main"
 # the sweeps write straight into $OUT: a call cut by the device's own limit still brings its rows back
 for d in p b; do [ -f runs/gpu/$d/profile.csv ] && [ ! -f "$OUT/$d/profile.csv" ] && cp runs/gpu/$d/profile.csv "$OUT/$d/"; done
 if [ "${CHECK_S:-120}" -gt 0 ]; then
-  timeout ${CHECK_S:-120} python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | grep -v -i warn | tail -40 > "$OUT/check.txt"
+  timeout ${CHECK_S:-120} python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/gpu 2>&1 | tail -40 > "$OUT/check.txt"
 fi
-if [ "${PROFILE_S:-470}" -gt 0 ]; then
-  timeout -k 30 -s INT ${PROFILE_S:-470} $Y profile --arch ${ARCH:-yoco,transformer,hf,fla} --size 3b --ctx ${CTX:-1m} \
+if [ "${PROFILE_S:-400}" -gt 0 ]; then
+  timeout -k 30 -s INT ${PROFILE_S:-400} $Y profile --arch ${ARCH:-yoco,transformer,hf,fla} --size 3b --ctx ${CTX:-1m} \
       --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/p" --resume > "$OUT/p/log.txt" 2>&1
   echo "profile rc=$?"
 fi
@@ -28,8 +28,9 @@ if [ "${BATCH_S:-0}" -gt 0 ]; then
       --decode-only --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/b" --resume > "$OUT/b/log.txt" 2>&1
   echo "batch rc=$?"
 fi
-for d in p b; do   # at most 8 files come back: the figures as one bundle per folder (yoco report redraws them)
-  (cd "$OUT/$d" && ls *.png >/dev/null 2>&1 && tar czf figures.tar.gz *.png && rm -f *.png)
+for d in p b; do   # at most 8 files come back: per folder profile.csv, log.txt and one bundle of the rest
+  (cd "$OUT/$d" && rm -f .yoco.lock && ls *.png commands.txt >/dev/null 2>&1 && tar czf extras.tar.gz *.png commands.txt \
+     && rm -f *.png commands.txt)
 done
 tail -3 "$OUT/check.txt" 2>/dev/null
 python3 - "$OUT" <<'PY'

@@ -7,7 +7,7 @@ python3 scripts/train_shipped.py eval --models yoco-tiny,transformer-tiny --budg
 E=$!
 python3 scripts/train_shipped.py ruler --models yoco-tiny,yoco-swa-tiny,transformer-tiny --limit ${LIMIT:-20} --budget-s ${RULER_S:-440} --out $OUT > /tmp/ruler.log 2>&1 &
 R=$!
-timeout ${CHECK_S:-300} python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | grep -v -i warn | tail -40 > $OUT/check.txt
+timeout ${CHECK_S:-300} python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/gpu 2>&1 | tail -40 > $OUT/check.txt
 wait $E $R
 tail -4 $OUT/check.txt
 cp /tmp/eval.log /tmp/ruler.log /tmp/ 2>/dev/null

@@ -14,24 +14,25 @@
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl >/dev/null 2>&1
 export PYTHONPATH=.:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-runs/gpu}; RESUME_DIR=${RESUME_DIR:-runs/gpu/t}; mkdir -p "$OUT/t" /tmp/t
-[ -f "$RESUME_DIR/profile.csv" ] && cp "$RESUME_DIR/profile.csv" /tmp/t/
+OUT=${OUT:-runs/gpu}; RESUME_DIR=${RESUME_DIR:-runs/gpu/t}; mkdir -p "$OUT/t"
+# straight into $OUT: a call cut by the device's own limit still brings its rows back
+[ -f "$RESUME_DIR/profile.csv" ] && [ ! -f "$OUT/t/profile.csv" ] && cp "$RESUME_DIR/profile.csv" "$OUT/t/"
 EXTRA=""
 [ -n "${TIMED:-}" ] && EXTRA="$EXTRA --timed-steps $TIMED"
 [ -n "${PREFILLS:-}" ] && EXTRA="$EXTRA --timed-prefills $PREFILLS"
 [ -n "${BATCH:-}" ] && EXTRA="$EXTRA --batch $BATCH"
 timeout -k 30 -s INT ${LIMIT_S:-540} python3 -m yoco_cli.main profile --throughput --arch ${ARCH:-yoco,transformer} \
     --size 3b --ctx ${CTX:-32k,64k,128k,256k,512k,1m} --gen-tokens ${GEN:-1024} $EXTRA \
-    --device cuda --dtype bf16 --out /tmp/t --resume > "$OUT/t/log.txt" 2>&1
+    --device cuda --dtype bf16 --out "$OUT/t" --resume > "$OUT/t/log.txt" 2>&1
 echo "throughput rc=$?"
-cp /tmp/t/profile.csv /tmp/t/commands.txt "$OUT/t/" 2>/dev/null
+rm -f "$OUT/t/.yoco.lock"
 grep -E "^ceilings|interrupted|error" "$OUT/t/log.txt" | head -5
-python3 - <<'PY'
-import csv
+python3 - "$OUT/t/profile.csv" <<'PY'
+import csv, sys
 try:
-    rows = list(csv.DictReader(open("/tmp/t/profile.csv")))
+    rows = list(csv.DictReader(open(sys.argv[1])))
 except OSError:
-    raise SystemExit("/tmp/t/profile.csv missing")
+    raise SystemExit(f"{sys.argv[1]} missing")
 for r in rows:
     print(f"{r['arch']:<11}{r['ctx']:>8} b{r['batch']:<4} cap {r.get('batch_cap') or '-':<4} {r['status']:<7} pre {r['prefill_s'][:7]:>7}s "
           f"dec {r['decode_s'][:7]:>7}s {r['decode_ms'][:6]:>6}ms/step {r['throughput_tok_s'][:7]:>7}tok/s "

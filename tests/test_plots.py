@@ -278,7 +278,7 @@ def test_throughput_rows_keep_one_sequence_prefills_a_setting_of_their_own(tmp_p
     [whole], [one] = r[r["timed_prefills"].isna()].to_dict("records"), r[r["timed_prefills"] == 1].to_dict("records")
     assert (whole["ratio"], one["ratio"]) == (pytest.approx(1684 / 695), pytest.approx(3.0))
     assert "prefill" not in whole["note"]
-    assert one["note"].endswith("; prefill extrapolated from 1 sequence(s) prefilled one at a time")
+    assert one["note"].endswith("; prefill extrapolated from 1 sequence(s) (at most the batch's) prefilled one at a time")
     drawn = {}
     real = plots._save
     monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(

@@ -661,8 +661,50 @@ def test_timed_prefills_prefill_one_sequence_at_a_time(tmp_path, one_at_a_time):
         assert "decode: 2 of 8 steps timed" in r["note"] and "peak memory" not in r["note"]    # none on the CPU
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "prefill extrapolated from 1 sequence(s) prefilled one at a time" in md
+    assert "prefill extrapolated from 1 sequence(s) (at most the batch's) prefilled one at a time" in md
     assert "Every batch was prefilled one sequence at a time, 1 of those prefills timed" in md
+
+
+@pytest.mark.parametrize("name,ctx,chunk", [("yoco-3b", 32768, 8192), ("transformer-3b", 32768, 65536),
+                                            ("yoco-tiny", 512, None)])
+def test_the_one_at_a_time_estimate_holds_one_sequences_chunk_beside_the_batchs_cache(name, ctx, chunk):
+    """Prefilled one sequence at a time, a batch needs its whole cache but only one sequence's
+    prefill chunk (or the batch's decode step, when that is larger), so more sequences fit."""
+    cfg = get_config(name)
+    c = analytic.effective_chunk(chunk, ctx) or ctx
+    for b in (1, 7, 64):
+        whole = analytic.estimate_memory(cfg, ctx, b, 2, chunk, 12)
+        one = analytic.estimate_memory(cfg, ctx, b, 2, chunk, 12, one_at_a_time=True)
+        assert (one["weights"], one["cache"]) == (whole["weights"], whole["cache"])
+        assert one["activations"] == max(analytic.activation_bytes(cfg, c, 1, 2),
+                                         analytic.activation_bytes(cfg, 1, b, 2))
+        assert one["total"] == one["weights"] + one["cache"] + one["activations"]
+        assert (one["total"] == whole["total"]) if b == 1 else (one["total"] < whole["total"])
+    memory = int(analytic.estimate_memory(cfg, ctx, 8, 2, chunk, 12)["total"])
+    fits = analytic.largest_batch(cfg, ctx, 2, memory, chunk, 12, one_at_a_time=True)
+    assert fits > analytic.largest_batch(cfg, ctx, 2, memory, chunk, 12) == 8
+    assert analytic.estimate_memory(cfg, ctx, fits, 2, chunk, 12, one_at_a_time=True)["total"] <= memory < \
+        analytic.estimate_memory(cfg, ctx, fits + 1, 2, chunk, 12, one_at_a_time=True)["total"]
+
+
+def test_timed_prefills_pick_the_batch_by_the_one_at_a_time_estimate(tmp_path, measured):
+    """With --timed-prefills the throughput batch is the largest the one-at-a-time estimate fits in
+    --memory-gb (larger than the batched prefill's), the note says which estimate, and est_gb is it."""
+    y = get_config("yoco-tiny")
+    reserve = sweep.decode_reserve(4)
+    memory = analytic.estimate_memory(y, 512, 3, 4, None, reserve)["total"] + 1          # batched: batch 3
+    assert analytic.largest_batch(y, 512, 4, memory, None, reserve) == 3
+    want = analytic.largest_batch(y, 512, 4, memory, None, reserve, one_at_a_time=True)
+    assert want > 3
+    argv = ["profile", "--throughput", "--arch", "yoco", "--size", "tiny", "--ctx", "512", "--gen-tokens", "4",
+            "--timed-steps", "2", "--timed-prefills", "1", "--batch", "64", "--memory-gb", repr(memory / GB),
+            "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    (r,) = _rows(tmp_path)
+    assert (r["status"], int(r["batch"])) == ("ok", want)
+    assert "batch: the largest the estimate (one sequence prefilled at a time) fits in" in r["note"]
+    assert float(r["est_gb"]) * GB == pytest.approx(
+        analytic.estimate_memory(y, 512, want, 4, None, reserve, one_at_a_time=True)["total"])
 
 
 def test_one_at_a_time_takes_the_larger_phases_peak_and_stops_at_a_failed_half(monkeypatch):
@@ -747,6 +789,21 @@ def test_an_oom_in_the_decode_phase_steps_the_batch_down_before_any_prefill(tmp_
     assert [(b, only) for _, b, only, _ in one_at_a_time["cell"]] == [(3, True), (2, True), (1, False)]
     assert one_at_a_time["prefill"] == [("yoco", 1)] * 2
     assert main([*argv, "--resume"]) == 0 and len(one_at_a_time["cell"]) == 3
+
+
+def test_an_oom_prefilling_one_sequence_ends_the_search(tmp_path, one_at_a_time, monkeypatch):
+    """An out-of-memory in the batch-1 prefill (injected at yoco 512 x 1) does not depend on the
+    batch: one oom row naming it, no step-down, and a --resume (its blocker at batch 1) measures
+    nothing more at that context."""
+    monkeypatch.setenv(sweep.INJECT_ENV, "yoco:512:1")
+    argv = [*TP1, "--arch", "yoco", "--batch", "3", "--timed-prefills", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = _rows(tmp_path)
+    assert [(r["batch"], r["status"]) for r in rows] == [("3", "oom")]
+    assert sweep.ONE_SEQUENCE in rows[0]["note"] and "next: batch" not in rows[0]["note"]
+    assert [(b, only) for _, b, only, _ in one_at_a_time["cell"]] == [(3, True), (1, False)]
+    assert sweep.Blockers.from_rows(rows, "fp32").smallest("yoco-tiny", 512) == 1
+    assert main([*argv, "--resume"]) == 0 and len(one_at_a_time["cell"]) == 2 and len(_rows(tmp_path)) == 1
 
 
 # -- bad input ---------------------------------------------------------------------------------

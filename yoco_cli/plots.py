@@ -444,8 +444,8 @@ def throughput_rows(df: pd.DataFrame) -> pd.DataFrame:
         if "ok" in (ys, bs) and _num(r["timed_steps"]) < _num(r["gen_tokens"]):
             notes.append(f"decode extrapolated from {fmt_int(r['timed_steps'])} of {fmt_int(r['gen_tokens'])} steps")
         if "ok" in (ys, bs) and fmt_int(r["timed_prefills"]):
-            notes.append(f"prefill extrapolated from {fmt_int(r['timed_prefills'])} sequence(s) prefilled one at "
-                         "a time")
+            notes.append(f"prefill extrapolated from {fmt_int(r['timed_prefills'])} sequence(s) (at most the batch's) "
+                         "prefilled one at a time")
         out.append({**{k: r[k] for k in THROUGHPUT_KEYS}, "yoco_model": r.get("model_y"),
                     "yoco_batch": r.get("batch_y"), "yoco_cap": r.get("batch_cap_y"), "yoco_capped": capped["y"],
                     "yoco_tok_s": ty, "yoco_status": ys, "base_batch": r.get("batch_b"),

@@ -34,7 +34,8 @@ row's ``batch_cap`` column and note; ``yoco report`` marks it).
 note says so). ``--timed-prefills N`` prefills the batch one sequence at a time, as a server with
 chunked prefill does: N of them are timed (after a batch-1 warm-up), the batch's prefill time is
 batch x their median, and the batch decodes from a cache of random values as ``--decode-only``
-does (``sweep._one_at_a_time``; the row's ``timed_prefills`` column and note say so).
+does (``sweep._one_at_a_time``; the row's ``timed_prefills`` column and note say so); the batch is
+the largest the one-at-a-time memory estimate fits (the batch's cache beside one sequence's chunk).
 ``--resume`` skips a context whose search has ended (a row that is not an out-of-memory, or one at
 batch 1), and continues a search below the batches that ran out of memory.
 ``--tp N`` runs the sweep as N processes (``yoco_cli.parallel.launch``), one tensor-parallel group
@@ -355,9 +356,13 @@ def _key(plan, machine, cell) -> tuple[str, ...]:
 
 def _done_keys(row: dict) -> list[tuple[str, ...]]:
     """The cells a row completes: its own; for a throughput row that ended its batch search (not
-    an out-of-memory, or one at batch 1), also its context's throughput cell (batch 0)."""
+    an out-of-memory, or one at batch 1, or one of prefilling a single sequence), also its
+    context's throughput cell (batch 0)."""
+    from yoco_core.perf.sweep import ONE_SEQUENCE
+
     keys = [schemas.PROFILE.key_of(row)]
-    if row["mode"] == "throughput" and (row["status"] != "oom" or int(row["batch"]) == 1):
+    if row["mode"] == "throughput" and (row["status"] != "oom" or int(row["batch"]) == 1
+                                        or ONE_SEQUENCE in row.get("note", "")):
         keys.append(_cell_key(row))
     return keys
 

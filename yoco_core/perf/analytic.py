@@ -37,7 +37,10 @@ depth):
   prefill chunk of ``c`` tokens (``activation_bytes``): ``B c (3 f + 3 d) b`` (SwiGLU's gate, up
   and product, the residual stream and the normed input) + for gRet the chunkwise form's float32
   chunk states and score blocks ``2 B ceil(c / 64) H_s (64^2 + h^2) 4`` + the last position's
-  logits ``2 B V 4``. An estimate, good to tens of percent, used to mark cells that cannot fit
+  logits ``2 B V 4``. With the batch prefilled one sequence at a time (``one_at_a_time``, the
+  throughput protocol's ``--timed-prefills``) the activations are one sequence's chunk (``B = 1``)
+  or the batch's decode step (``c = 1``), whichever is larger, beside the whole batch's cache.
+  An estimate, good to tens of percent, used to mark cells that cannot fit
   and, by ``largest_batch``, to pick the batch of a throughput cell (the estimate grows with ``B``,
   so the largest batch within a budget is found by doubling, then bisection).
 
@@ -200,23 +203,26 @@ def activation_bytes(cfg: ModelConfig, chunk: int, batch: int, elem: int, tp: in
 
 
 def estimate_memory(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int | None = None,
-                    reserve: int = 0, tp: int = 1) -> dict[str, int]:
+                    reserve: int = 0, tp: int = 1, one_at_a_time: bool = False) -> dict[str, int]:
     """Memory a cell needs (on each of ``tp`` tensor-parallel ranks): ``weights`` + ``cache`` +
-    ``activations`` = ``total`` (bytes)."""
+    ``activations`` = ``total`` (bytes). ``one_at_a_time``: the batch's sequences are prefilled one
+    by one into the batch's cache (``--timed-prefills``), so the activations are one sequence's
+    prefill chunk or the batch's decode step, whichever is larger, not the whole batch's chunk."""
     c = effective_chunk(chunk, ctx) or ctx
     cache = cache_bytes(cfg, ctx, batch, elem, reserve, tp)
-    out = {"weights": rank_params(cfg, tp) * elem, "cache": cache["kv"] + cache["state"],
-           "activations": activation_bytes(cfg, c, batch, elem, tp)}
+    act = max(activation_bytes(cfg, c, 1, elem, tp), activation_bytes(cfg, 1, batch, elem, tp)) if one_at_a_time \
+        else activation_bytes(cfg, c, batch, elem, tp)
+    out = {"weights": rank_params(cfg, tp) * elem, "cache": cache["kv"] + cache["state"], "activations": act}
     out["total"] = sum(out.values())
     return out
 
 
 def largest_batch(cfg: ModelConfig, ctx: int, elem: int, memory: int, chunk: int | None = None,
-                  reserve: int = 0, tp: int = 1) -> int:
+                  reserve: int = 0, tp: int = 1, one_at_a_time: bool = False) -> int:
     """The largest batch whose ``estimate_memory`` total (a rank's, of ``tp``) is at most
     ``memory`` bytes (0: not even one sequence)."""
     def fits(b: int) -> bool:
-        return estimate_memory(cfg, ctx, b, elem, chunk, reserve, tp)["total"] <= memory
+        return estimate_memory(cfg, ctx, b, elem, chunk, reserve, tp, one_at_a_time)["total"] <= memory
 
     if not fits(1):
         return 0
@@ -242,9 +248,9 @@ def effective_chunk(chunk_size: int | None, ctx: int) -> int:
 
 
 def cell_analytics(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int,
-                   reserve: int, tp: int = 1) -> dict[str, float]:
+                   reserve: int, tp: int = 1, one_at_a_time: bool = False) -> dict[str, float]:
     """The analytic numbers of one cell (one rank's, of ``tp``): prefill FLOPs, decode bytes,
     memory estimate."""
     return {"flops": prefill_flops(cfg, ctx, batch, tp)["total"],
             "decode_bytes": decode_bytes(cfg, ctx, batch, elem, tp)["total"],
-            "est_bytes": estimate_memory(cfg, ctx, batch, elem, chunk, reserve, tp)["total"]}
+            "est_bytes": estimate_memory(cfg, ctx, batch, elem, chunk, reserve, tp, one_at_a_time)["total"]}

@@ -44,7 +44,9 @@ at the context, the same buffers and work per step; so an out-of-memory there st
 down before any prefill is spent), then ``measure_cell`` at batch 1 with ``N`` (at most the batch)
 timed prefills after its usual warm-up (a batch-1 prefill of the whole length) and no decode
 steps; prefill time = batch x their median (the batch's prefills are independent and alike), the
-peak memory the larger phase's; the note says so.
+peak memory the larger phase's; the note says so. Its batch is the largest the one-at-a-time
+estimate fits (``analytic.estimate_memory(one_at_a_time=True)``: the batch's cache beside one
+sequence's prefill chunk, not the whole batch's chunk).
 
 Tensor parallel (``Plan.tp`` ranks in ``Plan.group``, ``yoco_core.parallel.tensor``): every rank
 runs the same sweep in lockstep, its model built with the same seed and sharded
@@ -85,6 +87,7 @@ WARMUP_TOKENS = 4096                 # warm-up cache length for decode-only cell
 WARMUP_STEPS = 3                     # warm-up decode steps
 PREFILL_BUDGET_S = 1.0               # short prefills are timed again while their total stays under this
 MAX_PREFILL_REPEATS = 5              # ... up to this many times (the median is reported)
+ONE_SEQUENCE = "prefilling one sequence:"   # a --timed-prefills row's note when its batch-1 prefill failed
 STEP_DOWN = 0.8                      # a throughput batch that ran out of memory is retried at 0.8 x
 INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
 INJECT_CUDA_ERROR_ENV = "YOCO_PROFILE_INJECT_CUDA_ERROR"
@@ -131,6 +134,7 @@ class CellResult:
     cache_bytes: int | None = None
     note: str = ""
     lost: bool = False                # the error lost the CUDA context (hardware.is_context_lost)
+    one_sequence: bool = False        # it failed prefilling one sequence (--timed-prefills): no batch helps
 
 
 def decode_reserve(gen_tokens: int) -> int:
@@ -351,6 +355,10 @@ class Plan:
     def max_tokens(self) -> int:
         return max(self.ctxs) + self.reserve
 
+    def estimate_words(self) -> str:
+        """How a throughput batch's memory was estimated, where it is not the batched prefill's."""
+        return " (one sequence prefilled at a time)" if self.timed_prefills else ""
+
     def cap_words(self) -> str:
         """The batch cap in a note: ``the cap of --batch`` or ``the default cap of 8 of --batch auto
         on the CPU``."""
@@ -508,7 +516,7 @@ class Blockers:
         out = cls()
         for r in rows:
             if r["status"] == "oom" and canonical(r["dtype"]) == dtype_name:
-                out.add(r["model"], int(r["ctx"]), int(r["batch"]))
+                out.add(r["model"], int(r["ctx"]), 1 if ONE_SEQUENCE in r.get("note", "") else int(r["batch"]))
         return out
 
     def add(self, model: str, ctx: int, batch: int) -> None:
@@ -611,10 +619,11 @@ def _first_batch(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers) -
             (1, "the device's memory is unknown")
     else:
         fits = largest_batch(plan.config_for(cell), cell.ctx, element_size(plan.dtype), memory,
-                             plan.chunk_for(cell) or None, plan.reserve, plan.tp)
-        batch, why = fits, f"the largest the estimate fits in {machine.memory_words()}"
+                             plan.chunk_for(cell) or None, plan.reserve, plan.tp, bool(plan.timed_prefills))
+        batch, why = fits, f"the largest the estimate{plan.estimate_words()} fits in {machine.memory_words()}"
         if cap is not None and cap < fits:
-            batch, why = cap, f"{plan.cap_words()} (the estimate fits {fits} in {machine.memory_words()})"
+            batch, why = cap, f"{plan.cap_words()} (the estimate{plan.estimate_words()} fits {fits} in " \
+                              f"{machine.memory_words()})"
     oom = blockers.smallest(cell.model, cell.ctx)
     if oom is not None and oom <= batch:
         batch, why = step_down(oom), f"stepped down from {oom} (out of memory)"
@@ -630,6 +639,8 @@ def _throughput(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, mo
         emit("cell", attempt)
         rec = _measure(plan, attempt, machine, blockers, models, emit, tokens)
         nxt = step_down(batch) if rec.status == "oom" else 0
+        if nxt and blockers.smallest(cell.model, cell.ctx) == 1:     # one sequence's prefill ran out: no batch fits
+            nxt = 0
         if rec.status in ("ok", "oom", "error"):
             rec.note = _join(f"batch: {why}", rec.note, f"next: batch {nxt}" if nxt else "")
         yield models.checked(rec, tokens)
@@ -671,8 +682,8 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
     rec.status, rec.note = res.status, _join(res.note, model_note)
     if res.lost:
         models.lost = res.note
-    if res.status == "oom":
-        blockers.add(cell.model, cell.ctx, cell.batch)
+    if res.status == "oom":                  # a batch-1 prefill's out-of-memory blocks every batch here
+        blockers.add(cell.model, cell.ctx, 1 if res.one_sequence else cell.batch)
     if res.status == "ok":
         _add_measured(rec, res, analytic, ceil)
         if plan.throughput:
@@ -695,7 +706,7 @@ def _one_at_a_time(plan: Plan, runner: Runner, cell: Cell, chunk: int) -> CellRe
     one = _agreed(run_cell(runner, cell.ctx, 1, plan.gen_tokens, chunk or None, seed=plan.seed, steps=0,
                            prefills=n), runner)
     if one.status != "ok":
-        one.note = f"prefilling one sequence: {one.note}"
+        one.note, one.one_sequence = f"{ONE_SEQUENCE} {one.note}", True
         return one
     peaks = [(r.peak_alloc, r.peak_reserved) for r in (decode, one) if r.peak_alloc is not None]
     note = _join(f"prefill: {n} of {batch} sequences prefilled one at a time and timed, the batch's prefill time "
@@ -731,7 +742,7 @@ def _analyse(rec: Record, cfg: ModelConfig | None, plan: Plan, chunk: int) -> di
     if cfg is None:
         return None
     analytic = cell_analytics(cfg, rec.ctx, rec.batch, element_size(plan.dtype),
-                              1 if plan.decode_only else chunk, plan.reserve, plan.tp)
+                              1 if plan.decode_only else chunk, plan.reserve, plan.tp, bool(plan.timed_prefills))
     rec.params, rec.est_gb = cfg.n_params(), analytic["est_bytes"] / GB
     rec.decode_gb_per_token = analytic["decode_bytes"] / GB
     return analytic
