@@ -116,7 +116,8 @@ CASES = [
 COMMANDS = {"needle": NEEDLE, "eval": EVAL, "profile": PROFILE, "report": REPORT, "train": TRAIN}
 # (id, extra options, message start, the commands that take them): every command, the same refusal
 SHARED = [
-    ("dtype", ["--dtype", "fp8"], "unknown dtype 'fp8'", ("needle", "eval", "profile", "train")),
+    ("dtype", ["--dtype", "fp8"], "unknown dtype 'fp8'", ("needle", "eval", "train")),     # profile takes fp8
+    ("dtype-fp4", ["--dtype", "fp4"], "unknown dtype 'fp4'", ("needle", "eval", "profile", "train")),
     ("device", ["--device", "tpu"], "unknown device 'tpu'", ("needle", "eval", "profile", "train")),
     ("out-file", ["--out", "{FILE}"], "--out {FILE}: exists and is not a folder", tuple(COMMANDS)),
     ("out-under-file", ["--out", "{FILE}/sub"], "--out {FILE}/sub: cannot write there (Not a directory)",

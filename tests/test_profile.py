@@ -1019,3 +1019,227 @@ def test_one_of_our_checkpoint_folders_runs_past_its_max_seq_len(tmp_path, measu
     [row] = _rows(tmp_path / "o")
     assert (row["arch"], row["model"], row["size"], row["status"]) == ("transformer", "ckpt:short", "short", "ok")
     assert int(row["params"]) == cfg.n_params() and "past its config's max_seq_len 64" in row["note"]
+
+
+# -- --dtype fp8: float8 projections (yoco_core.quant.quantize_fp8) ------------------------------------
+def _projection_linears(model):
+    return [m for m in model.modules() if type(m) is torch.nn.Linear and m is not model.lm_head]
+
+
+@pytest.mark.parametrize("name", ["yoco-3b", "transformer-3b", "yoco-swa-3b", "yoco-tiny", "transformer-tiny"])
+def test_fp8_weights_are_a_byte_per_projection_weight_and_a_scale_per_channel(name):
+    """With fp8 the projections (linear_params' token + last) take a byte per weight and 4 bytes
+    per output channel, everything else the compute dtype's elem; the cache, the activations and
+    the FLOPs are unchanged; the rows counted are the real model's projections' output channels."""
+    cfg = get_config(name)
+    p = analytic.linear_params(cfg)
+    proj = p["token"] + p["last"]
+    linears = _projection_linears(build_model(cfg, device="meta"))          # shapes only
+    assert sum(m.weight.numel() for m in linears) == proj == analytic.projection_params(cfg)
+    scales = 4 * sum(m.out_features for m in linears)
+    assert analytic.projection_rows(cfg) * 4 == scales
+    emb = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
+    for elem in (2, 4):
+        want = (cfg.n_params() - proj) * elem + proj * 1 + scales
+        kw = dict(chunk=8192, reserve=12)
+        fp8 = analytic.estimate_memory(cfg, 1 << 16, 3, elem, **kw, fp8=True)
+        full = analytic.estimate_memory(cfg, 1 << 16, 3, elem, **kw)
+        assert fp8["weights"] == analytic.weight_bytes(cfg, elem, fp8=True) == want < full["weights"]
+        assert (fp8["cache"], fp8["activations"]) == (full["cache"], full["activations"])
+        assert fp8["total"] == fp8["weights"] + fp8["cache"] + fp8["activations"]
+        one = analytic.estimate_memory(cfg, 1 << 16, 3, elem, 8192, 12, 1, True, True)       # positional order kept
+        assert one["weights"] == want and one["activations"] == analytic.estimate_memory(
+            cfg, 1 << 16, 3, elem, 8192, 12, one_at_a_time=True)["activations"]
+        dec, dec_full = (analytic.decode_bytes(cfg, 4096, 3, elem, fp8=f) for f in (True, False))
+        assert dec["weights"] == want - emb * elem == analytic.weight_bytes_read(cfg, elem, fp8=True)
+        assert dec["cache"] == dec_full["cache"] and dec["total"] == dec["weights"] + dec["cache"]
+        assert analytic.decode_bytes_over(cfg, 4096, 3, elem, 3, fp8=True) == sum(
+            analytic.decode_bytes(cfg, 4096 + i, 3, elem, fp8=True)["total"] for i in range(3))
+        cell = analytic.cell_analytics(cfg, 4096, 3, elem, 8192, 12, fp8=True)
+        assert cell == {"flops": analytic.prefill_flops(cfg, 4096, 3)["total"], "decode_bytes": dec["total"],
+                        "est_bytes": analytic.estimate_memory(cfg, 4096, 3, elem, 8192, 12, fp8=True)["total"]}
+        memory = full["total"]
+        assert analytic.largest_batch(cfg, 1 << 16, elem, memory, 8192, 12, fp8=True) >= \
+            analytic.largest_batch(cfg, 1 << 16, elem, memory, 8192, 12) == 3
+    assert analytic.weight_bytes(cfg, 2) == cfg.n_params() * 2              # without fp8: as before
+
+
+@pytest.mark.parametrize("name", ["yoco-tiny", "yoco-swa-tiny", "transformer-tiny"])
+def test_fp8_weight_bytes_are_a_quantized_models_but_its_padding(name):
+    """The bytes of a model after quantize_fp8 (parameters and scale buffers) are the analytic
+    weight bytes plus the padding the docstring leaves out (output widths off a multiple of 16)."""
+    from yoco_core.quant import Float8Linear, quantize_fp8
+
+    cfg = get_config(name)
+    model = build_model(cfg)
+    pad = sum((-m.out_features % 16) * (m.in_features + 4 + 4 * (m.bias is not None)) for m in _projection_linears(model))
+    quantize_fp8(model)
+    assert not _projection_linears(model) and any(isinstance(m, Float8Linear) for m in model.modules())
+    real = sum(t.nbytes for t in model.parameters()) + sum(t.nbytes for t in model.buffers())
+    assert real == analytic.weight_bytes(cfg, 4, fp8=True) + pad
+    assert (pad > 0) == (name == "yoco-tiny")          # gRet's fused projection: 4 d + its heads' gates
+
+
+def test_the_fp8_ceiling_times_scaled_mm_on_float8_operands(monkeypatch):
+    """measure_ceilings(fp8=True): the matmul timed is torch._scaled_mm of two e4m3 matrices with
+    row-wise scales, the product in the run's dtype, at the same n; copy and read as without."""
+    from yoco_core.perf import hardware
+
+    seen, real = [], hardware.timed_runs
+    monkeypatch.setattr(hardware, "timed_runs",
+                        lambda clock, fn, reps, warm: seen.append(fn()) or real(clock, fn, reps, warm))
+    c = hardware.measure_ceilings("cpu", torch.float32, matmul_n=32, copy_bytes=1 << 12, reps=2, fp8=True)
+    assert c.matmul_n == 32 and c.matmul_tflops > 0 and c.copy_tbs > 0 and c.read_tbs > 0
+    gen = torch.Generator().manual_seed(1234)
+    a, b = (torch.randn(32, 32, generator=gen).to(torch.float8_e4m3fn) for _ in range(2))
+    assert seen[0].dtype == torch.float32 and torch.allclose(seen[0], a.float() @ b.float().t())
+    plain = hardware.measure_ceilings("cpu", torch.float32, matmul_n=32, copy_bytes=1 << 12, reps=2)
+    assert plain.matmul_n == 32 and len(seen) == 6 and seen[3].dtype == torch.float32
+    assert not torch.equal(seen[3], seen[0])            # the plain ceiling multiplies the float32 values
+
+
+def test_fp8_is_profiles_own_dtype():
+    """fp8 stays out of the shared dtype table (needle, eval, train refuse it as unknown); its
+    rows' spelling passes through canonical unchanged and keys its own blockers."""
+    from yoco_cli.options import UserError, resolve_dtype
+    from yoco_core.dtypes import canonical
+
+    with pytest.raises(UserError, match="unknown dtype 'fp8'"):
+        resolve_dtype("fp8", "cpu")
+    assert canonical("fp8") == "fp8" and canonical("FP8") == "FP8"
+    plan = sweep.Plan(archs=["yoco"], sizes=["tiny"], ctxs=[64], batches=[1], fp8=True)
+    assert (plan.dtype_name, plan.dtype) == ("fp8", torch.float32)
+    rows = [{"status": "oom", "dtype": "fp8", "model": "yoco-tiny", "ctx": 64, "batch": 1}]
+    [cell] = plan.cells()
+    assert sweep.Blockers.from_rows(rows, "fp8").blocker(cell) == (64, 1)
+    assert sweep.Blockers.from_rows(rows, "fp32").blocker(cell) is None
+
+
+@pytest.fixture
+def fp8_built(monkeypatch):
+    """The models the sweep builds (kept after their runner is closed), and the measure_ceilings calls."""
+    from yoco_core.perf import hardware
+
+    models, ceilings = [], []
+    real_build, real_ceilings = sweep.build_runner, hardware.measure_ceilings
+
+    def build(*a, **k):
+        runner = real_build(*a, **k)
+        models.append((runner.arch, runner.model))
+        return runner
+
+    def measure(device, dtype, *a, **k):
+        ceilings.append((dtype, k.get("fp8", False)))
+        return real_ceilings(device, dtype, *a, **k)
+
+    monkeypatch.setattr(sweep, "build_runner", build)
+    monkeypatch.setattr(hardware, "measure_ceilings", measure)
+    return models, ceilings
+
+
+def _float8(model) -> bool:
+    """Every projection of ``model`` is a Float8Linear (and there is one)."""
+    from yoco_core.quant import Float8Linear
+
+    return not _projection_linears(model) and any(isinstance(m, Float8Linear) for m in model.modules())
+
+
+FP8_ARGS = ["profile", "--size", "tiny", "--ctx", "256", "--gen-tokens", "4", "--device", "cpu"]
+
+
+def test_profile_fp8_quantizes_our_models_and_resumes_beside_fp32(tmp_path, fp8_built, capsys):
+    """--dtype fp8: yoco and transformer built in fp32 (the CPU's auto), their projections float8;
+    the rows say fp8, est_gb and decode bytes are the fp8 cost model's (below fp32's), the ceiling
+    line names _scaled_mm; an fp32 run in the same --out measures its own cells, a --resume of
+    either measures nothing, and yoco report takes the two dtypes."""
+    models, ceilings = fp8_built
+    argv = [*FP8_ARGS, "--arch", "yoco,transformer", "--dtype", "fp8", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    text = capsys.readouterr().err                 # the console's lines go to stderr
+    assert "(fp8 _scaled_mm, n=1024)" in text and "fp8 (float8 projections, the rest fp32)" in text
+    assert ceilings == [(torch.float32, True)]
+    assert [a for a, _ in models] == ["yoco", "transformer"] and all(_float8(m) for _, m in models)
+    assert all(next(m.parameters()).device.type == "cpu" for _, m in models)
+    reserve = sweep.decode_reserve(4)
+    rows = _rows(tmp_path)
+    assert [(r["arch"], r["status"], r["dtype"]) for r in rows] == [("yoco", "ok", "fp8"), ("transformer", "ok", "fp8")]
+    for r in rows:
+        cfg = get_config(r["model"])
+        chunk = int(r["chunk_size"]) or None
+        assert float(r["est_gb"]) * GB == pytest.approx(
+            analytic.estimate_memory(cfg, 256, 1, 4, chunk, reserve, fp8=True)["total"])
+        assert float(r["decode_gb_per_token"]) * GB == pytest.approx(
+            analytic.decode_bytes(cfg, 256, 1, 4, fp8=True)["total"])
+        assert float(r["cache_gb"]) * GB == pytest.approx(sum(analytic.cache_bytes(cfg, 256, 1, 4, reserve).values()))
+        assert float(r["matmul_tflops"]) > 0 and float(r["prefill_share"]) > 0 and float(r["decode_ms"]) > 0
+
+    assert main([*argv, "--resume"]) == 0 and len(models) == 2 and len(_rows(tmp_path)) == 2
+    assert main([*FP8_ARGS, "--arch", "yoco,transformer", "--out", str(tmp_path), "--resume"]) == 0
+    assert len(models) == 4 and not any(_float8(m) for _, m in models[2:])
+    assert ceilings[-1] == (torch.float32, False)
+    rows = _rows(tmp_path)
+    assert [(r["arch"], r["dtype"]) for r in rows] == [("yoco", "fp8"), ("transformer", "fp8"),
+                                                       ("yoco", "fp32"), ("transformer", "fp32")]
+    for fp8_row, fp32_row in zip(rows[:2], rows[2:]):
+        assert float(fp8_row["est_gb"]) < float(fp32_row["est_gb"])
+        assert float(fp8_row["decode_gb_per_token"]) < float(fp32_row["decode_gb_per_token"])
+        assert fp8_row["cache_gb"] == fp32_row["cache_gb"] and fp8_row["params"] == fp32_row["params"]
+    for again in (argv, [*FP8_ARGS, "--arch", "yoco,transformer", "--dtype", "fp32", "--out", str(tmp_path)]):
+        assert main([*again, "--resume"]) == 0
+    assert len(models) == 4 and len(_rows(tmp_path)) == 4
+
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| fp32, fp8 |" in md                            # the runs table: both dtypes
+    assert md.count("| fp8 |") == md.count("| fp32 |") == 3     # a headline ratio and two cells each
+
+
+def test_profile_fp8_quantizes_the_swa_yoco(tmp_path, fp8_built, measured):
+    models, _ = fp8_built
+    assert main([*FP8_ARGS, "--arch", "yoco", "--self-decoder", "swa", "--dtype", "FP8", "--out", str(tmp_path)]) == 0
+    [r] = _rows(tmp_path)
+    assert (r["model"], r["status"], r["dtype"]) == ("yoco-swa-tiny", "ok", "fp8")
+    assert [a for a, _ in models] == ["yoco"] and _float8(models[0][1])
+    cfg = get_config("yoco-swa-tiny")
+    assert float(r["est_gb"]) * GB == pytest.approx(
+        analytic.estimate_memory(cfg, 256, 1, 4, None, sweep.decode_reserve(4), fp8=True)["total"])
+
+
+def test_profile_fp8_throughput_one_sequence_at_a_time(tmp_path, fp8_built, measured):
+    """--throughput --timed-prefills with fp8: the batch (capped at 2), its one-at-a-time estimate
+    and the decode extrapolated by the fp8 bytes per step."""
+    models, _ = fp8_built
+    argv = ["profile", "--throughput", "--arch", "yoco", "--size", "tiny", "--ctx", "256", "--gen-tokens", "4",
+            "--timed-steps", "2", "--timed-prefills", "1", "--batch", "2", "--dtype", "fp8", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    [r] = _rows(tmp_path)
+    assert (r["status"], r["batch"], r["dtype"], r["mode"], r["timed_prefills"]) == ("ok", "2", "fp8", "throughput", "1")
+    assert _float8(models[0][1]) and measured == [(256, 2), (256, 1)]
+    cfg = get_config("yoco-tiny")
+    assert float(r["est_gb"]) * GB == pytest.approx(
+        analytic.estimate_memory(cfg, 256, 2, 4, None, sweep.decode_reserve(4), one_at_a_time=True, fp8=True)["total"])
+    scale = analytic.decode_bytes_over(cfg, 256, 2, 4, 4, fp8=True) / analytic.decode_bytes_over(cfg, 256, 2, 4, 2,
+                                                                                                 fp8=True)
+    assert f"(x{scale:.4g})" in r["note"] and float(r["throughput_tok_s"]) > 0
+    assert main([*argv, "--resume"]) == 0 and len(measured) == 2
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--arch", "hf"], "--dtype fp8 is for our models (arch yoco, transformer), not hf"),
+    (["--arch", "yoco,fla"], "--dtype fp8 is for our models (arch yoco, transformer), not fla"),
+    (["--arch", "yoco,hf", "--throughput"], "--dtype fp8 is for our models"),
+    (["--tp", "2"], "--tp 2: --dtype fp8 does not run tensor parallel yet"),
+    (["-m", "{ckpt}"], "--dtype fp8 does not run -m folders yet"),
+    (["--dtype", "fp4"], "unknown dtype 'fp4' (use fp32, bf16, fp16, fp8 or auto)"),
+])
+def test_fp8_refusals_are_one_line_exit_2(args, says, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    if "-m" in args:
+        save_model(build_model(get_config("transformer-tiny").replace(n_layers=2)), ckpt)
+    argv = ["profile", "--dtype", "fp8", "--ctx", "64", "--device", "cpu", "--out", str(tmp_path / "o"),
+            *[a.format(ckpt=ckpt) for a in args]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and says in err, err
+    assert not (tmp_path / "o" / "profile.csv").exists()

@@ -46,6 +46,13 @@ reads what is done and shares it, times the cells (the collectives keep the rank
 writes the rows, which say ``gpus`` N and ``parallel`` ``tpN`` (part of the resume key: never one
 cell with a one-process row); their memory estimate, cache and decode bytes are one rank's. A
 Ctrl-C that reaches any rank stops the group before its next row (agreed over it).
+``--dtype fp8`` (profile only; the other commands refuse it as an unknown dtype): our models
+(arch yoco, transformer, presets of ``--size``) built in the compute dtype (``auto``'s: bf16 on
+cuda, fp32 on the CPU), then every projection but the LM head quantized to float8 e4m3 with a scale
+per output channel (``yoco_core.quant.quantize_fp8``); the rows say dtype ``fp8``, their memory
+estimate and decode bytes count those weights at a byte each (``analytic``'s ``fp8``), and the
+matmul ceiling is ``torch._scaled_mm``'s on float8 operands. Refused (one line) with hf or fla in
+``--arch``, with ``-m`` folders (not yet) and with ``--tp`` above 1.
 The measurement and the sweep policy live in ``yoco_core.perf`` (``sweep.Plan``, ``sweep.sweep``);
 the figures in ``plots.py``.
 """
@@ -58,8 +65,8 @@ import typer
 from rich.markup import escape
 
 from . import interrupts, parallel, schemas
-from .options import (DeviceOpt, DtypeOpt, OutOpt, ResumeOpt, SeedOpt, console, ensure_out_dir, fail,
-                      format_size, parse_chunk, parse_size_list, resolve_device, resolve_dtype)
+from .options import (DeviceOpt, OutOpt, ResumeOpt, SeedOpt, console, ensure_out_dir, fail,
+                      format_size, parse_chunk, parse_size_list, resolve_device)
 
 CTX_DOUBLING_FROM = 4096
 DEFAULT_CTX = {"cuda": "4k,16k,64k,256k,1m", "cpu": "1k,4k,16k"}
@@ -108,6 +115,11 @@ TimedPrefillsOpt = Annotated[Optional[int], typer.Option(
     "--timed-prefills", help="With --throughput: prefill the batch one sequence at a time, time this many of them "
                              "(after a batch-1 warm-up) and take batch x their median as its prefill time; the "
                              "batch then decodes from a cache of random values, as --decode-only (noted per row).")]
+FP8 = "fp8"                           # --dtype fp8: profile's own (not in yoco_core.dtypes' shared table)
+ProfileDtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="fp32, bf16, fp16 or fp8 (auto: bf16 on cuda, fp32 on cpu). fp8: our models (yoco, "
+                    "transformer) in auto's dtype with every projection but the LM head in float8 e4m3 "
+                    "(yoco_core.quant.quantize_fp8); not with hf / fla, -m or --tp.")]
 MemoryOpt = Annotated[Optional[float], typer.Option(
     "--memory-gb", help="Memory a cell may take, GB (1e9 bytes); default: the device's (a GPU's total, the CPU's "
                         "available RAM). Cells estimated above it are skipped; --throughput picks its batches by it.")]
@@ -151,7 +163,7 @@ def profile(
     timed_prefills: TimedPrefillsOpt = None,
     memory_gb: MemoryOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: ProfileDtypeOpt = "auto",
     out: OutOpt = "runs/profile",
     resume: ResumeOpt = False,
     seed: SeedOpt = 0,
@@ -162,6 +174,7 @@ def profile(
     import contextlib
     import dataclasses
 
+    from yoco_core.dtypes import name_of
     from yoco_core.parallel import data
     from yoco_core.perf import sweep
 
@@ -193,7 +206,9 @@ def profile(
             console.print(f"profile: {len(cells)} cells ({len(cells) - len(todo)} already in "
                           f"{schemas.PROFILE.path(out)}), device {machine.name}"
                           + (f" x{tp}, tensor parallel over {tp} processes" if tp > 1 else "")
-                          + f", {plan.dtype_name}", highlight=False, markup=False)
+                          + f", {plan.dtype_name}"
+                          + (f" (float8 projections, the rest {name_of(plan.dtype)})" if plan.fp8 else ""),
+                          highlight=False, markup=False)
         kept, stopped = 0, None
         if todo:
             machine.ceilings = _ceilings(plan) if w.main else None
@@ -223,6 +238,8 @@ def _check_tensor_parallel(plan, tp: int) -> None:
         fail(f"--tp {tp}: must be at least 1")
     if tp == 1:
         return
+    if plan.fp8:
+        fail(f"--tp {tp}: --dtype fp8 does not run tensor parallel yet (use --tp 1, or another --dtype)")
     if foreign := [a for a in plan.archs if a not in runners.NATIVE_ARCHS]:
         fail(f"--tp {tp}: tensor parallel splits our own models (--arch yoco, transformer), not "
              f"{', '.join(foreign)}")
@@ -236,6 +253,7 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
           timed_steps, device, dtype, seed, timed_prefills=None):
     """The options checked (a one-line error each) and made into a ``sweep.Plan``."""
     from yoco_core.config import SIZES
+    from yoco_core.dtypes import from_name as dtype_from_name
     from yoco_core.perf import runners, sweep
 
     folder, arch, size, self_decoder = _model_option(model, arch, size, self_decoder)
@@ -268,7 +286,13 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
     chunk = parse_chunk(chunk_size, auto=sweep.AUTO_CHUNK)
     if self_decoder not in ("gret", "swa"):
         fail(f"unknown --self-decoder {self_decoder!r} (use gret or swa)")
-    torch_dtype = resolve_dtype(dtype, dev)
+    fp8 = dtype.strip().lower() == FP8
+    try:
+        torch_dtype = dtype_from_name("auto" if fp8 else dtype, dev)
+    except ValueError:
+        fail(f"unknown dtype {dtype!r} (use fp32, bf16, fp16, fp8 or auto)")
+    if fp8:
+        _check_fp8(folder, archs)
     if decode_only and set(archs) - set(runners.NATIVE_ARCHS):
         fail("--decode-only works with --arch yoco and transformer (our models' caches), not "
              + ", ".join(sorted(set(archs) - set(runners.NATIVE_ARCHS))))
@@ -287,7 +311,18 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
                       self_decoder=self_decoder, repeats=repeats, seed=seed, decode_only=decode_only,
                       throughput=throughput, timed_steps=timed_steps, timed_prefills=timed_prefills,
                       batch_cap=cap, batch_cap_auto=cap_auto,
-                      device=dev, dtype=torch_dtype, folder=folder)
+                      device=dev, dtype=torch_dtype, folder=folder, fp8=fp8)
+
+
+def _check_fp8(folder, archs: list[str]) -> None:
+    """``--dtype fp8``: our models of the presets only (one line otherwise)."""
+    from yoco_core.perf import runners
+
+    if folder is not None:
+        fail(f"--dtype fp8 does not run -m folders yet (-m {folder.spec}); it profiles the presets of --size "
+             "(arch yoco, transformer)")
+    if foreign := [a for a in archs if a not in runners.NATIVE_ARCHS]:
+        fail(f"--dtype fp8 is for our models (arch yoco, transformer), not {', '.join(foreign)}")
 
 
 def _batch_option(text: str, throughput: bool, kind: str) -> tuple[list[int], int | None, bool]:
@@ -403,8 +438,9 @@ def _ceilings(plan):
     from yoco_core.perf.hardware import measure_ceilings
 
     console.print("measuring ceilings (matmul rate, copy and read bandwidth) ...", highlight=False)
-    ceil = measure_ceilings(plan.device, plan.dtype)
-    console.print(f"ceilings: matmul {ceil.matmul_tflops:.3g} TFLOP/s ({plan.dtype_name}, n={ceil.matmul_n}), "
+    ceil = measure_ceilings(plan.device, plan.dtype, fp8=plan.fp8)
+    what = "fp8 _scaled_mm" if plan.fp8 else plan.dtype_name
+    console.print(f"ceilings: matmul {ceil.matmul_tflops:.3g} TFLOP/s ({what}, n={ceil.matmul_n}), "
                   f"copy {ceil.copy_tbs:.3g} TB/s (read + write), read {ceil.read_tbs:.3g} TB/s", highlight=False)
     return ceil
 

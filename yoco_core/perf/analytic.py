@@ -51,6 +51,16 @@ depth):
   the FFN's hidden activations and gRet's chunk states, the linear, attention and mixer FLOPs and
   the cache a decode step reads; the residual stream, the logits and the LM head's FLOPs are whole
   on every rank.
+
+* **fp8** (``fp8=True``: ``yoco profile --dtype fp8``, ``yoco_core.quant.quantize_fp8``): the
+  projections (``linear_params``' ``token`` + ``last``: every layer's linear weights, not the LM
+  head, not the embedding) take 1 byte per weight (float8 e4m3) plus one float32 scale, 4 bytes,
+  per output channel (``projection_rows``); everything else (embedding, LM head, norms, biases)
+  stays at ``b``, and so do the cache and the activations (``weight_bytes``). This counts the
+  weights in memory and those a decode step reads. ``quantize_fp8`` pads a projection whose
+  output width is not a multiple of 16 (gRet's fused ``4 d + H`` rows) with zero rows; that
+  padding (under 16 rows of a layer's matrix) is left out. The FLOPs are the same: the matmul
+  ceiling they are measured against is fp8's (``hardware.measure_ceilings(fp8=True)``).
 """
 from __future__ import annotations
 
@@ -100,6 +110,39 @@ def rank_params(cfg: ModelConfig, tp: int = 1) -> int:
     """Parameters one of ``tp`` tensor-parallel ranks holds (``cfg.n_params()`` for one rank)."""
     split = sharded_params(cfg)
     return cfg.n_params() - split + split // tp
+
+
+def projection_params(cfg: ModelConfig) -> int:
+    """The projections' weights (``linear_params``' ``token`` + ``last``): every layer's linear
+    weights, what fp8 quantizes (not the LM head, not the embedding)."""
+    p = linear_params(cfg)
+    return p["token"] + p["last"]
+
+
+def projection_rows(cfg: ModelConfig, tp: int = 1) -> int:
+    """Output channels of the projections (``projection_params``; a fused matrix's rows all
+    counted, padding not), on one of ``tp`` ranks: fp8's float32 scales, one per channel. The
+    column-parallel projections' rows are split over the ranks; the row-parallel ones (every
+    mixer's ``o_proj`` and the FFN's ``down_proj``, ``d`` rows each) are whole on every rank."""
+    d, f, kv, q = cfg.dim, cfg.ffn_dim, _kv_dim(cfg), _q_dim(cfg)
+    ffn = 2 * f + d                                   # gate_up, down_proj
+    if cfg.arch == "transformer":
+        rows = cfg.n_layers * (q + 2 * kv + d + ffn)    # qkv, o_proj, the FFN
+    else:
+        half = cfg.n_layers // 2
+        mixer = 5 * d + cfg.n_self_heads if cfg.self_decoder == "gret" else 4 * d   # proj | qkv, o_proj
+        rows = half * (mixer + ffn) + 2 * kv + half * (2 * d + ffn)      # + kv_proj; cross: q_proj, o_proj
+    whole = cfg.n_layers * 2 * d                      # o_proj and down_proj of every layer
+    return (rows - whole) // tp + whole
+
+
+def weight_bytes(cfg: ModelConfig, elem: int, tp: int = 1, fp8: bool = False) -> int:
+    """Bytes of the weights one of ``tp`` ranks holds: every parameter at ``elem``; with ``fp8``
+    the projections at 1 byte each plus 4 per output channel (module docstring)."""
+    if not fp8:
+        return rank_params(cfg, tp) * elem
+    proj = projection_params(cfg) // tp
+    return (rank_params(cfg, tp) - proj) * elem + proj + 4 * projection_rows(cfg, tp)
 
 
 def _causal_pairs(T: int) -> int:
@@ -170,16 +213,17 @@ def cache_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, reserve: int 
     return {"kv": kv, "state": state_bytes(cfg, ctx, batch, elem, tp)}
 
 
-def weight_bytes_read(cfg: ModelConfig, elem: int, tp: int = 1) -> int:
+def weight_bytes_read(cfg: ModelConfig, elem: int, tp: int = 1, fp8: bool = False) -> int:
     """Weights one decode step reads: every parameter (of a rank's share) but the (untied)
-    embedding table."""
+    embedding table (``fp8``: the projections in float8, ``weight_bytes``)."""
     emb = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
-    return (rank_params(cfg, tp) - emb) * elem
+    return weight_bytes(cfg, elem, tp, fp8) - emb * elem
 
 
-def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, tp: int = 1) -> dict[str, int]:
+def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, tp: int = 1,
+                 fp8: bool = False) -> dict[str, int]:
     """Bytes one decode step at context ``ctx`` must read (on one of ``tp`` ranks): ``weights``,
-    ``cache``, ``total``."""
+    ``cache``, ``total`` (``fp8``: the projections' weights in float8)."""
     def kv_layer(keys: int) -> int:
         return 2 * batch * keys * _kv_dim(cfg) * elem // tp
 
@@ -187,7 +231,7 @@ def decode_bytes(cfg: ModelConfig, ctx: int, batch: int, elem: int, tp: int = 1)
         kv = cfg.n_layers // 2 * kv_layer(ctx)
     else:                                   # a windowed layer reads its last w positions only
         kv = sum(kv_layer(min(ctx, w) if w else ctx) for w in _layer_windows(cfg))
-    out = {"weights": weight_bytes_read(cfg, elem, tp), "cache": kv + _state_read(cfg, ctx, batch, elem, tp)}
+    out = {"weights": weight_bytes_read(cfg, elem, tp, fp8), "cache": kv + _state_read(cfg, ctx, batch, elem, tp)}
     out["total"] = out["weights"] + out["cache"]
     return out
 
@@ -203,26 +247,28 @@ def activation_bytes(cfg: ModelConfig, chunk: int, batch: int, elem: int, tp: in
 
 
 def estimate_memory(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int | None = None,
-                    reserve: int = 0, tp: int = 1, one_at_a_time: bool = False) -> dict[str, int]:
+                    reserve: int = 0, tp: int = 1, one_at_a_time: bool = False,
+                    fp8: bool = False) -> dict[str, int]:
     """Memory a cell needs (on each of ``tp`` tensor-parallel ranks): ``weights`` + ``cache`` +
     ``activations`` = ``total`` (bytes). ``one_at_a_time``: the batch's sequences are prefilled one
     by one into the batch's cache (``--timed-prefills``), so the activations are one sequence's
-    prefill chunk or the batch's decode step, whichever is larger, not the whole batch's chunk."""
+    prefill chunk or the batch's decode step, whichever is larger, not the whole batch's chunk.
+    ``fp8``: the projections' weights in float8 (``weight_bytes``); cache and activations as without."""
     c = effective_chunk(chunk, ctx) or ctx
     cache = cache_bytes(cfg, ctx, batch, elem, reserve, tp)
     act = max(activation_bytes(cfg, c, 1, elem, tp), activation_bytes(cfg, 1, batch, elem, tp)) if one_at_a_time \
         else activation_bytes(cfg, c, batch, elem, tp)
-    out = {"weights": rank_params(cfg, tp) * elem, "cache": cache["kv"] + cache["state"], "activations": act}
+    out = {"weights": weight_bytes(cfg, elem, tp, fp8), "cache": cache["kv"] + cache["state"], "activations": act}
     out["total"] = sum(out.values())
     return out
 
 
 def largest_batch(cfg: ModelConfig, ctx: int, elem: int, memory: int, chunk: int | None = None,
-                  reserve: int = 0, tp: int = 1, one_at_a_time: bool = False) -> int:
-    """The largest batch whose ``estimate_memory`` total (a rank's, of ``tp``) is at most
-    ``memory`` bytes (0: not even one sequence)."""
+                  reserve: int = 0, tp: int = 1, one_at_a_time: bool = False, fp8: bool = False) -> int:
+    """The largest batch whose ``estimate_memory`` total (a rank's, of ``tp``; ``fp8``: float8
+    projections) is at most ``memory`` bytes (0: not even one sequence)."""
     def fits(b: int) -> bool:
-        return estimate_memory(cfg, ctx, b, elem, chunk, reserve, tp, one_at_a_time)["total"] <= memory
+        return estimate_memory(cfg, ctx, b, elem, chunk, reserve, tp, one_at_a_time, fp8)["total"] <= memory
 
     if not fits(1):
         return 0
@@ -236,10 +282,11 @@ def largest_batch(cfg: ModelConfig, ctx: int, elem: int, memory: int, chunk: int
     return lo
 
 
-def decode_bytes_over(cfg: ModelConfig, ctx: int, batch: int, elem: int, steps: int, tp: int = 1) -> int:
+def decode_bytes_over(cfg: ModelConfig, ctx: int, batch: int, elem: int, steps: int, tp: int = 1,
+                      fp8: bool = False) -> int:
     """Bytes ``steps`` decode steps read from context ``ctx`` on (step ``i`` at ``ctx + i``), on one
-    of ``tp`` ranks."""
-    return sum(decode_bytes(cfg, ctx + i, batch, elem, tp)["total"] for i in range(steps))
+    of ``tp`` ranks (``fp8``: float8 projections)."""
+    return sum(decode_bytes(cfg, ctx + i, batch, elem, tp, fp8)["total"] for i in range(steps))
 
 
 def effective_chunk(chunk_size: int | None, ctx: int) -> int:
@@ -248,9 +295,9 @@ def effective_chunk(chunk_size: int | None, ctx: int) -> int:
 
 
 def cell_analytics(cfg: ModelConfig, ctx: int, batch: int, elem: int, chunk: int,
-                   reserve: int, tp: int = 1, one_at_a_time: bool = False) -> dict[str, float]:
-    """The analytic numbers of one cell (one rank's, of ``tp``): prefill FLOPs, decode bytes,
-    memory estimate."""
+                   reserve: int, tp: int = 1, one_at_a_time: bool = False, fp8: bool = False) -> dict[str, float]:
+    """The analytic numbers of one cell (one rank's, of ``tp``; ``fp8``: float8 projections):
+    prefill FLOPs (the same with fp8), decode bytes, memory estimate."""
     return {"flops": prefill_flops(cfg, ctx, batch, tp)["total"],
-            "decode_bytes": decode_bytes(cfg, ctx, batch, elem, tp)["total"],
-            "est_bytes": estimate_memory(cfg, ctx, batch, elem, chunk, reserve, tp, one_at_a_time)["total"]}
+            "decode_bytes": decode_bytes(cfg, ctx, batch, elem, tp, fp8)["total"],
+            "est_bytes": estimate_memory(cfg, ctx, batch, elem, chunk, reserve, tp, one_at_a_time, fp8)["total"]}

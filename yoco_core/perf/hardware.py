@@ -1,7 +1,8 @@
 """The machine a measurement runs on: its name, memory and library versions, a clock (CUDA events
 or ``perf_counter``), releasing memory between cells, and the measured ceilings that achieved rates
-are reported against: the dense matmul rate (prefill), the read bandwidth (decode, which only reads)
-and, for reference, the device copy bandwidth (read + write)."""
+are reported against: the dense matmul rate (prefill; for fp8, ``torch._scaled_mm``'s on float8
+operands), the read bandwidth (decode, which only reads) and, for reference, the device copy
+bandwidth (read + write)."""
 from __future__ import annotations
 
 import gc
@@ -178,7 +179,7 @@ def reset_memory(device) -> None:
 
 @dataclass
 class Ceilings:
-    matmul_tflops: float          # measured dense matmul rate in the run's dtype
+    matmul_tflops: float          # measured dense matmul rate in the run's dtype (fp8: torch._scaled_mm's)
     copy_tbs: float               # measured device copy bandwidth, bytes read + written, TB/s
     read_tbs: float = 0.0         # measured read bandwidth, bytes read, TB/s (0: not measured)
     matmul_n: int = 0
@@ -210,6 +211,20 @@ def _matmul_seconds(clock: Clock, n: int, dtype, gen, reps: int) -> float:
     return median_seconds(clock, lambda: torch.mm(a, b, out=out), reps, warm=3 if clock.cuda else 1)
 
 
+def _scaled_mm_seconds(clock: Clock, n: int, out_dtype, gen, reps: int) -> float:
+    """``torch._scaled_mm`` of two ``n x n`` float8 e4m3 matrices (random normal values, in the
+    format's range) with row-wise float32 scales (one per row of the first, one per column of the
+    second), the product in ``out_dtype``: the GEMM ``yoco_core.quant.Float8Linear`` runs, its
+    operands already quantized."""
+    e4m3 = torch.float8_e4m3fn
+    a = torch.randn(n, n, device=clock.device, generator=gen).to(e4m3)
+    b = torch.randn(n, n, device=clock.device, generator=gen).to(e4m3).t()     # column-major, as cuBLASLt wants
+    scale_a = torch.ones(n, 1, device=clock.device, dtype=torch.float32)
+    scale_b = torch.ones(1, n, device=clock.device, dtype=torch.float32)
+    return median_seconds(clock, lambda: torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype),
+                          reps, warm=3 if clock.cuda else 1)
+
+
 def _copy_seconds(clock: Clock, numel: int, gen, reps: int) -> float:
     src = torch.rand(numel, device=clock.device, dtype=torch.float32, generator=gen)
     dst = torch.empty_like(src)
@@ -228,8 +243,10 @@ READ_REPS = {"cuda": 20, "cpu": 5}     # sums timed for the read ceiling (the fa
 
 @torch.inference_mode()
 def measure_ceilings(device, dtype: torch.dtype, matmul_n: int | None = None,
-                     copy_bytes: int | None = None, reps: int | None = None) -> Ceilings:
-    """The matmul rate (``n^3`` products of random normal matrices, median of ``reps``), the
+                     copy_bytes: int | None = None, reps: int | None = None, fp8: bool = False) -> Ceilings:
+    """The matmul rate (``n^3`` products of random normal matrices, median of ``reps``; with
+    ``fp8`` ``torch._scaled_mm``'s on float8 e4m3 operands with row-wise scales, the product in
+    ``dtype``, at the same ``n``: the rate an fp8 model's projections run at), the
     device-to-device copy bandwidth (median of ``reps``, counting the bytes read and the bytes
     written) and the read bandwidth (a sum over as many bytes, counting the bytes read: the
     fastest of ``READ_REPS``, so a decode step's share of it is measured against the most the
@@ -245,7 +262,8 @@ def measure_ceilings(device, dtype: torch.dtype, matmul_n: int | None = None,
     reps = reps or (10 if cuda else 3)
     clock = Clock(device)
     gen = torch.Generator(device=device).manual_seed(1234)
-    tflops = 2.0 * n ** 3 / _matmul_seconds(clock, n, dtype, gen, reps) / 1e12
+    matmul = _scaled_mm_seconds if fp8 else _matmul_seconds
+    tflops = 2.0 * n ** 3 / matmul(clock, n, dtype, gen, reps) / 1e12
     numel = nbytes // 4
     tbs = 2.0 * numel * 4 / _copy_seconds(clock, numel, gen, reps) / 1e12
     read = numel * 4 / _read_seconds(clock, numel, gen, read_reps) / 1e12

@@ -215,15 +215,22 @@ def _hf_from_config(cls, cfg, device, dtype):
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _build_native(arch: str, cfg: ModelConfig, device, dtype, seed: int) -> NativeRunner:
+def _build_native(arch: str, cfg: ModelConfig, device, dtype, seed: int, fp8: bool = False) -> NativeRunner:
     """Our model of ``cfg`` with random weights, made in the target dtype (not float32 first: a
-    13B model then fits an 80 GB GPU)."""
+    13B model then fits an 80 GB GPU); ``fp8``: then its projections quantized to float8
+    (``yoco_core.quant.quantize_fp8``: all but the LM head; the rest stays in ``dtype``, in which
+    the products are computed)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         model = build_model(cfg, device=device, dtype=dtype, seed=seed)
     finally:
         torch.set_default_dtype(previous)
+    if fp8:
+        from ..quant import quantize_fp8
+
+        quantize_fp8(model)
+        release(device)                  # the projections' full-precision weights are garbage now
     return NativeRunner(arch=arch, config=cfg, model=model, device=device, params=cfg.n_params())
 
 
@@ -237,16 +244,19 @@ def _count_params(model) -> int:
 
 
 def build_runner(arch: str, size: str, device, dtype: torch.dtype, max_tokens: int,
-                 self_decoder: str = "gret", seed: int = 0) -> Runner:
+                 self_decoder: str = "gret", seed: int = 0, fp8: bool = False) -> Runner:
     """Build the model of one (arch, size) on ``device`` in ``dtype`` with random weights (a fixed
-    seed) and room for ``max_tokens`` positions (context + decoded tokens)."""
+    seed) and room for ``max_tokens`` positions (context + decoded tokens); ``fp8``: its
+    projections then in float8 (ours only: ``_build_native``)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}")
+    if fp8 and arch not in NATIVE_ARCHS:
+        raise ValueError(f"fp8 is for our models (arch yoco, transformer), not {arch}")
     device = torch.device(device)
     cfg = size_config(arch, size, self_decoder)
     cfg = cfg.replace(max_seq_len=max(cfg.max_seq_len, max_tokens))
     if arch in NATIVE_ARCHS:
-        return _build_native(arch, cfg, device, dtype, seed)
+        return _build_native(arch, cfg, device, dtype, seed, fp8)
     check_peer(arch, device)
     torch.manual_seed(seed)
     build = _hf_llama if arch == "hf" else _fla_yoco

@@ -48,6 +48,12 @@ peak memory the larger phase's; the note says so. Its batch is the largest the o
 estimate fits (``analytic.estimate_memory(one_at_a_time=True)``: the batch's cache beside one
 sequence's prefill chunk, not the whole batch's chunk).
 
+fp8 (``Plan.fp8``, ``yoco profile --dtype fp8``): our models built in ``Plan.dtype`` (the compute
+dtype), then their projections quantized (``runners.build_runner(fp8=True)``,
+``yoco_core.quant.quantize_fp8``); the rows say dtype ``fp8`` (``Plan.dtype_name``: part of the
+resume key and of the blockers' setting), the cost model counts the projections' weights in float8
+(``analytic``'s ``fp8``) and the caller measures the matmul ceiling as fp8's.
+
 Tensor parallel (``Plan.tp`` ranks in ``Plan.group``, ``yoco_core.parallel.tensor``): every rank
 runs the same sweep in lockstep, its model built with the same seed and sharded
 (``apply_tensor_parallel``); the cost model is one rank's (``analytic``: ``tp``), so the skips and
@@ -306,7 +312,9 @@ class Plan:
     ``throughput`` every (arch, size, ctx), the batch chosen when measured (at most ``batch_cap``;
     ``batch_cap_auto``: that cap is ``--batch auto``'s default, not one the user gave), ``timed_steps``
     of the ``gen_tokens`` steps timed (None: all), ``timed_prefills``: the batch prefilled one
-    sequence at a time, that many of them timed (None: the batch prefilled whole)."""
+    sequence at a time, that many of them timed (None: the batch prefilled whole). ``fp8``: our
+    models' projections in float8 (``quantize_fp8``), the rest in ``dtype``; the rows' dtype
+    ``fp8``."""
     archs: list[str]
     sizes: list[str]
     ctxs: list[int]
@@ -326,11 +334,13 @@ class Plan:
     dtype: torch.dtype = torch.float32
     folder: FolderModel | None = None
     tp: int = 1                      # tensor-parallel ranks per cell
+    fp8: bool = False                # projections in float8 (ours only; dtype the compute dtype)
     group: object = dataclasses.field(default=None, compare=False, repr=False)   # theirs (None: one)
 
     @property
     def dtype_name(self) -> str:
-        return name_of(self.dtype)
+        """profile.csv's ``dtype``: ``fp8`` for float8 projections, else the model dtype's name."""
+        return "fp8" if self.fp8 else name_of(self.dtype)
 
     @property
     def parallel(self) -> str:
@@ -400,11 +410,13 @@ class Plan:
         """The runner of ``cell``'s model (random weights for a preset, the folder's for -m),
         sharded over ``group`` with tensor parallel (its ``params`` still the whole model's)."""
         if self.folder:
+            if self.fp8:
+                raise ValueError("fp8 does not run -m folders yet")
             runner = build_folder_runner(cell.arch, self.folder, self.device, self.dtype, self.max_tokens,
                                          self.self_decoder, self.seed)
         else:
             runner = build_runner(cell.arch, cell.size, self.device, self.dtype, max_tokens=self.max_tokens,
-                                  self_decoder=self.self_decoder, seed=self.seed)
+                                  self_decoder=self.self_decoder, seed=self.seed, fp8=self.fp8)
         if self.group is not None:
             from ..parallel.tensor import apply_tensor_parallel
 
@@ -619,7 +631,8 @@ def _first_batch(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers) -
             (1, "the device's memory is unknown")
     else:
         fits = largest_batch(plan.config_for(cell), cell.ctx, element_size(plan.dtype), memory,
-                             plan.chunk_for(cell) or None, plan.reserve, plan.tp, bool(plan.timed_prefills))
+                             plan.chunk_for(cell) or None, plan.reserve, plan.tp, bool(plan.timed_prefills),
+                             fp8=plan.fp8)
         batch, why = fits, f"the largest the estimate{plan.estimate_words()} fits in {machine.memory_words()}"
         if cap is not None and cap < fits:
             batch, why = cap, f"{plan.cap_words()} (the estimate{plan.estimate_words()} fits {fits} in " \
@@ -742,7 +755,8 @@ def _analyse(rec: Record, cfg: ModelConfig | None, plan: Plan, chunk: int) -> di
     if cfg is None:
         return None
     analytic = cell_analytics(cfg, rec.ctx, rec.batch, element_size(plan.dtype),
-                              1 if plan.decode_only else chunk, plan.reserve, plan.tp, bool(plan.timed_prefills))
+                              1 if plan.decode_only else chunk, plan.reserve, plan.tp, bool(plan.timed_prefills),
+                              fp8=plan.fp8)
     rec.params, rec.est_gb = cfg.n_params(), analytic["est_bytes"] / GB
     rec.decode_gb_per_token = analytic["decode_bytes"] / GB
     return analytic
@@ -785,8 +799,8 @@ def _add_throughput(rec: Record, res: CellResult, cfg: ModelConfig, plan: Plan) 
     rec.decode_s = res.decode_s
     if timed < total:
         elem = element_size(plan.dtype)
-        scale = (decode_bytes_over(cfg, rec.ctx, rec.batch, elem, total, plan.tp)
-                 / decode_bytes_over(cfg, rec.ctx, rec.batch, elem, timed, plan.tp))
+        scale = (decode_bytes_over(cfg, rec.ctx, rec.batch, elem, total, plan.tp, fp8=plan.fp8)
+                 / decode_bytes_over(cfg, rec.ctx, rec.batch, elem, timed, plan.tp, fp8=plan.fp8))
         rec.decode_s = res.decode_s * scale
         rec.note = _join(rec.note, f"decode: {timed} of {total} steps timed, the time of all {total} extrapolated "
                                    f"by the analytic bytes per step (x{scale:.4g})")
