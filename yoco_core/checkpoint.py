@@ -47,11 +47,17 @@ def register_loader(prefix: str, fn: Callable[..., CausalLM]) -> None:
     _LOADERS[prefix] = fn
 
 
+def write_weights(state: dict, path, **metadata: str) -> None:
+    """``state`` as our safetensors file ``path``: the format and version our readers check, and
+    ``metadata`` beside them (a shipped file's ``dtype``)."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"format": "yoco", "version": str(FORMAT_VERSION), **metadata})
+
+
 def save_model(model: CausalLM, path) -> Path:
     """``model.safetensors`` + ``config.json`` in the folder ``path``, with the files of the model's
     tokenizer when it came from files (its config then says ``tokenizer: "folder"``)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg, tok = model.config, getattr(model, "tokenizer", None)
@@ -65,7 +71,7 @@ def save_model(model: CausalLM, path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "yoco", "version": str(FORMAT_VERSION)})
+    write_weights(state, path / "model.safetensors")
     (path / "config.json").write_text(cfg.to_json() + "\n")
     return path
 

@@ -825,9 +825,8 @@ def bf16_state(weights_dir) -> dict:
 
 
 def save_bf16(state: dict, path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(state, str(path), metadata={"format": "yoco", "version": str(ckpt.FORMAT_VERSION), "dtype": "bfloat16"})
+    """A ``bf16_state`` written as our safetensors file, marked bf16."""
+    ckpt.write_weights(state, path, dtype="bfloat16")
 
 
 def ship(out, name: str | None = None, weights_dir: Path | None = None) -> Path:
