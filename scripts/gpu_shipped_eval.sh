@@ -10,7 +10,6 @@ R=$!
 timeout ${CHECK_S:-300} python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/gpu 2>&1 | tail -40 > $OUT/check.txt
 wait $E $R
 tail -4 $OUT/check.txt
-cp /tmp/eval.log /tmp/ruler.log /tmp/ 2>/dev/null
 tar czf $OUT/logs.tar.gz -C /tmp eval.log ruler.log yoco-ruler/yoco-tiny.txt 2>/dev/null
 grep -v "^yoco-tiny .*single\|^transformer-tiny .*single" /tmp/eval.log | tail -25
 tail -16 /tmp/ruler.log
