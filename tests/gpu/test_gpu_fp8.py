@@ -1,6 +1,7 @@
 """fp8 projections on the GPU (``yoco_core.quant``): ``torch._scaled_mm`` with row-wise scales at the
-3B shapes equals the plain dequantized product, and a quantized shipped model decodes through its
-CUDA graph as it does eagerly, with the needle floors of the CPU tests."""
+3B shapes equals the plain dequantized product, and a quantized shipped model's prefill and CUDA-graph
+decode agree with its eager decode and its full forward (the needle floors in fp8 are the CPU
+tests', tests/test_quant.py)."""
 from __future__ import annotations
 
 import pytest
