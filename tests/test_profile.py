@@ -415,28 +415,48 @@ def test_an_old_csv_without_the_mode_column_resumes_and_is_upgraded(tmp_path, me
 
 # -- the ceilings ------------------------------------------------------------------------------
 def test_ceilings_count_the_bytes_each_kernel_moves_and_keep_the_fastest_read(monkeypatch):
-    """matmul and copy: the median run; the read ceiling: the fastest sum, counting only the bytes
-    read (a copy counts them twice: read and written)."""
+    """matmul and copy: the median run; the read ceiling: the fastest run of the fastest read
+    kernel, counting only the bytes read (a copy counts them twice: read and written)."""
     from yoco_core.perf import hardware
 
-    runs = iter([[3.0, 2.0, 1.0], [4.0, 2.0, 3.0], [4.0, 1.0, 3.0]])      # matmul, copy, read
+    # matmul, copy, then one list per read kernel (sum, GEMV, decode attention): the GEMV's best wins
+    runs = iter([[3.0, 2.0, 1.0], [4.0, 2.0, 3.0], [4.0, 1.0, 3.0], [0.9, 0.5, 2.0], [0.8, 0.7, 0.6]])
     monkeypatch.setattr(hardware, "timed_runs", lambda clock, fn, reps, warm: next(runs))
     nbytes = 1 << 20
     c = hardware.measure_ceilings("cpu", torch.float32, matmul_n=64, copy_bytes=nbytes, reps=3)
     assert c.matmul_tflops == pytest.approx(2 * 64 ** 3 / 2.0 / 1e12)
     assert c.copy_tbs == pytest.approx(2 * nbytes / 3.0 / 1e12)
-    assert c.read_tbs == pytest.approx(nbytes / 1.0 / 1e12)
+    assert c.read_tbs == pytest.approx(nbytes / 0.5 / 1e12)
+    assert next(runs, None) is None              # every read kernel was timed
 
 
-def test_the_read_ceiling_times_a_sum_over_the_buffer(monkeypatch):
+@pytest.mark.parametrize("name", ["sum", "gemv", "decode attention"])
+def test_each_read_kernel_reads_the_ceiling_buffer_once_and_computes_its_result(name):
+    """A decode step reads its weights with GEMVs and its cache with the decode attention kernel:
+    the read ceiling times those over the same bytes as the sum, so no step can beat its ceiling."""
+    from yoco_core.kernels.decode_attention import decode_attention_ref
     from yoco_core.perf import hardware
 
-    seen, real = [], hardware.timed_runs
-    monkeypatch.setattr(hardware, "timed_runs",
-                        lambda clock, fn, reps, warm: seen.append(fn()) or real(clock, fn, reps, warm))
-    assert hardware._read_seconds(hardware.Clock("cpu"), 1000, torch.Generator().manual_seed(1234), reps=2) > 0
-    want = torch.rand(1000, generator=torch.Generator().manual_seed(1234)).sum()
-    assert len(seen) == 1 and torch.equal(seen[0], want)
+    nbytes = 1 << 20
+    fn, read = hardware.READERS[name]("cpu", nbytes, torch.Generator().manual_seed(1234))
+    assert sum(t.nbytes for t in read if t.nbytes > nbytes // 50) == pytest.approx(nbytes, rel=0.01)   # (a vector, a query aside)
+    assert all(bool((t != 0).any()) for t in read)            # random, never all zeros
+    got = fn()
+    if name == "sum":
+        want = read[0].double().sum()
+    elif name == "gemv":
+        want = read[0].double() @ read[1].double()
+    else:
+        k, v, q = read
+        want = decode_attention_ref(q.double(), k.double(), v.double(), k.shape[2])
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=1e-3)
+
+
+def test_the_read_ceiling_times_every_read_kernel():
+    from yoco_core.perf import hardware
+
+    assert set(hardware.READERS) == {"sum", "gemv", "decode attention"}
+    assert hardware._read_seconds(hardware.Clock("cpu"), 1 << 16, torch.Generator().manual_seed(1234), reps=2) > 0
 
 
 def test_decode_share_is_over_the_read_bandwidth():
@@ -1094,8 +1114,9 @@ def test_the_fp8_ceiling_times_scaled_mm_on_float8_operands(monkeypatch):
     a, b = (torch.randn(32, 32, generator=gen).to(torch.float8_e4m3fn) for _ in range(2))
     assert seen[0].dtype == torch.float32 and torch.allclose(seen[0], a.float() @ b.float().t())
     plain = hardware.measure_ceilings("cpu", torch.float32, matmul_n=32, copy_bytes=1 << 12, reps=2)
-    assert plain.matmul_n == 32 and len(seen) == 6 and seen[3].dtype == torch.float32
-    assert not torch.equal(seen[3], seen[0])            # the plain ceiling multiplies the float32 values
+    n_first = 2 + len(hardware.READERS)                 # matmul, copy, each read kernel
+    assert plain.matmul_n == 32 and len(seen) == 2 * n_first and seen[n_first].dtype == torch.float32
+    assert not torch.equal(seen[n_first], seen[0])            # the plain ceiling multiplies the float32 values
 
 
 def test_fp8_is_profiles_own_dtype():

@@ -232,13 +232,50 @@ def _copy_seconds(clock: Clock, numel: int, gen, reps: int) -> float:
 
 
 def _read_seconds(clock: Clock, numel: int, gen, reps: int) -> float:
-    """The fastest of ``reps`` sums over ``numel`` float32 values (a read of every byte, one value
-    written): the best run, not the median, since a ceiling is the most the device was seen to do."""
-    src = torch.rand(numel, device=clock.device, dtype=torch.float32, generator=gen)
-    return min(timed_runs(clock, src.sum, reps, warm=2 if clock.cuda else 1))
+    """The fastest of ``reps`` runs of each read kernel (``READERS``) over ``numel * 4`` bytes (each
+    reads every byte once and writes next to nothing): the best run of the best kernel, not a
+    median, since a ceiling is the most the device was seen to read. The kernels are the ones a
+    decode step reads with, so that no step can read faster than its ceiling."""
+    best = float("inf")
+    for make in READERS.values():
+        fn, _ = make(clock.device, numel * 4, gen)
+        best = min(best, min(timed_runs(clock, fn, reps, warm=2 if clock.cuda else 1)))
+        del fn
+    return best
 
 
-READ_REPS = {"cuda": 20, "cpu": 5}     # sums timed for the read ceiling (the fastest is kept)
+def _sum_reader(device, nbytes: int, gen):
+    """A sum over float32 values. Each reader returns (the kernel to time, the tensors it reads)."""
+    src = torch.rand(nbytes // 4, device=device, dtype=torch.float32, generator=gen)
+    return src.sum, [src]
+
+
+def _gemv_reader(device, nbytes: int, gen, width: int = 4096):
+    """A bf16 matrix times a vector (how a batch-1 decode step reads its weights: cuBLAS's GEMV)."""
+    a = torch.rand(max(1, nbytes // 2 // width), width, device=device, generator=gen).to(torch.bfloat16)
+    x = torch.rand(width, device=device, generator=gen).to(torch.bfloat16)
+    return (lambda: torch.mv(a, x)), [a, x]
+
+
+def _decode_attention_reader(device, nbytes: int, gen, kv_heads: int = 8, group: int = 4, head_dim: int = 128):
+    """One query token per head over a KV cache of ``nbytes`` (keys and values; bf16 on CUDA, where
+    the split-KV kernel runs, ``kernels.decode_attention``): how a decode step reads its cache."""
+    from ..kernels.decode_attention import decode_attention
+
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    elem = torch.tensor([], dtype=dtype).element_size()
+    cap = max(1, nbytes // (2 * kv_heads * head_dim * elem))
+    k, v = (torch.rand(1, kv_heads, cap, head_dim, device=device, generator=gen).to(dtype) for _ in range(2))
+    q = torch.rand(1, kv_heads * group, head_dim, device=device, generator=gen).to(dtype)
+    length = torch.tensor([cap], device=device)
+    return (lambda: decode_attention(q, k, v, length)), [k, v, q]
+
+
+# the read kernels timed for the read ceiling (the fastest counts)
+READERS = {"sum": _sum_reader, "gemv": _gemv_reader, "decode attention": _decode_attention_reader}
+
+
+READ_REPS = {"cuda": 20, "cpu": 5}     # runs of each read kernel timed (the fastest is kept)
 
 
 @torch.inference_mode()
@@ -248,9 +285,10 @@ def measure_ceilings(device, dtype: torch.dtype, matmul_n: int | None = None,
     ``fp8`` ``torch._scaled_mm``'s on float8 e4m3 operands with row-wise scales, the product in
     ``dtype``, at the same ``n``: the rate an fp8 model's projections run at), the
     device-to-device copy bandwidth (median of ``reps``, counting the bytes read and the bytes
-    written) and the read bandwidth (a sum over as many bytes, counting the bytes read: the
-    fastest of ``READ_REPS``, so a decode step's share of it is measured against the most the
-    device was seen to read; a share above 1 then means a decode step read faster than every sum).
+    written) and the read bandwidth (``READERS``: a sum, a GEMV and the decode attention kernel,
+    each over as many bytes, counting the bytes read; the fastest of ``READ_REPS`` runs of the
+    fastest kernel, so a decode step's share of it is measured against the most the device was
+    seen to read with the kernels a decode step reads with).
 
     Defaults: on CUDA ``n = 8192`` and 1 GiB copied and summed (far more than any L2 cache); on
     the CPU ``n = 1024`` and 64 MiB (of which a large L3 cache may hold part)."""
