@@ -437,7 +437,7 @@ def test_each_read_kernel_reads_the_ceiling_buffer_once_and_computes_its_result(
     from yoco_core.kernels.decode_attention import decode_attention_ref
     from yoco_core.perf import hardware
 
-    nbytes = 1 << 20
+    nbytes = 32 << 20
     fn, read = hardware.READERS[name]("cpu", nbytes, torch.Generator().manual_seed(1234))
     assert sum(t.nbytes for t in read if t.nbytes > nbytes // 50) == pytest.approx(nbytes, rel=0.01)   # (a vector, a query aside)
     assert all(bool((t != 0).any()) for t in read)            # random, never all zeros
