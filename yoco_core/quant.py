@@ -20,16 +20,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = float(torch.finfo(E4M3).max)      # 448
-_TINY = 1e-12                                # a row of zeros gets this scale (its q is all zeros)
+from .kernels import fused
+from .kernels.fused.naive import E4M3, E4M3_MAX, quantize_rows_ref
 
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` (..., K) as float8 e4m3 ``q`` and a float32 scale per row ``s`` (..., 1): ``x ~= q * s``."""
-    x = x.float()
-    s = (x.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp_min(_TINY)
-    return (x / s).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), s
+# ``x`` (..., K) as float8 e4m3 ``q`` and a float32 scale per row ``s`` (..., 1), ``x ~= q * s``: one
+# Triton kernel on CUDA (``kernels/fused``), the plain form elsewhere; the weights (quantized once)
+# and ``Float8Linear.reference`` take the plain form.
+quantize_rows = quantize_rows_ref
 
 
 class Float8Linear(nn.Module):
@@ -55,7 +52,7 @@ class Float8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        qx, sx = quantize_rows(x.reshape(-1, self.in_features))
+        qx, sx = fused.quantize_rows(x.reshape(-1, self.in_features))
         out = torch._scaled_mm(qx, self.weight.t(), scale_a=sx, scale_b=self.scale, bias=self.bias,
                                out_dtype=self.out_dtype)
         return self._cut(out).reshape(*lead, self.out_features)

@@ -1,6 +1,7 @@
 """Fused elementwise kernels: Triton on CUDA, the plain-PyTorch references elsewhere.
 
-``rms_norm``, ``rope``, ``silu_mul``, ``head_norm_gate``, ``merge_attention`` and ``gret_decode`` (see
+``rms_norm``, ``rope``, ``silu_mul``, ``head_norm_gate``, ``merge_attention``, ``gret_decode`` and
+``quantize_rows`` (fp8 activations; see
 ``triton_kernels.py`` for what each fuses, ``naive.py`` for the math). The Triton kernels run on
 CUDA tensors when no gradient is needed (they have no backward: training runs the references);
 elsewhere the references run, except that ``YOCO_KERNEL_FUSED=triton`` together with
@@ -13,10 +14,12 @@ rotated); other head sizes (e.g. OpenLLaMA-3B's 100, loaded through ``hf:``) and
 from __future__ import annotations
 
 from .. import backend
-from .naive import gret_decode_ref, head_norm_gate_ref, merge_attention_ref, rms_norm_ref, rope_ref, silu_mul_ref
+from .naive import (gret_decode_ref, head_norm_gate_ref, merge_attention_ref, quantize_rows_ref, rms_norm_ref, rope_ref,
+                    silu_mul_ref)
 
-__all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "merge_attention", "backend_for",
-           "rms_norm_ref", "rope_ref", "silu_mul_ref", "head_norm_gate_ref", "gret_decode_ref", "merge_attention_ref"]
+__all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "merge_attention", "quantize_rows",
+           "backend_for", "rms_norm_ref", "rope_ref", "silu_mul_ref", "head_norm_gate_ref", "gret_decode_ref",
+           "merge_attention_ref", "quantize_rows_ref"]
 
 
 def backend_for(*tensors) -> str:
@@ -68,3 +71,10 @@ def gret_decode(p, cos, sin, state, n_heads: int, scale: float, normalizer: floa
     if _pow2(d // n_heads) and backend_for(p) == "triton":
         return _tk().gret_decode(p, cos, sin, state, n_heads, scale, normalizer, eps, state_out)
     return gret_decode_ref(p, cos, sin, state, n_heads, scale, normalizer, eps, state_out)
+
+
+def quantize_rows(x):
+    """float8 e4m3 rows and their float32 scales (``naive.quantize_rows_ref``)."""
+    if backend_for(x) == "triton":
+        return _tk().quantize_rows(x)
+    return quantize_rows_ref(x)

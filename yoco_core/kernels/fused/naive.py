@@ -89,3 +89,17 @@ def merge_attention_ref(o1, l1, o2, l2, out=None):
         return merged
     out.copy_(merged)
     return out
+
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = float(torch.finfo(E4M3).max)      # 448
+FP8_TINY = 1e-12                             # a row of zeros gets this scale (its q is all zeros)
+
+
+def quantize_rows_ref(x):
+    """``x`` (..., K) as float8 e4m3 ``q`` and a float32 scale per row ``s`` (..., 1), ``x ~= q * s``:
+    ``s = max|row| / 448`` (the row's largest element at the top of e4m3; at least ``FP8_TINY``),
+    ``q = round_to_nearest_even(row / s)``."""
+    x = x.float()
+    s = (x.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp_min(FP8_TINY)
+    return (x / s).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), s

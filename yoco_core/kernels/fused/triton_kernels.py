@@ -17,6 +17,10 @@ the unfused norms, RoPE and gates were 40% of a 16K chunk's time.
   chunked causal attention of long prefills (``kernels/attention.causal_with_prefix``).
 * ``gret_decode``: a whole gated-retention decoding step per (row, head): RoPE on q and k, the
   decay, the state update (in place if asked), the read-out, the head norm and the gate.
+* ``quantize_rows``: a row's largest magnitude, its float32 scale and the row in float8 e4m3 (the
+  activations of an fp8 projection, ``yoco_core.quant``): one read of the row per pass (two passes
+  when it is wider than a block) and a byte written per element, where the plain form made
+  float32 copies, their absolute values, a quotient and a clamp (six passes over the activations).
 
 Rows are addressed through a row stride, so slices of a fused projection's output are read where
 they lie. Grids depend only on shapes, so every kernel can be captured in a CUDA graph.
@@ -27,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "merge_attention", "CALLS"]
+__all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "merge_attention", "quantize_rows",
+           "CALLS"]
 
 CALLS = {"triton": 0}     # incremented on every launch: lets the tests prove the kernels ran
 
@@ -286,3 +291,64 @@ def gret_decode(p, cos, sin, state, n_heads: int, scale: float, normalizer: floa
                                   float(scale), 1.0 / float(normalizer), float(eps), HALF=D // 2,
                                   num_warps=8 if D >= 128 else 4)
     return out, state_out
+
+
+# -- float8 rows ------------------------------------------------------------------------------------
+@triton.jit
+def _round_e4m3(v):
+    """``v`` (float32, |v| <= 448) rounded to nearest even at e4m3's precision (3 mantissa bits; below
+    2^-6 its subnormal step 2^-9), in float32 arithmetic: adding and taking away ``1.5 * 2^23`` units
+    of the value's step rounds it at that step, to nearest even. The cast of the result to e4m3 is
+    then exact under any rounding. (A direct cast would do the same on the GPU; Triton 3.9's
+    interpreter, which the CPU tests run, drops the carry when rounding up crosses a power of two:
+    124.3 became 64.)"""
+    a = tl.abs(v)
+    e = (a.to(tl.int32, bitcast=True) >> 23) & 0xFF            # biased float32 exponent
+    e = tl.maximum(e, 127 - 6)                                 # e4m3's subnormals share one step
+    magic = (((e + 20) << 23) | 0x400000).to(tl.float32, bitcast=True)   # 1.5 * 2^23 * 2^(e - 127 - 3)
+    r = (a + magic) - magic
+    return tl.where(v < 0, -r, r)
+
+
+@triton.jit
+def _quantize_rows_kernel(X, Q, S, sx, K, qmax, tiny, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    if ONE_BLOCK:                      # the whole row in registers: one read
+        m = cols < K
+        x = tl.load(X + r * sx + cols, mask=m, other=0.0).to(tl.float32)
+        s = tl.maximum(tl.max(tl.abs(x), axis=0) / qmax, tiny)
+        q = _round_e4m3(tl.minimum(tl.maximum(x / s, -qmax), qmax))
+        tl.store(Q + r * K + cols, q.to(Q.dtype.element_ty), mask=m)
+    else:                              # wide rows: the largest magnitude first, then the row again
+        amax = tl.zeros([BLOCK], dtype=tl.float32)
+        for c0 in range(0, K, BLOCK):
+            m = c0 + cols < K
+            x = tl.load(X + r * sx + c0 + cols, mask=m, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        s = tl.maximum(tl.max(amax, axis=0) / qmax, tiny)
+        for c0 in range(0, K, BLOCK):
+            m = c0 + cols < K
+            x = tl.load(X + r * sx + c0 + cols, mask=m, other=0.0).to(tl.float32)
+            q = _round_e4m3(tl.minimum(tl.maximum(x / s, -qmax), qmax))
+            tl.store(Q + r * K + c0 + cols, q.to(Q.dtype.element_ty), mask=m)
+    tl.store(S + r, s)
+
+
+QUANT_BLOCK = 4096       # a row up to this wide is read once
+
+
+def quantize_rows(x, block: int = QUANT_BLOCK):
+    """``naive.quantize_rows_ref`` in one kernel: e4m3 ``q`` (..., K) and float32 scales (..., 1)."""
+    from .naive import E4M3, E4M3_MAX, FP8_TINY
+
+    K = x.shape[-1]
+    x2, R, sx = _rows(x)
+    q = torch.empty(x.shape, device=x.device, dtype=E4M3)
+    s = torch.empty(*x.shape[:-1], 1, device=x.device, dtype=torch.float32)
+    if R:
+        BLOCK = min(block, triton.next_power_of_2(K))
+        _launched()
+        _quantize_rows_kernel[(R,)](x2, q, s, sx, K, E4M3_MAX, FP8_TINY, BLOCK=BLOCK, ONE_BLOCK=BLOCK >= K,
+                                    num_warps=min(16, max(1, BLOCK // 256)))
+    return q, s
