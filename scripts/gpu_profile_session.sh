@@ -3,6 +3,7 @@
 #   1. tests/gpu (pytest): the GPU checks (fused kernels vs references in bf16, cached paths
 #      vs the full forward)                                                     -> $OUT/check.txt
 #   2. yoco profile --arch yoco,transformer,hf,fla --size 3b --ctx 1m          -> $OUT/p/
+#   2b. with SWA_S > 0: yoco profile --arch yoco --self-decoder swa --size 3b --ctx ${SWA_CTX:-1m}  -> $OUT/p/ too
 #   3. yoco profile --arch yoco,transformer --size 3b --ctx 256k, --batch 1..64 --decode-only  -> $OUT/b/
 # A CSV already in runs/gpu/{p,b}/ (carried from a call cut short) is resumed (--resume). The sweeps write
 # straight into $OUT, so the rows of a call the device's limit cuts still come back. ARCH and CTX pick the
@@ -22,6 +23,11 @@ if [ "${PROFILE_S:-400}" -gt 0 ]; then
   timeout -k 30 -s INT ${PROFILE_S:-400} $Y profile --arch ${ARCH:-yoco,transformer,hf,fla} --size 3b --ctx ${CTX:-1m} \
       --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/p" --resume > "$OUT/p/log.txt" 2>&1
   echo "profile rc=$?"
+fi
+if [ "${SWA_S:-0}" -gt 0 ]; then
+  timeout -k 30 -s INT ${SWA_S} $Y profile --arch yoco --self-decoder swa --size 3b --ctx ${SWA_CTX:-1m} \
+      --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/p" --resume > "$OUT/p/log-swa.txt" 2>&1
+  echo "swa rc=$?"
 fi
 if [ "${BATCH_S:-0}" -gt 0 ]; then
   timeout -k 30 -s INT ${BATCH_S} $Y profile --arch yoco,transformer --size 3b --ctx 256k, --batch 1,2,4,8,16,32,64 \
