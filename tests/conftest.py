@@ -1,3 +1,4 @@
+import gc
 import os
 import re
 import subprocess
@@ -31,6 +32,61 @@ def small_model(kind: str, seed: int = 0, **overrides):
 @pytest.fixture(params=list(ARCHS))
 def arch(request):
     return request.param
+
+
+def _freeze_what_lives_on() -> None:
+    """Collect the garbage, then move every object still alive (the modules imported so far,
+    their tables, the session's fixtures) to the collector's permanent generation: a full
+    collection (``gc.collect()`` in ``yoco_core.perf.hardware.release``, run around every profiled
+    cell, or the interpreter's own) then walks only what was made since, not the hundreds of
+    thousands of objects of torch, transformers, pandas and lm-eval. What is frozen is still freed
+    by its reference count; only a cycle among those objects would outlive the session."""
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_collection_finish(session):
+    _freeze_what_lives_on()
+
+
+def pytest_unconfigure(config):
+    gc.unfreeze()       # the interpreter's exit collects everything as without the freeze
+
+
+@pytest.fixture(autouse=True)
+def _freeze_between_modules():
+    """Also at each test file's start: what the files before imported or cached."""
+    _freeze_what_lives_on()
+
+
+@pytest.fixture(scope="session")
+def lm_eval_index_once():
+    """lm-eval's index of its own ~15000 task YAML files built once per session (about 9 s on 2
+    cores), not at every ``TaskManager`` that ``yoco eval`` makes in this process: later builds get
+    a copy (unpickled, so a caller that changes its index changes only its own). Every other folder
+    (the project's tasks/) is indexed anew each time, and the folders merge as lm-eval merges them
+    (later ones override). Child processes build their own."""
+    import pickle
+
+    from lm_eval.tasks import _index
+
+    defaults = Path(_index.__file__).parent.resolve()
+    build = _index.TaskIndex.build
+    saved = {}
+
+    def built_once(paths, *, resolve_includes=True):
+        paths = list(paths)
+        if not (paths and resolve_includes and Path(paths[0]).resolve() == defaults):
+            return build(paths, resolve_includes=resolve_includes)
+        if "defaults" not in saved:
+            saved["defaults"] = pickle.dumps(build(paths[:1]))
+        index = pickle.loads(saved["defaults"])
+        index.update(build(paths[1:]))
+        return index
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_index.TaskIndex, "build", staticmethod(built_once))
+        yield
 
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

@@ -19,6 +19,9 @@ from yoco_cli import schemas  # noqa: E402
 from yoco_cli.lm_eval_model import YOCOLM, tasks_dir  # noqa: E402
 from yoco_core import generate, save_model, tokenizer_for  # noqa: E402
 
+# yoco eval in this process: lm-eval's own task index built once (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("lm_eval_index_once")
+
 ROOT = Path(__file__).parents[1]
 TEXT = ("The river runs past the old mill and on toward the hills. A light wind moves the tall grass "
         "along the edge of the field. The market opens early and closes when the bread runs out.")
@@ -316,8 +319,8 @@ def test_gpus_2_and_tp_2_on_the_cpu_write_the_one_process_numbers(tiny_dir, tmp_
 
 
 def _gathers_body(rank, world, device):
-    """A rank of a gloo group: the model class sees its place, and its gathers are lm-eval's. Two
-    ranks: one process each (the whole world); four: two tensor-parallel groups of two, whose
+    """A rank of a gloo group of four, twice: the model class of the whole world sees its place,
+    and its gathers are lm-eval's among all four; then as two tensor-parallel groups of two, whose
     gathers run among the ranks of one place in their groups (0 with 2, 1 with 3)."""
     import torch
 
@@ -329,33 +332,29 @@ def _gathers_body(rank, world, device):
 
     model = small_model("yoco-gret", n_layers=2)
     model.tokenizer = ByteTokenizer()
-    if world == 2:
-        lm, peers, first = YOCOLM(model=model), list(range(world)), rank == 0
-    else:
-        w = World(rank, world, rank)
-        dw, place = parallel.layout(w, 2)
-        lm = YOCOLM(model=model, data_parallel=(dw.rank, dw.size, parallel.data_group(w, 2)))
-        peers, first = [place, place + 2], dw.rank == 0
     bad = []
-    if world == 2 and (lm.rank, lm.world_size) != (rank, world):
-        bad.append(f"rank {rank}: the model says rank {lm.rank} of {lm.world_size}")
-    counts = lm.all_gather(torch.tensor(rank)).tolist()
-    if counts != peers:
-        bad.append(f"rank {rank}: all_gather gave {counts}")
-    got = lm.gather_object({"rank": rank}, dst=0)
-    if got != ([{"rank": r} for r in peers] if first else None):
-        bad.append(f"rank {rank}: gather_object gave {got}")
-    lm.barrier()
+    for grouped in (False, True):
+        if not grouped:
+            lm, peers, first = YOCOLM(model=model), list(range(world)), rank == 0
+            if (lm.rank, lm.world_size) != (rank, world):
+                bad.append(f"rank {rank}: the model says rank {lm.rank} of {lm.world_size}")
+        else:
+            w = World(rank, world, rank)
+            dw, place = parallel.layout(w, 2)
+            lm = YOCOLM(model=model, data_parallel=(dw.rank, dw.size, parallel.data_group(w, 2)))
+            peers, first = [place, place + 2], dw.rank == 0
+        counts = lm.all_gather(torch.tensor(rank)).tolist()
+        if counts != peers:
+            bad.append(f"rank {rank} (grouped: {grouped}): all_gather gave {counts}")
+        got = lm.gather_object({"rank": rank}, dst=0)
+        if got != ([{"rank": r} for r in peers] if first else None):
+            bad.append(f"rank {rank} (grouped: {grouped}): gather_object gave {got}")
+        lm.barrier()
     return bad
 
 
-def test_the_model_class_serves_lm_evals_collectives_in_a_process_group():
-    from conftest import spawn_ranks
-
-    spawn_ranks(_gathers_body, 2)
-
-
-def test_tensor_parallel_groups_gather_among_one_rank_per_group():
+def test_the_model_class_serves_lm_evals_collectives_whole_and_in_tensor_parallel_groups():
+    """One spawn of four ranks for both (each rank's imports, lm-eval's among them, are most of the time)."""
     from conftest import spawn_ranks
 
     spawn_ranks(_gathers_body, 4)

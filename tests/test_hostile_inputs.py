@@ -159,6 +159,14 @@ def paths(tmp_path_factory):
     return p
 
 
+@pytest.fixture(autouse=True)
+def _eval_index_once(request):
+    """A ``yoco eval`` case in this process: lm-eval's own task index built once (tests/conftest.py)."""
+    spec = getattr(request.node, "callspec", None)
+    if spec is not None and (spec.params.get("argv") or [None])[0] == "eval":
+        request.getfixturevalue("lm_eval_index_once")
+
+
 def _main(argv, capsys) -> tuple[int | None, str]:
     """main(argv)'s exit code and stderr; an exception main() let through: None and its traceback."""
     try:
