@@ -34,29 +34,21 @@ def arch(request):
     return request.param
 
 
-def _freeze_what_lives_on() -> None:
-    """Collect the garbage, then move every object still alive (the modules imported so far,
-    their tables, the session's fixtures) to the collector's permanent generation: a full
-    collection (``gc.collect()`` in ``yoco_core.perf.hardware.release``, run around every profiled
-    cell, or the interpreter's own) then walks only what was made since, not the hundreds of
-    thousands of objects of torch, transformers, pandas and lm-eval. What is frozen is still freed
-    by its reference count; only a cycle among those objects would outlive the session."""
+@pytest.fixture(autouse=True)
+def _freeze_what_lives_on():
+    """Before each test: collect the garbage, then move every object still alive (the modules
+    imported so far, their tables, the longer-scoped fixtures) to the collector's permanent
+    generation. A full collection (the ``gc.collect()`` of ``yoco_core.perf.hardware.release``,
+    around every profiled cell, or the interpreter's own) then walks only what was made since, not
+    the hundreds of thousands of objects of torch, transformers, pandas and lm-eval (over 60 s of
+    tests/test_profile.py went to that). Frozen objects are still freed by their reference counts;
+    only a reference cycle among them waits for the session's end (``pytest_unconfigure``)."""
     gc.collect()
     gc.freeze()
 
 
-def pytest_collection_finish(session):
-    _freeze_what_lives_on()
-
-
 def pytest_unconfigure(config):
-    gc.unfreeze()       # the interpreter's exit collects everything as without the freeze
-
-
-@pytest.fixture(autouse=True)
-def _freeze_between_modules():
-    """Also at each test file's start: what the files before imported or cached."""
-    _freeze_what_lives_on()
+    gc.unfreeze()       # the interpreter's exit collects everything, as without the freeze
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +145,42 @@ def run_yoco(*args, script=None, n=None, env=()):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", str(script),
                *args]
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def start_yoco(*args, env=()):
+    """`yoco ARGS` started in a fresh process (as ``run_yoco``, not waited for: ``finish`` waits);
+    its output goes to files, so a long one never blocks it on a full pipe while nobody reads."""
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), **dict(env)}
+    cmd = [sys.executable, "-m", "yoco_cli.main", *args]
+    out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=err, text=True)
+    proc.outputs = (out, err)
+    return proc
+
+
+def finish(*procs, timeout=300) -> list[subprocess.CompletedProcess]:
+    """What ``run_yoco`` returns, for each process ``start_yoco`` started (all are waited for, or
+    killed past ``timeout`` seconds)."""
+    done = []
+    try:
+        for proc in procs:
+            proc.wait(timeout=timeout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc in procs:
+        texts = []
+        for f in proc.outputs:
+            f.seek(0)
+            texts.append(f.read())
+            f.close()
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, *texts))
+    return done
 
 
 def _rank_main(rank: int, body, init: str, out_dir: str, world: int, gpus: bool) -> None:

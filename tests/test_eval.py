@@ -293,14 +293,20 @@ def test_gpus_2_and_tp_2_on_the_cpu_write_the_one_process_numbers(tiny_dir, tmp_
 
     import pandas as pd
 
-    from conftest import run_yoco
+    from conftest import finish, start_yoco
     from yoco_cli.eval import result_file
     from yoco_cli.main import main
 
     base = ["eval", "--tasks", "yoco_kv_choice,yoco_passkey", "--model", str(tiny_dir), "--limit", "5",
             "--device", "cpu", "--log-samples"]
-    assert main([*base, "--out", str(tmp_path / "one")]) == 0
-    r = run_yoco(*base, "--out", str(tmp_path / "two"), "--gpus", "2")
+    # the two runs at once, and the one process here meanwhile: each is mostly its processes'
+    # start (imports, lm-eval's task index), which leaves a core idle at times when run alone
+    two = start_yoco(*base, "--out", str(tmp_path / "two"), "--gpus", "2")
+    tp = start_yoco(*base, "--out", str(tmp_path / "tp"), "--tp", "2")
+    try:
+        assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        r, r_tp = finish(two, tp)
     assert r.returncode == 0, r.stderr[-3000:]
     cols = ["task", "metric", "value", "stderr", "model", "num_fewshot", "limit"]
     one, two = (pd.read_csv(tmp_path / d / "eval.csv")[cols] for d in ("one", "two"))
@@ -311,7 +317,7 @@ def test_gpus_2_and_tp_2_on_the_cpu_write_the_one_process_numbers(tiny_dir, tmp_
     assert "--gpus 2" in (tmp_path / "two" / "commands.txt").read_text()
     assert r.stdout.count("yoco eval: ") == 1                     # rank 0 prints the table
     assert "documents shared among 2 processes" in r.stderr
-    r = run_yoco(*base, "--out", str(tmp_path / "tp"), "--tp", "2")
+    r = r_tp
     assert r.returncode == 0, r.stderr[-3000:]
     tp = pd.read_csv(tmp_path / "tp" / "eval.csv")[cols]
     pd.testing.assert_frame_equal(one, tp, check_exact=False, rtol=1e-5)
