@@ -136,11 +136,16 @@ def needle_content(out):
     return df.drop(columns=NEEDLE_TIMING)
 
 
-def run_yoco(*args, script=None, n=None, env=()):
-    """`yoco ARGS` in a fresh process (under torchrun with ``n`` processes and ``script``)."""
+def _yoco_process(args, env):
+    """(the repository root, the environment, the command) of `yoco ARGS` in a fresh process."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), **dict(env)}
-    cmd = [sys.executable, "-m", "yoco_cli.main", *args]
+    return root, env, [sys.executable, "-m", "yoco_cli.main", *args]
+
+
+def run_yoco(*args, script=None, n=None, env=()):
+    """`yoco ARGS` in a fresh process (under torchrun with ``n`` processes and ``script``)."""
+    root, env, cmd = _yoco_process(args, env)
     if script is not None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", str(script),
                *args]
@@ -152,9 +157,7 @@ def start_yoco(*args, env=()):
     its output goes to files, so a long one never blocks it on a full pipe while nobody reads."""
     import tempfile
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), **dict(env)}
-    cmd = [sys.executable, "-m", "yoco_cli.main", *args]
+    root, env, cmd = _yoco_process(args, env)
     out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=err, text=True)
     proc.outputs = (out, err)

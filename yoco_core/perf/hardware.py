@@ -238,7 +238,7 @@ def _read_seconds(clock: Clock, numel: int, gen, reps: int) -> float:
     decode step reads with, so that no step can read faster than its ceiling."""
     best = float("inf")
     for make in READERS.values():
-        fn, _ = make(clock.device, numel * 4, gen)
+        fn = make(clock.device, numel * 4, gen)[0]     # its buffers live in fn alone: freed before the next
         best = min(best, min(timed_runs(clock, fn, reps, warm=2 if clock.cuda else 1)))
         del fn
     return best

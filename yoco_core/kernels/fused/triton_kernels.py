@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .naive import E4M3, E4M3_MAX, FP8_TINY
+
 __all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "merge_attention", "quantize_rows",
            "CALLS"]
 
@@ -340,8 +342,6 @@ QUANT_BLOCK = 4096       # a row up to this wide is read once
 
 def quantize_rows(x, block: int = QUANT_BLOCK):
     """``naive.quantize_rows_ref`` in one kernel: e4m3 ``q`` (..., K) and float32 scales (..., 1)."""
-    from .naive import E4M3, E4M3_MAX, FP8_TINY
-
     K = x.shape[-1]
     x2, R, sx = _rows(x)
     q = torch.empty(x.shape, device=x.device, dtype=E4M3)
