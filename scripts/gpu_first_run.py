@@ -6,7 +6,9 @@ from .wheels/ into a folder of its own when the wheels are there), two fresh pro
 
     yoco needle -m yoco-tiny --ctx 4k,32k --n-depths 2 --device cuda --out OUT/<variant>-run<k>
 
-run 1 with a new, empty TRITON_CACHE_DIR and run 2 with the same folder. A row is appended to
+run 1 with a new, empty TRITON_CACHE_DIR and run 2 with the same folder; run 3 is run 2 again under
+cProfile (OUT/<variant>-run3-profile.txt: where a warm start's seconds go, by cumulative and by own
+time; the profiler slows Python itself, so its first row is not a start-up figure). A row is appended to
 needle.csv as soon as its prompt is scored, so the script polls the file (every 20 ms) from just
 before the process starts: "first row" is the seconds until the first scored prompt, "exit" until
 the process ends. Also printed: yoco's "first run: compiled ..." line (nothing on a warm run), the
@@ -84,7 +86,7 @@ def rows(csv_path: Path) -> list[dict]:
     return list(csv.DictReader(complete.splitlines()))
 
 
-def run_once(name: str, env: dict[str, str], cache: Path) -> dict:
+def run_once(name: str, env: dict[str, str], cache: Path, profile: Path | None = None) -> dict:
     out = OUT / name
     shutil.rmtree(out, ignore_errors=True)
     log = OUT / f"{name}.log"
@@ -92,7 +94,8 @@ def run_once(name: str, env: dict[str, str], cache: Path) -> dict:
     limit = min(RUN_S, left())
     with log.open("w") as f:
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "yoco_cli.main", *ARGS, "--out", str(out)], cwd=ROOT,
+        prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        p = subprocess.Popen([sys.executable, *prof, "-m", "yoco_cli.main", *ARGS, "--out", str(out)], cwd=ROOT,
                              env={**env, "TRITON_CACHE_DIR": str(cache)}, stdout=f, stderr=subprocess.STDOUT)
         first = None
         while p.poll() is None:
@@ -119,6 +122,16 @@ def run_once(name: str, env: dict[str, str], cache: Path) -> dict:
             "cut_at_s": limit if p.returncode in (-9, 137) else None}
 
 
+def write_profile(prof: Path, text: Path) -> None:
+    """The profile's top entries by cumulative and by own time, as text."""
+    import io
+    import pstats
+    buf = io.StringIO()
+    for key, n in (("cumulative", 60), ("tottime", 30)):
+        pstats.Stats(str(prof), stream=buf).sort_stats(key).print_stats(n)
+    text.write_text(buf.getvalue())
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     base = [str(ROOT)]
@@ -139,11 +152,15 @@ def main() -> int:
     for name, env, note in variants:
         cache = Path(tempfile.mkdtemp(prefix=f"yoco-triton-{name}-"))
         runs = []
-        for k, label in ((1, "cold cache"), (2, "warm cache")):
+        for k, label in ((1, "cold cache"), (2, "warm cache"), (3, "warm cache, under cProfile")):
             if left() < 15:
                 print(f"{name} run {k}: not started (budget {BUDGET_S:.0f} s spent)")
                 break
-            r = run_once(f"{name}-run{k}", env, cache)
+            prof = OUT / f"{name}-run{k}.prof" if k == 3 else None
+            r = run_once(f"{name}-run{k}", env, cache, prof)
+            if prof is not None and prof.exists():
+                write_profile(prof, OUT / f"{name}-run{k}-profile.txt")
+                prof.unlink()
             r["cache"] = label
             runs.append(r)
             first = "-" if r["first_row_s"] is None else f"{r['first_row_s']:.1f} s"

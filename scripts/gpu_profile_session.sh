@@ -17,7 +17,7 @@ Y="python3 -m yoco_cli.main"
 # the sweeps write straight into $OUT: a call cut by the device's own limit still brings its rows back
 for d in p b; do [ -f runs/gpu/$d/profile.csv ] && [ ! -f "$OUT/$d/profile.csv" ] && cp runs/gpu/$d/profile.csv "$OUT/$d/"; done
 if [ "${CHECK_S:-120}" -gt 0 ]; then
-  timeout ${CHECK_S:-120} python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/gpu 2>&1 | tail -40 > "$OUT/check.txt"
+  timeout ${CHECK_S:-120} python3 -m pytest -q -rfEx --tb=short --durations=8 -p no:cacheprovider -p no:warnings tests/gpu > "$OUT/check.txt" 2>&1
 fi
 if [ "${PROFILE_S:-400}" -gt 0 ]; then
   timeout -k 30 -s INT ${PROFILE_S:-400} $Y profile --arch ${ARCH:-yoco,transformer,hf,fla} --size 3b --ctx ${CTX:-1m} \
