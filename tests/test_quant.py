@@ -100,11 +100,14 @@ def _ids(B, T, seed=1):
 
 @pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "yoco-nope", "transformer"])
 def test_a_quantized_models_cached_paths_equal_its_full_forward(kind):
-    """Prefill and chunked prefill compute each token's rows as the full forward does: equal. A
-    YOCO's decoding step computes its self-decoder otherwise (gRet's recurrent form, the SWA ring), so
-    float32 rounding of about 1e-6 before a quantizer can move a value across an e4m3 step: the step
-    is held to a fifth of what quantizing does to the full forward (a random model of std 0.2
-    amplifies every difference layer by layer; the Transformer's step is the same arithmetic)."""
+    """Prefill computes each token's rows as the full forward does: equal. Chunked prefill sums its
+    attention and gated retention in another order (4e-6 to 7e-6 from the full forward unquantized), and
+    a YOCO's decoding step computes its self-decoder otherwise (gRet's recurrent form, the SWA ring), so
+    float32 rounding of about 1e-6 before a quantizer can move a value across an e4m3 step (one such
+    flip moved yoco-gret's last logits by 0.28 when the scales changed by an ulp): these are held to a
+    fifth of what quantizing does to the full forward (a random model of std 0.2 amplifies every
+    difference layer by layer; the Transformer's decoding step too is 2e-5 from its full forward
+    unquantized: with the scales an ulp apart, four seeds of eight flipped a value)."""
     model = small_model(kind).requires_grad_(False)
     ids = _ids(2, 50)
     plain = model(ids)
@@ -116,12 +119,10 @@ def test_a_quantized_models_cached_paths_equal_its_full_forward(kind):
     torch.testing.assert_close(last, full[:, 20], rtol=1e-4, atol=1e-4)
     steps = torch.cat([model.decode(ids[:, t:t + 1], cache)[0] for t in range(21, 50)], 1)
     step_err = float((steps - full[:, 21:]).abs().max())
-    if kind == "transformer":
-        assert step_err < 1e-4
-    else:
-        assert step_err < 0.2 * quantized, (step_err, quantized)
+    assert step_err < 0.2 * quantized, (step_err, quantized)
     last, _ = model.prefill(ids, chunk_size=16)
-    torch.testing.assert_close(last, full[:, -1], rtol=1e-4, atol=1e-4)
+    chunked_err = float((last - full[:, -1]).abs().max())
+    assert chunked_err < 0.2 * quantized, (chunked_err, quantized)
 
 
 # Measured on the CPU (fp32 products), 2026-12-02: the relative L2 distance of fp8 logits from the
@@ -165,11 +166,20 @@ def test_the_graph_safe_step_of_a_quantized_model_equals_its_decode(kind):
     from yoco_core.graphs import StaticDecoder
 
     model = small_model(kind).requires_grad_(False)
-    quantize_fp8(model)
     ids = _ids(2, 40)
-    _, cache = model.prefill(ids[:, :20], reserve=24)
-    want = [model.decode(ids[:, t:t + 1], cache)[0] for t in range(20, 40)]
+
+    def decoded():
+        _, cache = model.prefill(ids[:, :20], reserve=24)
+        return torch.cat([model.decode(ids[:, t:t + 1], cache)[0] for t in range(20, 40)], 1)
+
+    plain = decoded()
+    quantize_fp8(model)
+    want = decoded()
     _, cache = model.prefill(ids[:, :20], reserve=24)
     step = StaticDecoder(model, cache)
-    got = [step(ids[:, t:t + 1]).clone() for t in range(20, 40)]
-    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), rtol=1e-4, atol=1e-4)
+    got = torch.cat([step(ids[:, t:t + 1]).clone() for t in range(20, 40)], 1)
+    # the graph-safe step reads the whole cache buffer (positions past the current one masked): sums in
+    # another order (1e-5 apart unquantized), so a float32 rounding can flip an e4m3 step (see the test
+    # above); held to a fifth of fp8's own effect
+    err, quantized = float((got - want).abs().max()), float((want - plain).abs().max())
+    assert quantized > 1e-2 and err < 0.2 * quantized, (err, quantized)

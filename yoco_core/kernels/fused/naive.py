@@ -94,12 +94,18 @@ def merge_attention_ref(o1, l1, o2, l2, out=None):
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)      # 448
 FP8_TINY = 1e-12                             # a row of zeros gets this scale (its q is all zeros)
+# 1/448 rounded to float32. A scale is the row's largest magnitude times it: a product is rounded alike on
+# every device, while ``amax / 448`` is not (PyTorch on CUDA divides by a Python number as a multiply by
+# its float32 reciprocal; the CPU and Triton's ``div_rn`` divide), so the fused kernel's scales could
+# not equal this reference's on the GPU (every width failed on the H200, 2026-12-02).
+E4M3_INV_MAX = float(torch.tensor(1.0) / E4M3_MAX)
 
 
 def quantize_rows_ref(x):
     """``x`` (..., K) as float8 e4m3 ``q`` and a float32 scale per row ``s`` (..., 1), ``x ~= q * s``:
-    ``s = max|row| / 448`` (the row's largest element at the top of e4m3; at least ``FP8_TINY``),
-    ``q = round_to_nearest_even(row / s)``."""
+    ``s = max|row| * E4M3_INV_MAX`` (the row's largest element at the top of e4m3; at least
+    ``FP8_TINY``), ``q = round_to_nearest_even(row / s)`` (a division by a tensor: IEEE-rounded on
+    every device), clamped to +-448."""
     x = x.float()
-    s = (x.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp_min(FP8_TINY)
+    s = (x.abs().amax(dim=-1, keepdim=True) * E4M3_INV_MAX).clamp_min(FP8_TINY)
     return (x / s).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), s

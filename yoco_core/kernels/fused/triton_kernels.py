@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .naive import E4M3, E4M3_MAX, FP8_TINY
+from .naive import E4M3, E4M3_INV_MAX, E4M3_MAX, FP8_TINY
 
 __all__ = ["rms_norm", "rope", "silu_mul", "head_norm_gate", "gret_decode", "merge_attention", "quantize_rows",
            "CALLS"]
@@ -312,17 +312,18 @@ def _round_e4m3(v):
     return tl.where(v < 0, -r, r)
 
 
-# The quotients use ``div_rn`` (IEEE round-to-nearest): Triton's ``/`` on float32 compiles to the GPU's
+# The scale is a product (``naive.E4M3_INV_MAX``), rounded alike everywhere; the quotient uses ``div_rn``
+# (IEEE round-to-nearest, as PyTorch divides by a tensor): Triton's ``/`` on float32 compiles to the GPU's
 # approximate division (``div.full.f32``, up to 2 ulp), which moved an element across an e4m3 rounding
 # midpoint now and then (one H200 run: rows of 18944 differed from the plain form, 3072 and 8192 did not).
 @triton.jit
-def _quantize_rows_kernel(X, Q, S, sx, K, qmax, tiny, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
+def _quantize_rows_kernel(X, Q, S, sx, K, qmax, inv_qmax, tiny, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     if ONE_BLOCK:                      # the whole row in registers: one read
         m = cols < K
         x = tl.load(X + r * sx + cols, mask=m, other=0.0).to(tl.float32)
-        s = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), qmax), tiny)
+        s = tl.maximum(tl.max(tl.abs(x), axis=0) * inv_qmax, tiny)
         q = _round_e4m3(tl.minimum(tl.maximum(tl.math.div_rn(x, s), -qmax), qmax))
         tl.store(Q + r * K + cols, q.to(Q.dtype.element_ty), mask=m)
     else:                              # wide rows: the largest magnitude first, then the row again
@@ -331,7 +332,7 @@ def _quantize_rows_kernel(X, Q, S, sx, K, qmax, tiny, BLOCK: tl.constexpr, ONE_B
             m = c0 + cols < K
             x = tl.load(X + r * sx + c0 + cols, mask=m, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
-        s = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), qmax), tiny)
+        s = tl.maximum(tl.max(amax, axis=0) * inv_qmax, tiny)
         for c0 in range(0, K, BLOCK):
             m = c0 + cols < K
             x = tl.load(X + r * sx + c0 + cols, mask=m, other=0.0).to(tl.float32)
@@ -352,6 +353,6 @@ def quantize_rows(x, block: int = QUANT_BLOCK):
     if R:
         BLOCK = min(block, triton.next_power_of_2(K))
         _launched()
-        _quantize_rows_kernel[(R,)](x2, q, s, sx, K, E4M3_MAX, FP8_TINY, BLOCK=BLOCK, ONE_BLOCK=BLOCK >= K,
+        _quantize_rows_kernel[(R,)](x2, q, s, sx, K, E4M3_MAX, E4M3_INV_MAX, FP8_TINY, BLOCK=BLOCK, ONE_BLOCK=BLOCK >= K,
                                     num_warps=min(16, max(1, BLOCK // 256)))
     return q, s
