@@ -469,6 +469,29 @@ def test_decode_share_is_over_the_read_bandwidth():
     assert sweep.shares(analytic_numbers, res, Ceilings(4.0, 2.0))["decode_share"] is None   # no read measured
 
 
+def test_a_step_that_reads_faster_than_the_read_kernels_raises_the_ceiling(tmp_path, fixed_cell, monkeypatch):
+    """The read ceiling is the most the run saw read: a decode step faster than the read kernels
+    raises it, for its own row (share 1, the note says from what to what) and every row after it;
+    no share exceeds 1, and a row below the ceiling keeps it."""
+    from yoco_cli import profile
+
+    measured = 0.0029        # TB/s: above what yoco-tiny's step reads at 64 tokens in the fixed 10 ms, below 1K's
+    monkeypatch.setattr(profile, "_ceilings", lambda plan: sweep.Ceilings(1.0, 1.0, measured))
+    assert main(["profile", "--arch", "yoco,transformer", "--size", "tiny", "--ctx", "64,1k", "--gen-tokens", "2",
+                 "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = {(r["arch"], r["ctx"]): r for r in _rows(tmp_path)}
+    assert list(rows) == [("yoco", "64"), ("yoco", "1024"), ("transformer", "64"), ("transformer", "1024")]
+    low, fast = rows[("yoco", "64")], rows[("yoco", "1024")]
+    assert float(low["read_tbs"]) == measured and 0.9 < float(low["decode_share"]) < 1 and not low["note"]
+    rate = float(fast["decode_gb_per_token"]) * GB / 0.01 / 1e12
+    assert rate > measured and float(fast["read_tbs"]) == pytest.approx(rate)
+    assert float(fast["decode_share"]) == pytest.approx(1.0)
+    assert f"read ceiling raised from {measured:.4g} to {rate:.4g} TB/s" in fast["note"]
+    after = rows[("transformer", "64")]                         # reads less: the raised ceiling kept
+    assert float(after["read_tbs"]) == pytest.approx(rate) and "read ceiling" not in after["note"]
+    assert all(float(r["decode_share"]) <= 1 + 1e-9 for r in rows.values())
+
+
 # -- the throughput protocol ---------------------------------------------------------------------
 @pytest.mark.parametrize("name,ctx", [("yoco-tiny", 64), ("transformer-tiny", 300), ("yoco-3b", 1 << 20)])
 def test_largest_batch_is_the_largest_the_estimate_fits(name, ctx):

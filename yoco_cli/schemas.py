@@ -408,8 +408,9 @@ PROFILE = Schema(
                                   "over copy_tbs, as measured before read_tbs)"),
         ("matmul_tflops", "float", "measured matmul ceiling of this run, in the run's dtype (bf16 on GPU)"),
         ("copy_tbs", "float", "measured device copy bandwidth of this run, bytes read + written, TB/s"),
-        ("read_tbs", "float", "measured read bandwidth of this run (a sum over 1 GiB on a GPU: bytes read, the "
-                              "fastest of 20), TB/s"),
+        ("read_tbs", "float", "read ceiling of this run, TB/s: the fastest of its read kernels (a sum, a GEMV and "
+                              "the decode attention kernel, over 16 GiB on a GPU, the best of 20 runs), or, from a "
+                              "row whose decode step read faster (its note says so) on, that step's rate"),
         ("mode", "str", "full (prefill, then decode), decode-only (--decode-only: decode from a random cache) or "
                         "throughput (--throughput: the largest batch that fits, prefilled, then gen_tokens decoded)"),
         ("gen_tokens", "int", "decode steps of the cell (the cache has room for them)"),

@@ -54,6 +54,10 @@ dtype), then their projections quantized (``runners.build_runner(fp8=True)``,
 resume key and of the blockers' setting), the cost model counts the projections' weights in float8
 (``analytic``'s ``fp8``) and the caller measures the matmul ceiling as fp8's.
 
+Shares (``shares``): prefill FLOP/s over the matmul ceiling, decode bytes/s over the read ceiling,
+which a decode step that reads faster than the read kernels raises for the rest of the run
+(``_read_ceiling_for``), so no share exceeds 1.
+
 Tensor parallel (``Plan.tp`` ranks in ``Plan.group``, ``yoco_core.parallel.tensor``): every rank
 runs the same sweep in lockstep, its model built with the same seed and sharded
 (``apply_tensor_parallel``); the cost model is one rank's (``analytic``: ``tp``), so the skips and
@@ -698,7 +702,7 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
     if res.status == "oom":                  # a batch-1 prefill's out-of-memory blocks every batch here
         blockers.add(cell.model, cell.ctx, 1 if res.one_sequence else cell.batch)
     if res.status == "ok":
-        _add_measured(rec, res, analytic, ceil)
+        _add_measured(rec, res, analytic, _read_ceiling_for(rec, res, analytic, machine))
         if plan.throughput:
             _add_throughput(rec, res, runner.config or plan.config_for(cell), plan)
     return rec
@@ -778,6 +782,26 @@ def _skip_note(cell: Cell, est: float | None, machine: Machine, blockers: Blocke
 
 def _gb(n: int | None) -> float | None:
     return None if n is None else n / GB
+
+
+def _read_ceiling_for(rec: Record, res: CellResult, analytic: dict | None, machine: Machine) -> Ceilings | None:
+    """The ceilings a measured cell's shares are taken over. The read ceiling is the most this run
+    saw the device read: the read kernels' fastest (``hardware.measure_ceilings``), or a decode step's
+    that read faster. A step's kernels can: YOCO-3B at batch 32 and 256K reads 35 GB per cross-decoder
+    layer, which amortises a read's start and tail further than the kernels' 16 GiB (H200, 2026-12-03:
+    4.54 TB/s against their 4.45). Such a step raises the run's read ceiling, for its own row (share
+    1, its note says so) and every row after it (``read_tbs``), so that no share exceeds 1."""
+    ceil = machine.ceilings
+    if not (ceil and ceil.read_tbs > 0 and analytic and res.decode_ms):
+        return ceil
+    read = analytic["decode_bytes"] / (res.decode_ms / 1e3) / 1e12
+    if read <= ceil.read_tbs:
+        return ceil
+    rec.note = _join(rec.note, f"read ceiling raised from {ceil.read_tbs:.4g} to {read:.4g} TB/s: this decode step "
+                               "read faster than the read kernels")
+    machine.ceilings = dataclasses.replace(ceil, read_tbs=read)
+    rec.read_tbs = read
+    return machine.ceilings
 
 
 def _add_measured(rec: Record, res: CellResult, analytic: dict | None, ceil: Ceilings | None) -> None:
