@@ -186,6 +186,67 @@ def test_ratio_rows_values_and_oom():
     assert (h.memory_saved, h.prefill_speedup, h.throughput_gain) == (8.0, 4.0, 8.0)
     o = r[(r.baseline == "transformer") & (r.ctx == 1 << 20)].iloc[0]
     assert np.isnan(o.memory_saved) and o.note == "Transformer OOM"
+    assert set(r.yoco_model) == {"yoco-3b"}         # no model column: the model is arch-size
+
+
+# (model, peak_alloc_gb, prefill_s, decode_tok_s) of two YOCO models of one size and a Transformer;
+# the SWA rows come after the gRet ones (so a row kept per arch would be the SWA one)
+TWO_YOCO = (("yoco-3b", 2.0, 1.0, 40.0), ("yoco-swa-3b", 4.0, 2.0, 20.0), ("transformer-3b", 8.0, 4.0, 10.0))
+
+
+def two_yoco_rows(models=TWO_YOCO, ctxs=(4096, 65536)):
+    """Profile rows (dicts) of ``models`` at ``ctxs``, batch 1, full mode, one device."""
+    return [dict(arch=m.split("-")[0], model=m, size="3b", params=3_000_000_000, batch=1, ctx=ctx, mode="full",
+                 device="NVIDIA H200", dtype="bf16", status="ok", peak_alloc_gb=mem, prefill_s=pre,
+                 decode_tok_s=tok, decode_ms=1000.0 / tok, gen_tokens=32, timed_steps=32)
+            for ctx in ctxs for m, mem, pre, tok in models]
+
+
+def test_ratio_rows_one_set_per_yoco_model():
+    """A gRet and an SWA YOCO of one size: each against the Transformer on its own, at each context."""
+    import pandas as pd
+
+    r = plots.ratio_rows(pd.DataFrame(two_yoco_rows()))
+    assert list(zip(r.ctx, r.yoco_model)) == [(4096, "yoco-3b"), (4096, "yoco-swa-3b"),
+                                              (65536, "yoco-3b"), (65536, "yoco-swa-3b")]
+    assert (r.baseline == "transformer").all() and (r.note == "").all()
+    assert list(r.memory_saved) == [4.0, 2.0, 4.0, 2.0]
+    assert list(r.prefill_speedup) == [4.0, 2.0, 4.0, 2.0]
+    assert list(r.throughput_gain) == [4.0, 2.0, 4.0, 2.0]
+    assert plots.models_to_tell_apart(r, by=("size",), model="yoco_model") == {("3b",)}
+    one = plots.ratio_rows(pd.DataFrame(two_yoco_rows(TWO_YOCO[::2])))
+    assert list(one.yoco_model) == ["yoco-3b", "yoco-3b"] and list(one.memory_saved) == [4.0, 4.0]
+    assert not plots.models_to_tell_apart(one, by=("size",), model="yoco_model")
+
+
+def _drawn(monkeypatch):
+    """{figure file: {axes index: {line label: y values}}} of the figures plots draws from now on."""
+    drawn = {}
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update({Path(path).name: {
+        i: {ln.get_label(): [float(y) for y in ln.get_ydata()] for ln in ax.get_lines()
+            if not ln.get_label().startswith("_")} for i, ax in enumerate(fig.axes)}}) or real(fig, path))
+    return drawn
+
+
+def test_profile_and_ratio_figures_draw_each_yoco_model(tmp_path, monkeypatch):
+    """Two YOCO models of one size: a profile line and a ratio line each, named by the model; one
+    YOCO model: the labels as ever (arch and size)."""
+    import pandas as pd
+
+    drawn = _drawn(monkeypatch)
+    df = pd.DataFrame(two_yoco_rows())
+    plots.profile_figures(df, tmp_path / "two")
+    plots.ratio_figures(df, tmp_path / "two")
+    assert drawn["profile_memory.png"][0] == {"transformer 3b b=1": [8.0, 8.0], "yoco-3b b=1": [2.0, 2.0],
+                                              "yoco-swa-3b b=1": [4.0, 4.0]}
+    assert drawn["profile_ratios.png"][0] == {"vs transformer: yoco-3b b=1": [4.0, 4.0],
+                                              "vs transformer: yoco-swa-3b b=1": [2.0, 2.0]}
+    one = pd.DataFrame(two_yoco_rows(TWO_YOCO[::2])).drop(columns=["model"])     # an older frame: no model
+    plots.profile_figures(one, tmp_path / "one")
+    plots.ratio_figures(one, tmp_path / "one")
+    assert drawn["profile_memory.png"][0] == {"transformer 3b b=1": [8.0, 8.0], "yoco 3b b=1": [2.0, 2.0]}
+    assert drawn["profile_ratios.png"][0] == {"vs transformer: 3b b=1": [4.0, 4.0]}
 
 
 def test_profile_all_oom_still_draws(tmp_path):

@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
-from test_plots import assert_png, write_eval, write_needle, write_profile, write_throughput
+from test_plots import TWO_YOCO, assert_png, two_yoco_rows, write_eval, write_needle, write_profile, write_throughput
 
 from yoco_cli import plots, schemas
 from yoco_cli.main import main
@@ -334,11 +334,16 @@ def test_batch_table_shares_are_of_the_read_bandwidth():
     assert t.loc["transformer", "share of read bandwidth"] == ""
 
 
-def _protocol_table(md: str) -> list[str]:
-    """The throughput table of a report.md: its header line, then its rows."""
-    start = md.index("*Throughput protocol")
+def _md_table(md: str, caption: str) -> list[str]:
+    """The table of a report.md under the caption that starts ``caption``: its header line, then its rows."""
+    start = md.index(f"*{caption}")
     lines = md[start:md.index("\n\n", md.index("| ", start))].splitlines()
     return [lines[2], *lines[4:]]
+
+
+def _protocol_table(md: str) -> list[str]:
+    """The throughput table of a report.md: its header line, then its rows."""
+    return _md_table(md, "Throughput protocol")
 
 
 def test_a_capped_throughput_batch_is_not_reported_as_the_protocol(tmp_path):
@@ -389,3 +394,61 @@ def test_the_throughput_table_names_the_yoco_model_when_there_are_several(tmp_pa
     write_throughput(tmp_path / "one", rows=rows[::2])
     assert main(["report", str(tmp_path / "one"), "--out", str(tmp_path / "rep1")]) == 0
     assert "YOCO model" not in (tmp_path / "rep1" / "report.md").read_text()
+
+
+def test_report_tells_two_yoco_models_of_one_size_apart(tmp_path):
+    """profile.csv with a gRet and an SWA YOCO of one size and a Transformer: two headline rows per
+    context, each with its own model's ratios and named by it; the cells table names every row's model."""
+    for row in two_yoco_rows():
+        schemas.PROFILE.append_row(tmp_path / "run", row)
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    head, *rows = _md_table(md, "Headline ratios")
+    assert head == ("| YOCO vs | size | YOCO model | batch | context | device | memory saved | prefill speed-up "
+                    "| throughput gain |")
+    assert rows == [f"| transformer | 3b | {m} | 1 | {c} | {H200} | {x} | {x} | {x} |"
+                    for c in ("4k", "64k") for m, x in (("yoco-3b", "4.00x"), ("yoco-swa-3b", "2.00x"))]
+    assert "Each YOCO model (column YOCO model) is compared on its own." in md
+    head, *rows = _md_table(md, "All profile cells")
+    assert head.startswith("| arch | model | size | batch | context |")
+    assert [r.split(" | ")[1] for r in rows] == ["transformer-3b"] * 2 + ["yoco-3b"] * 2 + ["yoco-swa-3b"] * 2
+
+
+def test_one_yoco_model_keeps_the_tables_columns():
+    """One model per (arch, size), with or without a model column: no model column in any table."""
+    from yoco_cli.report import batch_table, profile_table, ratio_table
+
+    df = pd.DataFrame(two_yoco_rows(TWO_YOCO[::2]))
+    for frame in (df, df.drop(columns=["model"])):
+        assert list(ratio_table(frame).columns) == ["YOCO vs", "size", "batch", "context", "device", "memory saved",
+                                                    "prefill speed-up", "throughput gain"]
+        assert list(profile_table(frame.assign(note="", throughput_tok_s=float("nan"), cache_gb=1.0)).columns) == [
+            "arch", "size", "batch", "context", "device", "status", "prefill (s)", "decode (ms/step)",
+            "throughput (tok/s)", "peak mem (GB)", "cache (GB)"]
+        assert list(batch_table(pd.concat([frame, frame.assign(batch=2)])).columns) == [
+            "arch", "size", "context", "best tok/s", "at batch", "share of read bandwidth", "largest batch run",
+            "YOCO's best over this"]
+
+
+def test_batch_table_keeps_each_yoco_models_best_batch():
+    """Two YOCO models at several batches: a row each (named by the model), and the baseline's row
+    gives each one's best over its best, never the best of their rows pooled."""
+    from yoco_cli.report import batch_table
+
+    def row(model, batch, tok_s):
+        return {"arch": model.split("-")[0], "model": model, "size": "3b", "ctx": 262144, "batch": batch,
+                "device": H200, "dtype": "bf16", "status": "ok", "decode_tok_s": tok_s, "decode_share": 0.5,
+                "read_tbs": 4.4, "mode": "full"}
+
+    df = pd.DataFrame([row("yoco-3b", 1, 100.0), row("yoco-3b", 8, 500.0), row("yoco-swa-3b", 1, 90.0),
+                       row("yoco-swa-3b", 8, 400.0), row("yoco-swa-3b", 16, 300.0),
+                       row("transformer-3b", 1, 50.0), row("transformer-3b", 2, 80.0)])
+    t = batch_table(df)
+    assert list(t.columns[:3]) == ["arch", "model", "size"]
+    t = t.set_index("model")
+    assert list(t.index) == ["transformer-3b", "yoco-3b", "yoco-swa-3b"]
+    assert (t.loc["yoco-3b", "best tok/s"], t.loc["yoco-3b", "at batch"], t.loc["yoco-3b", "largest batch run"]) == (
+        "500", "8", "8")
+    assert (t.loc["yoco-swa-3b", "best tok/s"], t.loc["yoco-swa-3b", "at batch"],
+            t.loc["yoco-swa-3b", "largest batch run"]) == ("400", "8", "16")
+    assert t.loc["transformer-3b", "YOCO's best over this"] == "yoco-3b 6.25x; yoco-swa-3b 5.00x"

@@ -92,6 +92,29 @@ def _last_per(df: pd.DataFrame, cols) -> pd.DataFrame:
     return df.drop_duplicates(subset=list(cols), keep="last")
 
 
+def model_names(df: pd.DataFrame) -> pd.Series:
+    """Each profile row's model (column ``model``: ``yoco-3b``, ``yoco-swa-3b``, ...); ``<arch>-<size>``
+    where there is none (frames without the column, a blank cell)."""
+    implied = df["arch"].astype(str) + "-" + df["size"].astype(str)
+    if "model" not in df.columns:
+        return implied
+    named = df["model"].notna() & (df["model"].astype(str) != "")
+    return df["model"].astype(str).where(named, implied)
+
+
+def models_to_tell_apart(df: pd.DataFrame, by=("arch", "size"), model: str = "model") -> set[tuple]:
+    """The groups of ``by`` (as tuples) that hold more than one model in ``df``: there only the model
+    tells their rows apart (a gRet and an SWA YOCO of one size), so tables name it and figures draw
+    a line per model. Empty (false) where every group holds one. ``model``: the column naming the
+    model (``"model"``: read through ``model_names``; ratio and throughput rows: ``"yoco_model"``,
+    blanks not counted)."""
+    if df.empty:
+        return set()
+    names = model_names(df) if model == "model" else df[model]
+    n = names.groupby([df[c] for c in by], dropna=False).nunique()
+    return {k if isinstance(k, tuple) else (k,) for k, v in n.items() if v > 1}
+
+
 def per_batch(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of a batch given by the user (modes full and decode-only): a throughput row's batch
     was chosen per context, so those rows go to ``throughput_rows`` instead."""
@@ -178,16 +201,22 @@ def _needle_one(g: pd.DataFrame, name: str, out: Path) -> Path:
 
 
 # -- profile ---------------------------------------------------------------------------------
+_SERIES = ("arch", "size", "model", "batch")      # what a profile line is, before what varies in the file
+
+
 def _series_cols(df: pd.DataFrame) -> list[str]:
-    """One line per (arch, size, batch) and per whatever else varies in the file: the mode (full or
-    decode-only cells), the decode steps timed, the device, the dtype."""
-    return ["arch", "size", "batch", *_varying(df, ("mode", "gen_tokens", "device", "dtype"))]
+    """One line per (arch, size, model, batch) and per whatever else varies in the file: the mode
+    (full or decode-only cells), the decode steps timed, the device, the dtype."""
+    return [*_SERIES, *_varying(df, ("mode", "gen_tokens", "device", "dtype"))]
 
 
-def _series_label(cols, key) -> str:
+def _series_label(cols, key, told_apart: set) -> str:
+    """``yoco 3b b=1 [H200]``; named by the model (``yoco-swa-3b b=1``) where its (arch, size) holds
+    several (``told_apart``, from ``models_to_tell_apart``)."""
     d = dict(zip(cols, key))
-    label = f"{d['arch']} {d['size']} b={fmt_int(d['batch'])}"
-    extra = [str(d[c]) for c in cols[3:]]
+    name = d["model"] if (d["arch"], d["size"]) in told_apart else f"{d['arch']} {d['size']}"
+    label = f"{name} b={fmt_int(d['batch'])}"
+    extra = [str(d[c]) for c in cols[len(_SERIES):]]
     return label + (f" [{', '.join(extra)}]" if extra else "")
 
 
@@ -209,39 +238,43 @@ def _style_for(i: int, n_devices_idx: int):
 def profile_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     """Memory, prefill latency, decode throughput and decode latency against context.
 
-    One line per (arch, size, batch) (and device/dtype when the rows hold several); only rows
-    with status ``ok`` are line points; ``oom``/``skipped`` cells are marked with an x at the top
-    edge of the axis.
+    One line per (arch, size, model, batch) (and device/dtype when the rows hold several), labelled
+    by the model where an (arch, size) holds several (``models_to_tell_apart``); only rows with
+    status ``ok`` are line points; ``oom``/``skipped`` cells are marked with an x at the top edge of
+    the axis.
     """
     out_dir = Path(out_dir)
     df = per_batch(df[df["ctx"].notna()])
     if df.empty:
         return []
+    df = df.assign(model=model_names(df))
+    told_apart = models_to_tell_apart(df)
     cols = _series_cols(df)
     df = _last_per(df, [*cols, "ctx"])
-    devices = (sorted(df[cols[3:]].fillna("").astype(str).agg(" ".join, axis=1).unique()) if len(cols) > 3
+    n = len(_SERIES)
+    devices = (sorted(df[cols[n:]].fillna("").astype(str).agg(" ".join, axis=1).unique()) if len(cols) > n
                else [""])
     written = []
     for fname, col, ylabel, title in PROFILE_METRICS:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         fails_at: dict[float, set[str]] = {}
         any_line = False
-        lines = list(dict.fromkeys(map(tuple, df[cols[:3]].astype(str).to_numpy())))
+        lines = list(dict.fromkeys(map(tuple, df[cols[:n]].astype(str).to_numpy())))
         for key, g in df.groupby(cols, sort=True):
             key = key if isinstance(key, tuple) else (key,)
-            dev = " ".join(str(k) for k in key[3:])
-            # colour: arch/size/batch; marker and dash: device (so two devices of one line pair up)
-            color, marker, ls = _style_for(lines.index(tuple(map(str, key[:3]))),
+            dev = " ".join(str(k) for k in key[n:])
+            # colour: arch/size/model/batch; marker and dash: device (so two devices of one line pair up)
+            color, marker, ls = _style_for(lines.index(tuple(map(str, key[:n]))),
                                            devices.index(dev) if dev in devices else 0)
             any_line |= _plot_series(ax, g.sort_values("ctx"), col, (color, marker, ls),
-                                     _series_label(cols, key), fails_at)
+                                     _series_label(cols, key, told_apart), fails_at)
         _finish_profile_axes(ax, df, col, ylabel, title, fails_at, any_line)
         written.append(_save(fig, out_dir / fname))
     return written
 
 
 def _plot_series(ax, g: pd.DataFrame, col: str, style, label: str, fails_at: dict) -> bool:
-    """One (arch, size, batch[, device]) series: its ``ok`` points as a line, its ``oom`` /
+    """One (arch, size, model, batch[, device]) series: its ``ok`` points as a line, its ``oom`` /
     ``skipped`` cells as an x on the top edge (recorded in ``fails_at``); True if a line was drawn."""
     color, marker, ls = style
     ok = g[(g["status"] == "ok") & g[col].notna() & (g[col] > 0)]
@@ -290,21 +323,23 @@ def _finish_profile_axes(ax, df: pd.DataFrame, col: str, ylabel: str, title: str
 
 
 def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """YOCO against each baseline arch (transformer, hf, fla) per (size, batch, ctx, device, dtype).
+    """Each YOCO model against each baseline arch (transformer, hf, fla) per (size, batch, ctx,
+    device, dtype): one row per YOCO model (``yoco_model``: ``model_names``, e.g. a gRet and an SWA
+    one) and baseline; a baseline's row is its arch's last one of the cell, whatever its model.
 
     memory_saved = baseline peak_alloc_gb / yoco's; prefill_speedup = baseline prefill_s / yoco's;
     throughput_gain = yoco decode_tok_s / baseline's. A ratio is NaN unless both cells are ok;
     ``note`` then says why (e.g. "Transformer OOM" where YOCO ran and the baseline did not).
     """
-    cols = ["size", "batch", "ctx", "device", "dtype", "baseline", "yoco_status", "base_status",
+    cols = ["size", "batch", "ctx", "device", "dtype", "baseline", "yoco_model", "yoco_status", "base_status",
             "memory_saved", "prefill_speedup", "throughput_gain", "note"]
     keys = ["size", "batch", "ctx", "device", "dtype", *(["mode"] if "mode" in df.columns else [])]
     df = per_batch(df[df["ctx"].notna()])
-    df = _last_per(df, ["arch", *keys])
-    yoco = df[df["arch"] == "yoco"]
+    df = df.assign(model=model_names(df))
+    yoco = _last_per(df[df["arch"] == "yoco"], ["model", *keys])
     out = []
     for base in BASELINES:
-        b = df[df["arch"] == base]
+        b = _last_per(df[df["arch"] == base], keys)
         if b.empty or yoco.empty:
             continue
         m = yoco.merge(b, on=keys, suffixes=("_y", "_b"))
@@ -327,7 +362,8 @@ def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
                 note = f"both {status_word(ys)}" if ys == bs else f"YOCO {status_word(ys)}, {bname} {status_word(bs)}"
             out.append({
                 "size": r["size"], "batch": r["batch"], "ctx": r["ctx"], "device": r["device"],
-                "dtype": r["dtype"], "baseline": base, "yoco_status": ys, "base_status": bs,
+                "dtype": r["dtype"], "baseline": base, "yoco_model": r["model_y"], "yoco_status": ys,
+                "base_status": bs,
                 "memory_saved": ratio(r["peak_alloc_gb_b"], r["peak_alloc_gb_y"]),
                 "prefill_speedup": ratio(r["prefill_s_b"], r["prefill_s_y"]),
                 "throughput_gain": ratio(r["decode_tok_s_y"], r["decode_tok_s_b"]),
@@ -337,7 +373,7 @@ def ratio_rows(df: pd.DataFrame) -> pd.DataFrame:
     if not res.empty:
         order = {b: i for i, b in enumerate(BASELINES)}
         res = res.assign(_o=res["baseline"].map(order)).sort_values(
-            ["_o", "size", "batch", "device", "dtype", "ctx"], kind="stable").drop(columns="_o")
+            ["_o", "size", "batch", "device", "dtype", "ctx", "yoco_model"], kind="stable").drop(columns="_o")
         res = res.reset_index(drop=True)
     return res
 
@@ -353,13 +389,15 @@ def status_word(s) -> str:
 
 def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     """YOCO / baseline ratio curves (memory saved, prefill speed-up, throughput gain) vs context,
-    one line per (baseline, size, batch[, device, dtype]); file ``out_dir/profile_ratios.png``.
-    Cells where YOCO ran and the baseline did not are marked at the top edge ("<baseline> OOM").
+    one line per (baseline, size, YOCO model, batch[, device, dtype]), named by the YOCO model where a
+    size has several (``models_to_tell_apart``); file ``out_dir/profile_ratios.png``. Cells where
+    YOCO ran and the baseline did not are marked at the top edge ("<baseline> OOM").
     """
     rows = ratio_rows(df)
     if rows.empty:
         return []
-    cols = ["baseline", "size", "batch", *_varying(rows, ("device", "dtype"))]
+    told_apart = models_to_tell_apart(rows, by=("size",), model="yoco_model")
+    cols = ["baseline", "size", "yoco_model", "batch", *_varying(rows, ("device", "dtype"))]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     groups = list(rows.groupby(cols, sort=False))
     handles: dict[str, Line2D] = {}
@@ -368,8 +406,9 @@ def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
     for i, (key, g) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         d = dict(zip(cols, key))
-        label = f"vs {d['baseline']}: {d['size']} b={fmt_int(d['batch'])}"
-        extra = [str(d[c]) for c in cols[3:]]
+        name = d["yoco_model"] if (d["size"],) in told_apart else d["size"]
+        label = f"vs {d['baseline']}: {name} b={fmt_int(d['batch'])}"
+        extra = [str(d[c]) for c in cols[4:]]
         if extra:
             label += f" [{', '.join(extra)}]"
         color, marker, ls = _style_for(i, BASELINES.index(d["baseline"]) if d["baseline"] in BASELINES else 0)
@@ -378,7 +417,7 @@ def ratio_figures(df: pd.DataFrame, out_dir) -> list[Path]:
             ok = g[g[col].notna()]
             if not ok.empty:
                 (h,) = ax.plot(ok["ctx"], ok[col], marker=marker, linestyle=ls, color=color,
-                               markersize=5, linewidth=1.6)
+                               markersize=5, linewidth=1.6, label=label)    # the legend is the figure's
                 handles.setdefault(label, h)
             lone = g[(g["yoco_status"] == "ok") & (g["base_status"] != "ok")]
             if not lone.empty:
@@ -468,9 +507,7 @@ def _capped(status, batch, cap) -> bool:
 def several_yoco_models(rows: pd.DataFrame) -> bool:
     """Whether ``throughput_rows`` hold more than one YOCO model of one size and setting (a gRet
     and an SWA one): then only the model tells their rows apart."""
-    keys = [k for k in THROUGHPUT_KEYS if k != "ctx"]
-    named = rows[rows["yoco_model"].notna()]
-    return bool(not named.empty and (named.groupby(keys, dropna=False)["yoco_model"].nunique() > 1).any())
+    return bool(models_to_tell_apart(rows, by=[k for k in THROUGHPUT_KEYS if k != "ctx"], model="yoco_model"))
 
 
 def throughput_figure(df: pd.DataFrame, out_dir) -> list[Path]:

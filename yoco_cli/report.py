@@ -178,10 +178,12 @@ def _g(v, digits=3) -> str:
 
 
 def ratio_table(profile: pd.DataFrame) -> pd.DataFrame:
+    """The headline ratios (``plots.ratio_rows``), one row per baseline, YOCO model and cell; the
+    YOCO model named only where a size has several (``plots.models_to_tell_apart``)."""
     rows = plots.ratio_rows(profile)
     if rows.empty:
         return rows
-    rows = rows.sort_values(["baseline", "size", "batch", "ctx", "device", "dtype"], kind="stable",
+    rows = rows.sort_values(["baseline", "size", "batch", "ctx", "yoco_model", "device", "dtype"], kind="stable",
                             key=lambda c: c.map({b: i for i, b in enumerate(plots.BASELINES)})
                             if c.name == "baseline" else c)
     out = []
@@ -190,12 +192,14 @@ def ratio_table(profile: pd.DataFrame) -> pd.DataFrame:
             return _x(v) if v == v else (r["note"] or "n/a")
 
         out.append({
-            "YOCO vs": r["baseline"], "size": r["size"], "batch": _g(r["batch"]),
+            "YOCO vs": r["baseline"], "size": r["size"], "YOCO model": r["yoco_model"], "batch": _g(r["batch"]),
             "context": format_size(int(r["ctx"])), "device": r["device"], "dtype": r["dtype"],
             "memory saved": cell(r["memory_saved"]), "prefill speed-up": cell(r["prefill_speedup"]),
             "throughput gain": cell(r["throughput_gain"]),
         })
     df = pd.DataFrame(out)
+    if not plots.models_to_tell_apart(rows, by=("size",), model="yoco_model"):
+        df = df.drop(columns=["YOCO model"])
     return _drop_constant(df, ("dtype",))
 
 
@@ -207,31 +211,41 @@ def read_share(row: dict) -> str:
 
 
 def batch_table(profile: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, size, context, device, dtype) measured at several batch sizes: the highest decode
-    throughput, the batch that gave it, its share of the read bandwidth, and the largest batch
-    that fitted; plus YOCO's best over each baseline's best at the same context."""
+    """Per (arch, model, size, context, device, dtype) measured at several batch sizes: the highest
+    decode throughput, the batch that gave it, its share of the read bandwidth, and the largest
+    batch that fitted; plus, on each baseline's row, YOCO's best over the baseline's best at the
+    same context: each YOCO model's best on its own (``yoco-3b 6.25x; yoco-swa-3b 5.00x`` where a
+    size has several YOCO models, never the best of their rows pooled). A ``model`` column where
+    an (arch, size) holds several models (``plots.models_to_tell_apart``)."""
     profile = plots.per_batch(profile)
+    profile = profile.assign(model=plots.model_names(profile))
+    told_apart = plots.models_to_tell_apart(profile)
     ok = profile[profile["status"] == "ok"]
-    keys = ["arch", "size", "ctx", "device", "dtype"]
+    keys = ["arch", "model", "size", "ctx", "device", "dtype"]
     if ok.empty or not (ok.groupby(keys)["batch"].nunique() > 1).any():
         return pd.DataFrame()
     multi = ok.groupby(keys).filter(lambda g: g["batch"].nunique() > 1)
     best = multi.loc[multi.groupby(keys)["decode_tok_s"].idxmax()]
     largest = multi.groupby(keys)["batch"].max()
     out = []
-    for r in best.sort_values(["size", "ctx", "arch"], kind="stable").to_dict("records"):
+    best = best.sort_values(["size", "ctx", "arch", "model"], kind="stable")
+    for r in best.to_dict("records"):
         k = tuple(r[c] for c in keys)
         gain = ""
         if r["arch"] != "yoco":
             y = best[(best["arch"] == "yoco") & (best["size"] == r["size"]) & (best["ctx"] == r["ctx"])
                      & (best["device"] == r["device"]) & (best["dtype"] == r["dtype"])]
-            if not y.empty:
-                gain = _x(float(y["decode_tok_s"].iloc[0]) / float(r["decode_tok_s"]))
-        out.append({"arch": r["arch"], "size": r["size"], "context": format_size(int(r["ctx"])),
+            named = ("yoco", r["size"]) in told_apart
+            gain = "; ".join(f"{m} {g}" if named else g for m, g in zip(
+                y["model"], (_x(float(t) / float(r["decode_tok_s"])) for t in y["decode_tok_s"])))
+        out.append({"arch": r["arch"], "model": r["model"], "size": r["size"], "context": format_size(int(r["ctx"])),
                     "device": r["device"], "dtype": r["dtype"], "best tok/s": _g(r["decode_tok_s"]),
                     "at batch": _g(r["batch"]), "share of read bandwidth": read_share(r),
                     "largest batch run": _g(largest[k]), "YOCO's best over this": gain})
-    return _drop_constant(pd.DataFrame(out), ("dtype", "device"))
+    df = pd.DataFrame(out)
+    if not told_apart:
+        df = df.drop(columns=["model"])
+    return _drop_constant(df, ("dtype", "device"))
 
 
 def throughput_table(profile: pd.DataFrame) -> pd.DataFrame:
@@ -297,11 +311,14 @@ def _drop_constant(df: pd.DataFrame, cols) -> pd.DataFrame:
 
 
 def profile_table(profile: pd.DataFrame) -> pd.DataFrame:
+    """Every profile row; a ``model`` column where an (arch, size) holds several models
+    (``plots.models_to_tell_apart``), each model's rows together."""
     if profile.empty:
         return pd.DataFrame()
-    df = profile.sort_values(["size", "batch", "arch", "ctx", "device"], kind="stable")
+    df = profile.assign(model=plots.model_names(profile))
+    df = df.sort_values(["size", "batch", "arch", "model", "ctx", "device"], kind="stable")
     out = pd.DataFrame({
-        "arch": df["arch"], "size": df["size"], "mode": df["mode"], "batch": df["batch"].map(_g),
+        "arch": df["arch"], "model": df["model"], "size": df["size"], "mode": df["mode"], "batch": df["batch"].map(_g),
         "context": df["ctx"].map(lambda c: format_size(int(c)) if c == c else ""),
         "device": df["device"], "dtype": df["dtype"], "status": df["status"],
         "prefill (s)": df["prefill_s"].map(_g), "decode (ms/step)": df["decode_ms"].map(_g),
@@ -310,6 +327,8 @@ def profile_table(profile: pd.DataFrame) -> pd.DataFrame:
         "peak mem (GB)": df["peak_alloc_gb"].map(_g),
         "cache (GB)": df["cache_gb"].map(_g), "note": df["note"].astype(str).str.slice(0, 60),
     })
+    if not plots.models_to_tell_apart(profile):
+        out = out.drop(columns=["model"])
     return _drop_constant(out, ("mode", "dtype", "note", "prefill + generation (tok/s)"))
 
 
@@ -544,6 +563,8 @@ def _headline(profile: pd.DataFrame, needle: pd.DataFrame, tables: dict) -> list
                             "device): memory saved = baseline peak memory / YOCO's, prefill speed-up = "
                             "baseline prefill time / YOCO's, throughput gain = YOCO decode tokens/s / "
                             "baseline's. Above 1x YOCO is better."
+                            + (" Each YOCO model (column YOCO model) is compared on its own."
+                               if "YOCO model" in ratios.columns else "")
                             + (f" In {int(lone.sum())} cell(s) YOCO ran where the baseline did not "
                                "(marked with the baseline's OOM / skipped status)." if lone.any() else "")))
         blocks.append(Block("table", ratios, "Headline ratios"))
