@@ -67,9 +67,11 @@ def finds_fla(env: dict[str, str]) -> bool:
 
 
 def install_fla() -> str | None:
-    """fla-core and flash-linear-attention from .wheels/ into a folder of their own (None: no wheels)."""
-    wheels = sorted((ROOT / ".wheels").glob("*.whl"))
-    if not any(w.name.startswith("fla_core") for w in wheels):
+    """fla-core from .wheels/ into a folder of its own (None: no wheel): what gated retention runs, the
+    extra ``gpu``. Not flash-linear-attention (the extra ``fla``, for the FLA baseline): beside it,
+    ``import fla`` imports its layers and models, and with them transformers' modeling code."""
+    wheels = sorted((ROOT / ".wheels").glob("fla_core-*.whl"))
+    if not wheels:
         return None
     site = tempfile.mkdtemp(prefix="yoco-first-run-site-")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
@@ -154,7 +156,7 @@ def main() -> int:
         variants.append(("torch-gret", plain, "fla-core not installed"))
     site = install_fla()
     if site is not None:
-        variants.append(("fla", env_for(base + [site], YOCO_KERNEL_GRET="fla"), f"fla-core from .wheels/ ({site})"))
+        variants.append(("fla", env_for(base + [site], YOCO_KERNEL_GRET="fla"), f"fla-core alone from .wheels/ ({site})"))
     else:
         print("no fla_core wheel in .wheels/: the fla variant is left out")
     first = floor(plain)                      # compiles torch's bytecode into PYCACHE

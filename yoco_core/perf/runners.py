@@ -192,10 +192,15 @@ def check_peer(arch: str, device=None) -> None:
         except Exception:
             raise PeerUnavailable("arch hf needs transformers (pip install 'yoco[hf]' or pip install transformers)") from None
     elif arch == "fla":
-        try:
-            import fla  # noqa: F401
+        import importlib.util
+
+        try:       # fla-core (the kernels, extra gpu) installs the package fla; its models come with the extra fla
+            found = importlib.util.find_spec("fla") is not None and importlib.util.find_spec("fla.models") is not None
         except Exception:
-            raise PeerUnavailable("arch fla needs flash-linear-attention (pip install flash-linear-attention)") from None
+            found = False
+        if not found:
+            raise PeerUnavailable("arch fla needs flash-linear-attention (pip install 'yoco[fla]' or pip install "
+                                  "flash-linear-attention)") from None
         try:
             from fla.models.yoco import YOCOConfig, YOCOForCausalLM  # noqa: F401
         except Exception as e:
