@@ -492,6 +492,43 @@ def test_a_step_that_reads_faster_than_the_read_kernels_raises_the_ceiling(tmp_p
     assert all(float(r["decode_share"]) <= 1 + 1e-9 for r in rows.values())
 
 
+def test_cold_after_times_a_long_cell_by_its_warm_up(tmp_path, monkeypatch, capsys):
+    """Every row times its warm-up prefill too (warmup_prefill_s); with --cold-after S a cell whose
+    warm-up prefill took longer than S is prefilled once, that prefill its prefill_s (the note says
+    so), and still decoded; a bad --cold-after is one line."""
+    calls = []
+    real = sweep.build_runner
+
+    def build(*a, **k):
+        runner = real(*a, **k)
+        prefill = runner.prefill
+
+        def counted(*pa, **pk):
+            calls.append(pa[0].shape)
+            return prefill(*pa, **pk)
+
+        runner.prefill = counted
+        return runner
+
+    monkeypatch.setattr(sweep, "build_runner", build)
+    argv = ["profile", "--arch", "yoco", "--size", "tiny", "--ctx", "64", "--gen-tokens", "2", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "warm")]) == 0
+    warm_calls = len(calls)
+    calls.clear()
+    assert main([*argv, "--cold-after", "0", "--out", str(tmp_path / "cold")]) == 0
+    assert warm_calls >= 2 and len(calls) == 1
+    (w,), (c,) = _rows(tmp_path / "warm"), _rows(tmp_path / "cold")
+    assert float(w["warmup_prefill_s"]) > 0 and float(w["prefill_s"]) > 0 and "cold" not in w["note"]
+    assert c["status"] == "ok" and c["prefill_s"] == c["warmup_prefill_s"] and float(c["decode_ms"]) > 0
+    assert "prefill timed cold: the warm-up's own (" in c["note"] and "over --cold-after 0 s" in c["note"]
+    assert main([*argv, "--cold-after", "1e9", "--out", str(tmp_path / "long")]) == 0    # none so long
+    assert "cold" not in _rows(tmp_path / "long")[0]["note"]
+    capsys.readouterr()
+    assert main([*argv, "--cold-after", "-1", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: bad --cold-after -1: must be seconds, at least 0"
+
+
 # -- the throughput protocol ---------------------------------------------------------------------
 @pytest.mark.parametrize("name,ctx", [("yoco-tiny", 64), ("transformer-tiny", 300), ("yoco-3b", 1 << 20)])
 def test_largest_batch_is_the_largest_the_estimate_fits(name, ctx):
@@ -581,7 +618,7 @@ def fixed_cell(monkeypatch):
     asked = []
 
     def fixed(runner, ctx, batch, gen_tokens, chunk_size, repeats=1, seed=0, decode_only=False, steps=None,
-              prefills=None):
+              prefills=None, cold_after=None):
         asked.append(steps)
         return sweep.CellResult(status="ok", prefill_s=2.0, decode_ms=10.0, decode_s=0.25, cache_bytes=1)
 
@@ -761,7 +798,7 @@ def test_one_at_a_time_takes_the_larger_phases_peak_and_stops_at_a_failed_half(m
     results, asked = [], []
 
     def run_cell(runner, ctx, batch, gen_tokens, chunk, repeats=1, seed=0, decode_only=False, steps=None,
-                 prefills=None):
+                 prefills=None, cold_after=None):
         asked.append((batch, decode_only, steps, prefills))
         return results.pop(0)
 

@@ -20,7 +20,7 @@ ARGS = ["profile", "--arch", "yoco,transformer", "--size", "tiny", "--ctx", "64,
         "--device", "cpu"]
 # what a rank of a group measures or estimates for itself (its share), and the clocks' columns
 PER_RANK = {"cache_gb", "est_gb", "decode_gb_per_token", "prefill_tflops", "prefill_share", "decode_share"}
-TIMING = {"prefill_s", "decode_ms", "decode_tok_s", "decode_s", "throughput_tok_s", "matmul_tflops", "copy_tbs",
+TIMING = {"prefill_s", "warmup_prefill_s", "decode_ms", "decode_tok_s", "decode_s", "throughput_tok_s", "matmul_tflops", "copy_tbs",
           "read_tbs", "date"}
 
 

@@ -115,6 +115,11 @@ TimedPrefillsOpt = Annotated[Optional[int], typer.Option(
     "--timed-prefills", help="With --throughput: prefill the batch one sequence at a time, time this many of them "
                              "(after a batch-1 warm-up) and take batch x their median as its prefill time; the "
                              "batch then decodes from a cache of random values, as --decode-only (noted per row).")]
+ColdAfterOpt = Annotated[Optional[float], typer.Option(
+    "--cold-after", help="Seconds: a cell whose warm-up prefill (the same prefill, untimed otherwise) takes longer "
+                         "is not prefilled again: its prefill time is the warm-up's, one-time builds included "
+                         "(noted per row; compare warmup_prefill_s and prefill_s of the shorter cells), for cells "
+                         "too long to prefill twice. Default: every cell is prefilled after its warm-up.")]
 FP8 = "fp8"                           # --dtype fp8: profile's own (not in yoco_core.dtypes' shared table)
 ProfileDtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="fp32, bf16, fp16 or fp8 (auto: bf16 on cuda, fp32 on cpu). fp8: our models (yoco, "
@@ -161,6 +166,7 @@ def profile(
     throughput: ThroughputOpt = False,
     timed_steps: TimedStepsOpt = None,
     timed_prefills: TimedPrefillsOpt = None,
+    cold_after: ColdAfterOpt = None,
     memory_gb: MemoryOpt = None,
     device: DeviceOpt = "auto",
     dtype: ProfileDtypeOpt = "auto",
@@ -179,7 +185,7 @@ def profile(
     from yoco_core.perf import sweep
 
     plan = _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only,
-                 throughput, timed_steps, device, dtype, seed, timed_prefills)
+                 throughput, timed_steps, device, dtype, seed, timed_prefills, cold_after)
     _check_tensor_parallel(plan, tp)             # before any work
     memory = _memory_option(memory_gb)
     out = ensure_out_dir(out)
@@ -250,7 +256,7 @@ def _check_tensor_parallel(plan, tp: int) -> None:
 
 
 def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, repeats, decode_only, throughput,
-          timed_steps, device, dtype, seed, timed_prefills=None):
+          timed_steps, device, dtype, seed, timed_prefills=None, cold_after=None):
     """The options checked (a one-line error each) and made into a ``sweep.Plan``."""
     from yoco_core.config import SIZES
     from yoco_core.dtypes import from_name as dtype_from_name
@@ -283,6 +289,10 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
         fail(f"bad --timed-prefills {timed_prefills}: must be at least 1")
     if timed_prefills is not None and repeats != 1:
         fail("--timed-prefills and --repeats exclude each other (--timed-prefills N times exactly N prefills)")
+    if cold_after is not None and not cold_after >= 0:
+        fail(f"bad --cold-after {cold_after:g}: must be seconds, at least 0")
+    if cold_after is not None and decode_only:
+        fail("--cold-after goes with a prefill (--decode-only cells have none)")
     chunk = parse_chunk(chunk_size, auto=sweep.AUTO_CHUNK)
     if self_decoder not in ("gret", "swa"):
         fail(f"unknown --self-decoder {self_decoder!r} (use gret or swa)")
@@ -310,7 +320,7 @@ def _plan(model, arch, size, ctx, batch, gen_tokens, chunk_size, self_decoder, r
     return sweep.Plan(archs=archs, sizes=sizes, ctxs=ctxs, batches=batches, gen_tokens=gen_tokens, chunk=chunk,
                       self_decoder=self_decoder, repeats=repeats, seed=seed, decode_only=decode_only,
                       throughput=throughput, timed_steps=timed_steps, timed_prefills=timed_prefills,
-                      batch_cap=cap, batch_cap_auto=cap_auto,
+                      cold_after=cold_after, batch_cap=cap, batch_cap_auto=cap_auto,
                       device=dev, dtype=torch_dtype, folder=folder, fp8=fp8)
 
 

@@ -376,7 +376,8 @@ NEEDLE = Schema(
 # (timed_steps = gen_tokens); before timed_prefills, every batch was prefilled whole (blank);
 # before read_tbs, no read bandwidth was measured and their
 # decode_share is over copy_tbs (yoco report shows no share for them); no throughput columns (nor
-# batch_cap: blank); before gpus and parallel, every row was one process's (gpus 1, parallel blank).
+# batch_cap: blank); before gpus and parallel, every row was one process's (gpus 1, parallel blank); before
+# warmup_prefill_s, the warm-up's prefill was not timed (blank).
 PROFILE = Schema(
     name="profile.csv",
     columns=(
@@ -391,6 +392,9 @@ PROFILE = Schema(
                              "largest that fits"),
         ("status", "str", "ok, oom, skipped (over memory by estimate) or error"),
         ("prefill_s", "float", "prefill latency (time to first token), seconds"),
+        ("warmup_prefill_s", "float", "the cell's warm-up prefill (the same prefill, before the timed ones: "
+                                      "one-time builds included), seconds; with --cold-after, a cell whose warm-up "
+                                      "took longer is timed by it alone (prefill_s equal, the note says so)"),
         ("decode_ms", "float", "decode latency per step at this context, milliseconds"),
         ("decode_tok_s", "float", "decode throughput, tokens/s over the batch"),
         ("decode_s", "float", "throughput mode: time to decode gen_tokens tokens after the prefill, seconds "
@@ -434,7 +438,8 @@ PROFILE = Schema(
     legacy={"mode": lambda row: "decode-only" if str(row.get("note", "")).startswith("decode only") else "full",
             "timed_steps": lambda row: row.get("gen_tokens", ""), "read_tbs": lambda row: "",
             "decode_s": lambda row: "", "throughput_tok_s": lambda row: "", "batch_cap": lambda row: "",
-            "gpus": lambda row: "1", "parallel": lambda row: "", "timed_prefills": lambda row: ""},
+            "gpus": lambda row: "1", "parallel": lambda row: "", "timed_prefills": lambda row: "",
+            "warmup_prefill_s": lambda row: ""},
 )
 
 EVAL = Schema(

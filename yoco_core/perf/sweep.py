@@ -145,6 +145,8 @@ class CellResult:
     note: str = ""
     lost: bool = False                # the error lost the CUDA context (hardware.is_context_lost)
     one_sequence: bool = False        # it failed prefilling one sequence (--timed-prefills): no batch helps
+    warmup_prefill_s: float | None = None   # the warm-up's prefill (one-time builds included)
+    cold: bool = False                # timed cold: the warm-up's prefill is the timed one (cold_after)
 
 
 def decode_reserve(gen_tokens: int) -> int:
@@ -160,12 +162,16 @@ def _cell_generator(dev, seed: int, ctx: int, batch: int) -> torch.Generator:
 
 def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
                  repeats: int = 1, seed: int = 0, decode_only: bool = False,
-                 steps: int | None = None, prefills: int | None = None) -> CellResult:
+                 steps: int | None = None, prefills: int | None = None,
+                 cold_after: float | None = None) -> CellResult:
     """Time one cell (raises on out-of-memory; ``run_cell`` catches). See the module docstring.
     ``decode_only``: no prefill; decoding starts from ``runner.random_cache`` (prefill_s is None).
     ``steps``: the decode steps run and timed (default ``gen_tokens``; the cache has room for
     ``gen_tokens`` either way). ``prefills``: exactly this many prefills timed (``--timed-prefills``),
-    instead of at least ``repeats`` and more while they are short."""
+    instead of at least ``repeats`` and more while they are short. The warm-up's prefill is timed too
+    (``warmup_prefill_s``); with ``cold_after`` (seconds), a warm-up prefill longer than that is the
+    cell's only one (``cold``): its time is the prefill's, one-time builds included, and the decode
+    steps run on its cache, for cells too long to prefill twice (Transformer-3B at 1M: ~310 s each)."""
     steps = gen_tokens if steps is None else steps
     if decode_only:
         return _measure_decode_only(runner, ctx, batch, gen_tokens, seed, steps)
@@ -181,15 +187,23 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
         # its build inside the Transformer's timed 128K prefill), fla's Triton kernels per length
         # (4-7 s of compilation at 8K-16K), the last position's attention over the whole cache;
         # with the timed prefill's cache, so that it also finds out whether the cell fits
+        if cold_after is not None:
+            reset_memory(dev)         # the peaks may have to cover this prefill
+        a = clock.mark()
         logits, cache = runner.prefill(ids, chunk, reserve)
-        for _ in range(WARMUP_STEPS):
-            logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
-        logits = cache = None
-        runner.end_cell()             # the warm-up's decoder (graph, cache) must not outlive it
-        reset_memory(dev)
-
-        prefill_times = []
-        while True:
+        b = clock.mark()
+        warm = clock.seconds(a, b)
+        cold = cold_after is not None and _any_rank(warm > cold_after, runner)
+        if cold:
+            prefill_times = [warm]
+        else:
+            for _ in range(WARMUP_STEPS):
+                logits, cache = runner.decode(logits.argmax(-1, keepdim=True), cache)
+            logits = cache = None
+            runner.end_cell()         # the warm-up's decoder (graph, cache) must not outlive it
+            reset_memory(dev)
+            prefill_times = []
+        while not cold:
             logits = cache = None          # free the previous cache before the next prefill
             a = clock.mark()
             logits, cache = runner.prefill(ids, chunk, reserve)
@@ -202,6 +216,10 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
                 break
         res = _timed_decode(runner, clock, logits.argmax(-1, keepdim=True), cache, ctx, batch, steps)
     res.prefill_s = statistics.median(prefill_times)
+    res.warmup_prefill_s, res.cold = warm, cold
+    if cold:
+        res.note = _join(res.note, f"prefill timed cold: the warm-up's own ({warm:.4g} s, over --cold-after "
+                                   f"{cold_after:g} s), one-time builds included; not prefilled again")
     return res
 
 
@@ -258,14 +276,14 @@ def _measure_decode_only(runner: Runner, ctx: int, batch: int, gen_tokens: int, 
 
 def run_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_size: int | None,
              repeats: int = 1, seed: int = 0, decode_only: bool = False, steps: int | None = None,
-             prefills: int | None = None) -> CellResult:
+             prefills: int | None = None, cold_after: float | None = None) -> CellResult:
     """``measure_cell`` with out-of-memory as a result: on OOM (or any other error) the cell's
     tensors are dropped with the exception, the allocator is emptied, and the status says so. A
     CUDA error that lost the context (raised by the cell, or surfacing when the memory is released
     after it) is an ``error`` with ``lost`` set, and nothing more is asked of the device."""
     try:
         res = measure_cell(runner, ctx, batch, gen_tokens, chunk_size, repeats, seed, decode_only, steps=steps,
-                           prefills=prefills)
+                           prefills=prefills, cold_after=cold_after)
     except Exception as e:  # noqa: BLE001 - every failure of a cell is recorded, the sweep goes on
         lost = is_context_lost(e)
         res = CellResult(status="oom" if is_out_of_memory(e) else "error", note=first_line(e), lost=lost)
@@ -332,6 +350,7 @@ class Plan:
     throughput: bool = False
     timed_steps: int | None = None
     timed_prefills: int | None = None
+    cold_after: float | None = None  # seconds: a warm-up prefill longer than this is the timed one (measure_cell)
     batch_cap: int | None = None
     batch_cap_auto: bool = False
     device: str = "cpu"
@@ -485,6 +504,7 @@ class Record:
     batch_cap: int | None = None
     status: str = ""
     prefill_s: float | None = None
+    warmup_prefill_s: float | None = None
     decode_ms: float | None = None
     decode_tok_s: float | None = None
     decode_s: float | None = None
@@ -695,7 +715,7 @@ def _measure(plan: Plan, cell: Cell, machine: Machine, blockers: Blockers, model
         res = _one_at_a_time(plan, runner, cell, chunk)
     else:
         res = _agreed(run_cell(runner, cell.ctx, cell.batch, plan.gen_tokens, chunk or None, plan.repeats,
-                               plan.seed, plan.decode_only, steps=plan.steps), runner)
+                               plan.seed, plan.decode_only, steps=plan.steps, cold_after=plan.cold_after), runner)
     rec.status, rec.note = res.status, _join(res.note, model_note)
     if res.lost:
         models.lost = res.note
@@ -721,16 +741,18 @@ def _one_at_a_time(plan: Plan, runner: Runner, cell: Cell, chunk: int) -> CellRe
     runner.end_cell()                 # the batch's cache is not held while one sequence is prefilled
     n = min(plan.timed_prefills, batch)           # the batch has no more sequences to prefill
     one = _agreed(run_cell(runner, cell.ctx, 1, plan.gen_tokens, chunk or None, seed=plan.seed, steps=0,
-                           prefills=n), runner)
+                           prefills=n, cold_after=plan.cold_after), runner)
     if one.status != "ok":
         one.note, one.one_sequence = f"{ONE_SEQUENCE} {one.note}", True
         return one
     peaks = [(r.peak_alloc, r.peak_reserved) for r in (decode, one) if r.peak_alloc is not None]
-    note = _join(f"prefill: {n} of {batch} sequences prefilled one at a time and timed, the batch's prefill time "
+    timed = 1 if one.cold else n                  # timed cold: the warm-up's prefill alone
+    note = _join(f"prefill: {timed} of {batch} sequences prefilled one at a time and timed, the batch's prefill time "
                  f"{batch} x their median; the batch decoded from a cache of random values (as --decode-only)",
                  "peak memory: the larger phase's (the decode holds the batch's cache, the prefill one "
-                 "sequence's activations)" if peaks else "")
-    return dataclasses.replace(decode, prefill_s=batch * one.prefill_s, note=note,
+                 "sequence's activations)" if peaks else "", one.note if one.cold else "")
+    return dataclasses.replace(decode, prefill_s=batch * one.prefill_s, note=note, cold=one.cold,
+                               warmup_prefill_s=one.warmup_prefill_s,
                                peak_alloc=max((a for a, _ in peaks), default=None),
                                peak_reserved=max((r for _, r in peaks), default=None))
 
@@ -805,7 +827,7 @@ def _read_ceiling_for(rec: Record, res: CellResult, analytic: dict | None, machi
 
 
 def _add_measured(rec: Record, res: CellResult, analytic: dict | None, ceil: Ceilings | None) -> None:
-    rec.prefill_s, rec.decode_ms = res.prefill_s, res.decode_ms
+    rec.prefill_s, rec.warmup_prefill_s, rec.decode_ms = res.prefill_s, res.warmup_prefill_s, res.decode_ms
     rec.decode_tok_s = rec.batch * 1e3 / res.decode_ms if res.decode_ms else None
     rec.peak_alloc_gb, rec.peak_reserved_gb = _gb(res.peak_alloc), _gb(res.peak_reserved)
     rec.cache_gb = _gb(res.cache_bytes)
