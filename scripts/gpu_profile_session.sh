@@ -9,7 +9,8 @@
 # A CSV already in runs/gpu/{p,b}/ (carried from a call cut short) is resumed (--resume). The sweeps write
 # straight into $OUT, so the rows of a call the device's limit cuts still come back. ARCH and CTX pick the
 # profile's archs and contexts (default: yoco,transformer,hf,fla to 1m). Each step's time limit: CHECK_S, PROFILE_S,
-# SWA_S, BATCH_S, FIRST_S (0 leaves the step out). A sweep is stopped by SIGINT (the row in flight is kept) and killed
+# SWA_S, BATCH_S, FIRST_S (0 leaves the step out). COLD=S adds --cold-after S to the profile (cells too long to
+# prefill twice). A sweep is stopped by SIGINT (the row in flight is kept) and killed
 # 30 s later: a plain SIGTERM would wait for the row in flight, however long.
 # Short tables are printed last; only the end of a long log comes back.
 set -u
@@ -24,7 +25,8 @@ if [ "${CHECK_S:-120}" -gt 0 ]; then
 fi
 if [ "${PROFILE_S:-400}" -gt 0 ]; then
   timeout -k 30 -s INT ${PROFILE_S:-400} $Y profile --arch ${ARCH:-yoco,transformer,hf,fla} --size 3b --ctx ${CTX:-1m} \
-      --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/p" --resume > "$OUT/p/log.txt" 2>&1
+      --gen-tokens ${GEN:-32} --device cuda --dtype bf16 --out "$OUT/p" --resume ${COLD:+--cold-after $COLD} \
+      > "$OUT/p/log.txt" 2>&1
   echo "profile rc=$?"
 fi
 if [ "${SWA_S:-0}" -gt 0 ]; then
