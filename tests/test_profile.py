@@ -595,7 +595,7 @@ def test_throughput_picks_the_largest_batch_steps_down_on_oom_and_resumes(tmp_pa
     monkeypatch.delenv(sweep.INJECT_ENV)
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
-    from yoco_cli.report import _g
+    from yoco_cli.reporting import _g
 
     ran = {(r["arch"], int(r["ctx"])): r for r in rows[1:]}
     for ctx in (64, 128):

@@ -127,10 +127,10 @@ def test_same_device_in_two_runs_kept_side_by_side(tmp_path):
     """Two runs of the same cells on the same device: both kept, labelled by run, never merged."""
     write_profile(tmp_path / "a", ctxs=(1024, 4096))
     write_profile(tmp_path / "b", ctxs=(1024, 4096))
-    from yoco_cli import report
+    from yoco_cli import reporting
 
-    runs = report.load_runs([tmp_path], tmp_path / "out")
-    df = report.combine(runs, schemas.PROFILE)
+    runs = reporting.load_runs([tmp_path], tmp_path / "out")
+    df = reporting.combine(runs, schemas.PROFILE)
     assert len(df) == 8
     assert set(df.device) == {f"{H100} (a)", f"{H100} (b)"}
     ratios = plots.ratio_rows(df)
@@ -226,7 +226,7 @@ def test_report_of_profile_only_and_rerun_replaces_figures(tmp_path, capsys):
 
 
 def test_batch_table_finds_each_archs_best_batch_and_yocos_gain():
-    from yoco_cli.report import batch_table
+    from yoco_cli.reporting import batch_table
 
     def row(arch, batch, tok_s, status="ok"):
         return {"arch": arch, "size": "3b", "ctx": 262144, "batch": batch, "device": H100, "dtype": "bf16",
@@ -263,7 +263,7 @@ def test_exit_codes_of_commands_come_back_from_main(tmp_path, monkeypatch, capsy
     Ctrl-C into Exit(130): main() returns both."""
     import typer
 
-    from yoco_cli import report
+    from yoco_cli import reporting
 
     write_needle(tmp_path / "run", models=("yoco-3b",), ctxs=(1024,))
     argv = ["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]
@@ -278,7 +278,7 @@ def test_exit_codes_of_commands_come_back_from_main(tmp_path, monkeypatch, capsy
         raise typer.Exit(3)
 
     for fn, code in ((exit_130, 130), (ctrl_c, 130), (exit_3, 3)):
-        monkeypatch.setattr(report, "build", fn)
+        monkeypatch.setattr(reporting, "build", fn)
         assert main(argv) == code
     assert "interrupted" in capsys.readouterr().err
 
@@ -321,7 +321,7 @@ def test_report_shows_the_throughput_protocol_beside_the_paper(tmp_path):
 def test_batch_table_shares_are_of_the_read_bandwidth():
     """The share shown is decode_share where its run measured the read bandwidth, and none for rows
     of runs before read_tbs (theirs was over the copy bandwidth)."""
-    from yoco_cli.report import batch_table
+    from yoco_cli.reporting import batch_table
 
     def row(arch, batch, share, read):
         return {"arch": arch, "size": "3b", "ctx": 262144, "batch": batch, "device": H200, "dtype": "bf16",
@@ -416,7 +416,7 @@ def test_report_tells_two_yoco_models_of_one_size_apart(tmp_path):
 
 def test_one_yoco_model_keeps_the_tables_columns():
     """One model per (arch, size), with or without a model column: no model column in any table."""
-    from yoco_cli.report import batch_table, profile_table, ratio_table
+    from yoco_cli.reporting import batch_table, profile_table, ratio_table
 
     df = pd.DataFrame(two_yoco_rows(TWO_YOCO[::2]))
     for frame in (df, df.drop(columns=["model"])):
@@ -433,7 +433,7 @@ def test_one_yoco_model_keeps_the_tables_columns():
 def test_batch_table_keeps_each_yoco_models_best_batch():
     """Two YOCO models at several batches: a row each (named by the model), and the baseline's row
     gives each one's best over its best, never the best of their rows pooled."""
-    from yoco_cli.report import batch_table
+    from yoco_cli.reporting import batch_table
 
     def row(model, batch, tok_s):
         return {"arch": model.split("-")[0], "model": model, "size": "3b", "ctx": 262144, "batch": batch,

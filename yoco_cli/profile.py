@@ -513,7 +513,7 @@ def _report(out, wanted: set) -> None:
     _table(list(last.values()))
 
     from .plots import profile_figures, ratio_figures, throughput_figure
-    from .report import layout_in_device
+    from .reporting import layout_in_device
 
     df = layout_in_device(df)               # tp rows their own series
     with schemas.writing(out, "the figures"):

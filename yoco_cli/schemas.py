@@ -26,9 +26,10 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:                  # pandas loads when a file is read, not at every command's start
+    import pandas as pd
 
 
 class SchemaError(Exception):
@@ -180,6 +181,8 @@ class Schema:
         """Read and validate; a foreign or damaged file raises ``SchemaError`` (one line). The
         ``dtype`` column comes back in the one spelling of ``yoco_core.dtypes.canonical``; a
         ``legacy`` column an older file lacks comes back with the values old runs implied."""
+        import pandas as pd
+
         path = Path(path)
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
