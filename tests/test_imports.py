@@ -145,3 +145,16 @@ def test_the_cli_starts_without_pandas_matplotlib_or_torch():
             "print(','.join(m for m in ('pandas', 'matplotlib', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_loading_a_shipped_model_does_not_import_torch_dynamo():
+    """Building on the meta device and loading a checkpoint imports no ``torch._dynamo`` (1 s on the
+    2-core CPU, more on a first GPU run): nn.Embedding's own normal_ init on meta ran through
+    ``torch._refs`` and imported it, and so did ``torch.nn.attention.bias`` at our attention's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from yoco_core import load_model; m = load_model('yoco-tiny'); "
+            "import yoco_core.kernels.attention; print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

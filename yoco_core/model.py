@@ -365,7 +365,10 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.tokenizer = None      # none by construction: load_model attaches one (tokenizer.tokenizer_for)
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        w = torch.empty(cfg.vocab_size, cfg.dim)      # on the device built on (build_model's context)
+        if not w.is_meta:      # nn.Embedding's own init, as it would run. On meta it would go through
+            nn.init.normal_(w)  # torch._refs, which imports torch._dynamo (1 s on the CPU) before a first prompt
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim, _weight=w)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from . import backend, fused
 from .decode_attention import decode_attention
@@ -68,6 +67,10 @@ def attend(q, k, v, length=None, *, scale: float | None = None, window: int = 0,
         return out
     out = _on_fused("cudnn_attention", causal_with_prefix, q, k, v, scale)     # a prefill chunk after others
     if out is None:
+        # imported here: torch.nn.attention.bias imports torch._dynamo (1.1 s on the 2-core CPU), which
+        # no other path needs before a first prompt
+        from torch.nn.attention.bias import causal_lower_right
+
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, L), enable_gqa=gqa, scale=scale)
     return out
 
