@@ -9,7 +9,8 @@ from .wheels/ into a folder of its own when the wheels are there), two fresh pro
 run 1 with a new, empty TRITON_CACHE_DIR and run 2 with the same folder (every process with one
 bytecode cache, PYTHONPYCACHEPREFIX, filled by the floor's first process: see PYCACHE); run 3 is run 2 again under
 cProfile (OUT/<variant>-run3-profile.txt: where a warm start's seconds go, by cumulative and by own
-time; the profiler slows Python itself, so its first row is not a start-up figure). A row is appended to
+time; the profiler slows Python itself, so its first row is not a start-up figure; and
+OUT/<variant>-run3-imports.txt: the stack that first imported each of HEAVY_IMPORTS). A row is appended to
 needle.csv as soon as its prompt is scored, so the script polls the file (every 20 ms) from just
 before the process starts: "first row" is the seconds until the first scored prompt, "exit" until
 the process ends. Also printed: yoco's "first run: compiled ..." line (nothing on a warm run), the
@@ -106,9 +107,12 @@ def run_once(name: str, env: dict[str, str], cache: Path, profile: Path | None =
     limit = min(RUN_S, left())
     with log.open("w") as f:
         t0 = time.monotonic()
-        prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
-        p = subprocess.Popen([sys.executable, *prof, "-m", "yoco_cli.main", *ARGS, "--out", str(out)], cwd=ROOT,
-                             env={**env, "TRITON_CACHE_DIR": str(cache)}, stdout=f, stderr=subprocess.STDOUT)
+        # run 3: under cProfile, through child() (who imports what)
+        cmd = (["-m", "cProfile", "-o", str(profile), str(Path(__file__).resolve()), "--child"] if profile
+               else ["-m", "yoco_cli.main"])
+        extra = {IMPORTS_ENV: str(OUT / f"{name}-imports.txt")} if profile else {}
+        p = subprocess.Popen([sys.executable, *cmd, *ARGS, "--out", str(out)], cwd=ROOT,
+                             env={**env, "TRITON_CACHE_DIR": str(cache), **extra}, stdout=f, stderr=subprocess.STDOUT)
         first = None
         while p.poll() is None:
             if first is None and rows(csv_path):
@@ -142,6 +146,40 @@ def write_profile(prof: Path, text: Path) -> None:
     for key, n in (("cumulative", 60), ("tottime", 30)):
         pstats.Stats(str(prof), stream=buf).sort_stats(key).print_stats(n)
     text.write_text(buf.getvalue())
+
+
+# modules a warm start paid to import in the 2026-12-03 profiles (torch._dynamo, inductor, FSDP and
+# triton_kernel_wrap with our PyTorch gRet form too): run 3 writes who first imported each
+HEAVY_IMPORTS = ("torch._dynamo", "torch._inductor", "torch._higher_order_ops.triton_kernel_wrap",
+                 "torch.distributed.fsdp", "torch.fx.experimental.symbolic_shapes", "sympy", "sklearn",
+                 "transformers", "pandas", "matplotlib", "fla")
+IMPORTS_ENV = "YOCO_FIRST_RUN_IMPORTS"
+
+
+def child(argv: list[str]) -> int:
+    """Run 3's process: ``yoco argv`` with a finder that appends, for each of ``HEAVY_IMPORTS``, the
+    stack that first imported it to the file ``$YOCO_FIRST_RUN_IMPORTS``."""
+    import importlib.abc
+    import traceback
+
+    out = Path(os.environ[IMPORTS_ENV])
+
+    class FirstImport(importlib.abc.MetaPathFinder):
+        seen: set[str] = set()
+
+        def find_spec(self, name, path, target=None):
+            if name in HEAVY_IMPORTS and name not in self.seen:
+                self.seen.add(name)
+                frames = [f for f in traceback.extract_stack()[:-1] if "importlib._bootstrap" not in f.filename]
+                with out.open("a") as f:
+                    f.write(f"== {name}\n" + "".join(traceback.format_list(frames[-14:])))
+            return None
+
+    sys.meta_path.insert(0, FirstImport())
+    sys.path.insert(0, str(ROOT))
+    from yoco_cli.main import main as yoco
+
+    return yoco(argv)
 
 
 def main() -> int:
@@ -197,4 +235,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(child(sys.argv[2:]) if sys.argv[1:2] == ["--child"] else main())
