@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,11 @@ PLANS = {
     "long-b": ["transformer-tiny lr=3e-4 " + WIDER, "yoco-swa-tiny lr=5e-4 " + WIDER,
                "yoco-swa-tiny lr=1e-3 " + WIDER],
     "binding": ["transformer-tiny lr=5e-4 " + WIDER, "yoco-tiny lr=2e-3", "yoco-swa-tiny lr=2e-3 " + WIDER],
+    # issue 16's multi-needle / multi-value misses (repeated values at 6-8 needles): the same recipe on
+    # data weighted to those formats and counts, beside the current data
+    "data-a": ["yoco-tiny lr=2e-3",
+               "yoco-tiny lr=2e-3 formats=single=0.1,multi-key=0.25,multi-needle=0.35,multi-value=0.3 "
+               "counts=2=1,3=1,4=1,5=1,6=2,7=2,8=3"],
     "sweep-b": ["transformer-tiny lr=1e-3 warmup=400 " + WIDER, "yoco-tiny lr=1e-3",
                 "yoco-swa-tiny lr=1e-3 " + WIDER, "yoco-swa-tiny lr=2e-3 " + WIDER],
 }
@@ -105,14 +111,18 @@ def parse_run(spec: str) -> dict:
             i += 2
             continue
         key, _, value = words[i].partition("=")
-        if key not in ("lr", "warmup", "order"):
-            raise SystemExit(f"bad run spec {spec!r}: {words[i]!r} (use lr=, warmup=, order=, --set K=V)")
+        if key not in ("lr", "warmup", "order", "formats", "counts"):
+            raise SystemExit(f"bad run spec {spec!r}: {words[i]!r} (use lr=, warmup=, order=, formats=, counts=, "
+                             "--set K=V)")
         opts[key] = value
         i += 1
     lr, warmup, order = opts.get("lr", "2e-3"), opts.get("warmup", "-1"), opts.get("order", "text")
-    name = f"{preset}-lr{lr}" + (f"-wu{warmup}" if warmup != "-1" else "") + (f"-{order}" if order != "text" else "")
+    data = [*(["--needle-formats", opts["formats"]] if "formats" in opts else []),
+            *(["--needle-counts", opts["counts"]] if "counts" in opts else [])]
+    name = (f"{preset}-lr{lr}" + (f"-wu{warmup}" if warmup != "-1" else "") + (f"-{order}" if order != "text" else "")
+            + (f"-data{zlib.crc32(' '.join(data).encode()) % 10000:04d}" if data else ""))   # the same every run
     return {"name": name, "preset": preset, "lr": lr, "warmup": warmup, "order": order, "sets": sets,
-            "args": ["-m", preset, "--lr", lr, "--warmup", warmup, "--needle-order", order, *sets, *RECIPE]}
+            "args": ["-m", preset, "--lr", lr, "--warmup", warmup, "--needle-order", order, *data, *sets, *RECIPE]}
 
 
 def weights_dir(run_dir: Path) -> tuple[Path | None, str]:

@@ -163,6 +163,52 @@ def test_a_batch_mixes_every_format_haystack_and_key_style():
     assert data.needle_sample(40, random.Random(0), fmt="multi-value") is None
 
 
+def test_the_default_data_is_the_stream_the_shipped_models_were_trained_on():
+    """The default tables draw exactly the batches they drew before the needle formats and counts
+    became settable (checksums of those batches, 2026-12-03): the shipped weights stay reproducible
+    from the driver script and the seed; a change to the default data must bump DATA_VERSION."""
+    import zlib
+
+    tok = ByteTokenizer()
+    a = syn.SyntheticData(tok, seed=5, mix={"needle": 1.0}).batch(3, 16, 2048)
+    b = syn.SyntheticData(tok, seed=0).batch(7, 8, 1024)
+    assert syn.DATA_VERSION == 2
+    assert (zlib.crc32(a.ids.tobytes()), zlib.crc32(a.kind.tobytes()), zlib.crc32(b.ids.tobytes())) == \
+        (1140882847, 2879960380, 2565331928)
+    same = syn.SyntheticData(tok, seed=5, mix={"needle": 1.0}, needle_formats=dict(syn.NEEDLE_FORMATS),
+                             needle_counts={}).batch(3, 16, 2048)
+    assert (same.ids == a.ids).all()
+
+
+def test_needle_formats_and_counts_weight_the_needle_task():
+    """--needle-formats / --needle-counts: a weight of 0 is never drawn, one format or count alone is
+    all there is (where it fits); bad tables are one-line errors, in the config and on the CLI."""
+    import random
+
+    tok = ByteTokenizer()
+    data = syn.SyntheticData(tok, seed=3, mix={"needle": 1.0}, needle_formats={"multi-value": 1.0},
+                             needle_counts={"8": 1.0})
+    rng = random.Random(0)
+    samples = [data.needle_sample(8192, rng)[2] for _ in range(12)]
+    assert all(len(s.values) == 8 and len(set(s.keys)) == 1 for s in samples)     # multi-value, 8 values
+    counts = syn.parse_needle_counts("6=1,8=3")
+    assert counts == {"2": 0.0, "3": 0.0, "4": 0.0, "5": 0.0, "6": 0.25, "7": 0.0, "8": 0.75}
+    mixed = syn.SyntheticData(tok, seed=3, needle_counts=counts)
+    got = {len(mixed.needle_sample(8192, rng, fmt="multi-needle")[2].keys) for _ in range(40)}
+    assert got == {6, 8}
+    assert syn.parse_needle_counts(" ") == {}
+    with pytest.raises(ValueError, match="bad needle count entry '9=1': use N=WEIGHT with N in 2, 3"):
+        syn.parse_needle_counts("9=1")
+    with pytest.raises(ValueError, match="bad needle format entry 'multi=1'"):
+        syn.parse_needle_formats("multi=1")
+    with pytest.raises(tr.TrainError, match="the needle format gives every format weight 0"):
+        tr.TrainConfig(needle_formats={"single": 0.0})
+    cfg = tr.TrainConfig(needle_counts={"8": 2.0})
+    assert cfg.needle_counts["8"] == 1.0 and cfg.needle_formats == syn.NEEDLE_FORMATS
+    with pytest.raises(tr.TrainError, match="trained with needle_counts="):      # a resume keeps its data
+        tr._check_resumable(tr.TrainConfig().to_dict(), cfg, Path("runs/x"), {"version": syn.DATA_VERSION})
+
+
 def test_batches_are_a_pure_function_of_seed_and_step():
     tok = ByteTokenizer()
     a = syn.SyntheticData(tok, seed=1).batch(5, 8, 512)
@@ -449,6 +495,8 @@ def test_cli_trains_resumes_and_ships(tmp_path, monkeypatch, capsys):
     (["--weight-decay", "-1"], "weight_decay must be >= 0"),
     (["--min-lr-ratio", "nan"], "min_lr_ratio must be a finite number"),
     (["--mix", "needle=inf"], "must be a finite number"),
+    (["--needle-counts", "1=2"], "bad needle count entry '1=2'"),
+    (["--needle-formats", "single=nan"], "bad needle format weight nan for single"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, bad, message):
     code = main(["train", "--steps", "2", "--out", str(tmp_path / "r"), "--device", "cpu", *bad])

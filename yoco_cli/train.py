@@ -51,6 +51,12 @@ def train(
         "--mix-lengths", help="Share of the steps after the first length that take an earlier length (0: none).")] = 0.0,
     mix: Annotated[str, typer.Option(
         "--mix", help="Task weights: needle (the evaluated format), kv (lookups), copy.")] = "needle=0.5,kv=0.25,copy=0.25",
+    needle_formats: Annotated[str, typer.Option(
+        "--needle-formats", help="The needle task's format weights: single, multi-key, multi-needle, "
+                                 "multi-value.")] = "single=0.15,multi-key=0.35,multi-needle=0.3,multi-value=0.2",
+    needle_counts: Annotated[str, typer.Option(
+        "--needle-counts", help="Weights of a multi-* sample's needle count, N=WEIGHT for N in 2..8 (e.g. 6=1,8=2); "
+                                "empty: every count alike.")] = "",
     needle_order: Annotated[str, typer.Option(
         "--needle-order", help="Multi-needle / multi-value answers: text (the values in the order of the text), "
                                "asked (multi-needle in the question's order) or any (a random order, commas).")] = "text",
@@ -71,7 +77,7 @@ def train(
     cfg = _config(model=model, steps=steps, out=out, device=device, dtype=dtype, seed=seed, lr=lr,  # checked
                   min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=batch_tokens,
                   curriculum=curriculum, mix_lengths=mix_lengths, mix=mix, needle_order=needle_order,
-                  lm_weight=lm_weight, set_=set_, log_every=log_every, save_every=save_every, keep=keep,
+                  needle_formats=needle_formats, needle_counts=needle_counts, lm_weight=lm_weight, set_=set_, log_every=log_every, save_every=save_every, keep=keep,
                   stop_at=stop_at)
     from yoco_core import train as tr
 
@@ -108,10 +114,11 @@ def _run(cfg, resume: bool, stop_at):
 
 
 def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup, weight_decay, batch_tokens,
-            curriculum, mix_lengths, mix, needle_order, lm_weight, set_, log_every, save_every, keep, stop_at):
+            curriculum, mix_lengths, mix, needle_order, lm_weight, set_, log_every, save_every, keep, stop_at,
+            needle_formats="", needle_counts=""):
     """The checked ``TrainConfig`` of the options (every check before any work; exit 2 if bad)."""
     from yoco_core import train as tr
-    from yoco_core.synthetic import parse_mix
+    from yoco_core.synthetic import parse_mix, parse_needle_counts, parse_needle_formats
 
     if steps < 1:
         fail(f"--steps {steps}: must be at least 1")
@@ -123,6 +130,8 @@ def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup,
     tokens = parse_size(batch_tokens)
     try:
         mixture = parse_mix(mix)
+        formats = parse_needle_formats(needle_formats) if str(needle_formats).strip() else None
+        counts = parse_needle_counts(needle_counts)
         overrides = tr.parse_overrides(set_ or [])
     except (ValueError, tr.TrainError) as e:
         fail(str(e))
@@ -134,6 +143,7 @@ def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup,
             model=model, overrides=overrides, steps=steps, out=str(out), device=dev, amp=amp, seed=seed, lr=lr,
             min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=tokens,
             curriculum=lengths, mix_lengths=mix_lengths, mix=mixture, needle_order=needle_order.strip().lower(),
+            **({} if formats is None else {"needle_formats": formats}), needle_counts=counts,
             lm_weight=lm_weight, log_every=log_every, save_every=save_every, keep=keep, command=command_line())
     except tr.TrainError as e:
         fail(str(e))

@@ -73,35 +73,68 @@ TEXT_SEEDS = (1, 2, 3, 4)      # prose grammar seeds for training haystacks (eva
 POOL_SENTENCES = 6000          # sentences kept per prose seed (~70 bytes each)
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """``needle=0.5,kv=0.25,copy=0.25`` -> normalised weights; ValueError (one line) if bad."""
-    mix: dict[str, float] = {}
+def parse_weights(text: str, names, what: str, entry: str) -> dict[str, float]:
+    """``A=0.5,B=0.25`` over ``names`` -> normalised weights (``normalise_weights``); ValueError (one
+    line) if bad. ``what`` names the table in the message (``mix``), ``entry`` its entries (``TASK``)."""
+    weights: dict[str, float] = {}
     for part in str(text).split(","):
         if not part.strip():
             continue
         name, sep, value = part.partition("=")
         name = name.strip()
-        if not sep or name not in TASKS:
-            raise ValueError(f"bad mix entry {part.strip()!r}: use TASK=WEIGHT with TASK in {', '.join(TASKS)}")
+        if not sep or name not in names:
+            raise ValueError(f"bad {what} entry {part.strip()!r}: use {entry}=WEIGHT with {entry} in {', '.join(names)}")
         try:
-            mix[name] = float(value)
+            weights[name] = float(value)
         except ValueError:
-            raise ValueError(f"bad mix weight {value.strip()!r} for {name}: not a number") from None
-    return normalise_mix(mix)
+            raise ValueError(f"bad {what} weight {value.strip()!r} for {name}: not a number") from None
+    return normalise_weights(weights, names, what, entry)
+
+
+def normalise_weights(weights: dict[str, float], names, what: str, entry: str) -> dict[str, float]:
+    """Weights of some of ``names`` (one left out weighs 0) -> weights of every name summing to 1;
+    ValueError (one line) for an unknown name, a negative weight or all weights 0."""
+    for name, w in weights.items():
+        if name not in names:
+            raise ValueError(f"bad {what} entry {name!r}: use {entry}=WEIGHT with {entry} in {', '.join(names)}")
+        if not 0 <= float(w) < math.inf:         # NaN fails this too
+            raise ValueError(f"bad {what} weight {float(w):g} for {name}: must be a finite number >= 0")
+    total = sum(float(w) for w in weights.values())
+    if total <= 0:
+        raise ValueError(f"the {what} gives every {entry.lower()} weight 0")
+    return {k: float(weights.get(k, 0.0)) / total for k in names}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``needle=0.5,kv=0.25,copy=0.25`` -> normalised task weights; ValueError (one line) if bad."""
+    return parse_weights(text, TASKS, "mix", "TASK")
 
 
 def normalise_mix(mix: dict[str, float]) -> dict[str, float]:
-    """Task weights (a task left out weighs 0) -> weights of every task summing to 1;
-    ValueError (one line) for an unknown task, a negative weight or all weights 0."""
-    for name, w in mix.items():
-        if name not in TASKS:
-            raise ValueError(f"bad mix entry {name!r}: use TASK=WEIGHT with TASK in {', '.join(TASKS)}")
-        if not 0 <= float(w) < math.inf:         # NaN fails this too
-            raise ValueError(f"bad mix weight {float(w):g} for {name}: must be a finite number >= 0")
-    total = sum(float(w) for w in mix.values())
-    if total <= 0:
-        raise ValueError("the mix gives every task weight 0")
-    return {k: float(mix.get(k, 0.0)) / total for k in TASKS}
+    return normalise_weights(mix, TASKS, "mix", "TASK")
+
+
+# The needle task's own tables, settable per run (``yoco train --needle-formats / --needle-counts``):
+# the formats' weights (default ``NEEDLE_FORMATS``) and the weights of a multi-* sample's needle count
+# (default: every count of 2 .. MAX_TRAIN_NEEDLES alike).
+NEEDLE_COUNTS = tuple(str(n) for n in range(2, MAX_TRAIN_NEEDLES + 1))
+
+
+def parse_needle_formats(text: str) -> dict[str, float]:
+    return parse_weights(text, tuple(NEEDLE_FORMATS), "needle format", "FORMAT")
+
+
+def normalise_needle_formats(w: dict[str, float]) -> dict[str, float]:
+    return normalise_weights(w, tuple(NEEDLE_FORMATS), "needle format", "FORMAT")
+
+
+def parse_needle_counts(text: str) -> dict[str, float]:
+    """``6=1,8=2`` -> weights of every count 2..8 (``{}`` for an empty text: all alike)."""
+    return parse_weights(text, NEEDLE_COUNTS, "needle count", "N") if str(text).strip() else {}
+
+
+def normalise_needle_counts(w: dict[str, float]) -> dict[str, float]:
+    return normalise_weights({str(k): v for k, v in w.items()}, NEEDLE_COUNTS, "needle count", "N") if w else {}
 
 
 @dataclass
@@ -156,13 +189,17 @@ class SyntheticData:
     """Builds the batch of any step: ``batch(step, batch_size, length)``."""
 
     def __init__(self, tokenizer: Tokenizer, seed: int = 0, mix: dict[str, float] | None = None,
-                 needle_order: str = "text"):
+                 needle_order: str = "text", needle_formats: dict[str, float] | None = None,
+                 needle_counts: dict[str, float] | None = None):
         if needle_order not in NEEDLE_ORDERS:
             raise ValueError(f"needle order {needle_order!r}: use {' or '.join(NEEDLE_ORDERS)}")
         self.tok = tokenizer
         self.seed = int(seed)
         self.mix = normalise_mix(mix or DEFAULT_MIX)
         self.needle_order = needle_order
+        # the defaults draw exactly as before the tables were settable (the same random stream)
+        self.formats = NEEDLE_FORMATS if needle_formats is None else normalise_needle_formats(needle_formats)
+        self.counts = normalise_needle_counts(needle_counts or {})
         self._pools: dict[int, list[str]] = {}
         self._noise = nd.make_haystack("noise", tokenizer)     # the evaluation's filler, exactly
         g = nd.grammar()
@@ -186,7 +223,8 @@ class SyntheticData:
     # -- state (the generator is a pure function of (seed, step); this is what resumes it) -------
     def state(self, next_step: int) -> dict:
         return {"version": DATA_VERSION, "seed": self.seed, "next_step": int(next_step), "mix": self.mix,
-                "needle_order": self.needle_order}
+                "needle_order": self.needle_order, "needle_formats": dict(self.formats),
+                "needle_counts": dict(self.counts)}
 
     # -- batches ------------------------------------------------------------------------------
     def batch(self, step: int, batch_size: int, length: int) -> Batch:
@@ -260,8 +298,8 @@ class SyntheticData:
         from ``rng`` unless given; a format (or count) that does not fit steps down to fewer
         needles, then to ``single``."""
         pick = lambda table: rng.choices(list(table), weights=list(table.values()))[0]
-        fmt = fmt or pick(NEEDLE_FORMATS)
-        n = 1 if fmt == "single" else int(n or rng.randint(2, MAX_TRAIN_NEEDLES))
+        fmt = fmt or pick(self.formats)
+        n = 1 if fmt == "single" else int(n or (pick(self.counts) if self.counts else rng.randint(2, MAX_TRAIN_NEEDLES)))
         haystack = haystack or pick(HAYSTACKS)
         style = key_style or pick(KEY_STYLES)
         while True:

@@ -70,8 +70,8 @@ from .kernels import backend
 from .kernels.gret import backend_for as gret_backend_for
 from .model import CausalLM, build_model
 from .perf.hardware import device_name
-from .synthetic import (ANSWER, CONTEXT, DATA_VERSION, DEFAULT_MIX, NEEDLE_ORDERS, TASKS, Batch, SyntheticData,
-                        normalise_mix)
+from .synthetic import (ANSWER, CONTEXT, DATA_VERSION, DEFAULT_MIX, NEEDLE_FORMATS, NEEDLE_ORDERS, TASKS, Batch,
+                        SyntheticData, normalise_mix, normalise_needle_counts, normalise_needle_formats)
 from .tokenizer import tokenizer_for
 
 LOG_FIELDS = ("step", "length", "batch", "loss", "answer_loss", "lm_loss", "answer_acc",
@@ -117,6 +117,8 @@ class TrainConfig:
     mix_lengths: float = 0.0                 # share of a later phase's steps at an earlier length
     mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
     needle_order: str = "text"               # list answers: the text's order, the question's, or any
+    needle_formats: dict = field(default_factory=lambda: dict(NEEDLE_FORMATS))   # the needle task's formats
+    needle_counts: dict = field(default_factory=dict)   # a multi-* sample's needle count ("2".."8"); {}: alike
     lm_weight: float = 0.1
     log_every: int = 10
     save_every: int = 250                    # 0: only at the end
@@ -126,11 +128,13 @@ class TrainConfig:
     # what must match for a resume to reproduce the run exactly
     RESUME_KEYS = ("model", "overrides", "steps", "seed", "lr", "min_lr_ratio", "warmup",
                    "weight_decay", "betas", "grad_clip", "batch_tokens", "curriculum", "mix_lengths", "mix",
-                   "needle_order", "lm_weight", "amp")
+                   "needle_order", "needle_formats", "needle_counts", "lm_weight", "amp")
 
     def __post_init__(self):
         try:
             self.mix = normalise_mix(self.mix)
+            self.needle_formats = normalise_needle_formats(self.needle_formats)
+            self.needle_counts = normalise_needle_counts(self.needle_counts)
         except ValueError as e:
             raise TrainError(str(e)) from None
         self.curriculum = [int(x) for x in self.curriculum]
@@ -595,8 +599,8 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
     tok = model.tokenizer
     if model.config.vocab_size < 259 or not hasattr(tok, "pad_id"):
         raise TrainError("the synthetic data needs the byte tokenizer and a vocabulary of >= 259")
-    run = _Run(cfg, out, device, model, make_optimizer(model, cfg), SyntheticData(tok, cfg.seed, cfg.mix, cfg.needle_order),
-               cfg.use_amp())
+    data = SyntheticData(tok, cfg.seed, cfg.mix, cfg.needle_order, cfg.needle_formats, cfg.needle_counts)
+    run = _Run(cfg, out, device, model, make_optimizer(model, cfg), data, cfg.use_amp())
     if resume and found:
         _resume(run, found[-1][1])
     else:
