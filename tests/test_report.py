@@ -332,6 +332,9 @@ def test_batch_table_shares_are_of_the_read_bandwidth():
     t = batch_table(df).set_index("arch")
     assert t.loc["yoco", "share of read bandwidth"] == "0.93"
     assert t.loc["transformer", "share of read bandwidth"] == ""
+    from yoco_cli.reporting import read_share
+
+    assert read_share({"decode_share": 1.0213, "read_tbs": 4.45}) == "1.02"     # above 1 shows as such
 
 
 def _md_table(md: str, caption: str) -> list[str]:

@@ -201,10 +201,11 @@ def ratio_table(profile: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_share(row: dict) -> str:
-    """A row's decode share of the read bandwidth; empty where its run measured no read bandwidth
-    (its ``decode_share`` is then over the copy bandwidth, another definition)."""
+    """A row's decode share of the read bandwidth, to 3 digits (a share of 1.02 is not "1"); empty
+    where its run measured no read bandwidth (its ``decode_share`` is then over the copy bandwidth,
+    another definition)."""
     read = pd.to_numeric(row.get("read_tbs"), errors="coerce")
-    return _g(row["decode_share"], 2) if pd.notna(read) and read > 0 else ""
+    return _g(row["decode_share"], 3) if pd.notna(read) and read > 0 else ""
 
 
 def batch_table(profile: pd.DataFrame) -> pd.DataFrame:
@@ -571,8 +572,8 @@ def _headline(profile: pd.DataFrame, needle: pd.DataFrame, tables: dict) -> list
         blocks.append(Block("table", best, "Decode throughput at the best batch size, per context "
                             "(contexts measured at several batch sizes); share of read bandwidth = the "
                             "bytes a step must read per second over the read bandwidth measured in the run"
-                            + (" (above 1: a step read faster than the run's fastest sum, i.e. the ceiling "
-                               "was measured low)" if over else "")))
+                            + (" (above 1: a step read faster than the run's read kernels, in a run from before "
+                               "such a step raised the ceiling)" if over else "")))
     if not protocol.empty:
         tables["throughput"] = protocol
         blocks.append(Block("p", throughput_words(profile, protocol)))
