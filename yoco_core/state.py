@@ -68,8 +68,12 @@ def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: s
 
     Allocated once, in the target dtype on the target device (built on ``meta``, then
     ``to_empty``): ``load_state_dict`` copies across device and dtype, so the peak is the model plus
-    the state, not a float32 copy besides. What every loader (directories, ``yoco_core.convert``) uses."""
-    model = build_model(cfg, device="meta", dtype=dtype).to_empty(device=device)
+    the state, not a float32 copy besides. What every loader (directories, ``yoco_core.convert``) uses.
+    Each tensor is made by ``torch.empty`` of its shape (``to_empty`` itself calls ``empty_like`` on the
+    meta tensors, which goes through ``torch._refs`` and imports sympy: 0.4 s before a first prompt);
+    every one is written by the state after."""
+    model = build_model(cfg, device="meta", dtype=dtype)
+    model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
     load_state(model, state, source)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
