@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call of the YOCO paper's throughput protocol (arXiv 2405.05254, Fig. 6) on the 3B models:
 #   yoco profile --throughput --arch $ARCH --size 3b --ctx $CTX --gen-tokens $GEN [--timed-steps $TIMED] [--timed-prefills $PREFILLS]
-#                [--batch $BATCH] --device cuda --dtype bf16 --resume                    -> $OUT/t/
+#                [--batch $BATCH] [--cold-after $COLD] --device cuda --dtype bf16 --resume  -> $OUT/t/
 # Per context the largest batch the memory estimate fits (an out-of-memory is a row, the batch steps
 # down), prefilled (with PREFILLS: one sequence at a time, PREFILLS of them timed, the batch's time extrapolated),
 # then GEN tokens decoded (TIMED of them timed, the rest extrapolated: see the note
@@ -21,6 +21,7 @@ EXTRA=""
 [ -n "${TIMED:-}" ] && EXTRA="$EXTRA --timed-steps $TIMED"
 [ -n "${PREFILLS:-}" ] && EXTRA="$EXTRA --timed-prefills $PREFILLS"
 [ -n "${BATCH:-}" ] && EXTRA="$EXTRA --batch $BATCH"
+[ -n "${COLD:-}" ] && EXTRA="$EXTRA --cold-after $COLD"     # a prefill too long to run twice: timed by its warm-up
 timeout -k 30 -s INT ${LIMIT_S:-540} python3 -m yoco_cli.main profile --throughput --arch ${ARCH:-yoco,transformer} \
     --size 3b --ctx ${CTX:-32k,64k,128k,256k,512k,1m} --gen-tokens ${GEN:-1024} $EXTRA \
     --device cuda --dtype bf16 --out "$OUT/t" --resume > "$OUT/t/log.txt" 2>&1
