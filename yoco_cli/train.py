@@ -77,8 +77,8 @@ def train(
     cfg = _config(model=model, steps=steps, out=out, device=device, dtype=dtype, seed=seed, lr=lr,  # checked
                   min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=batch_tokens,
                   curriculum=curriculum, mix_lengths=mix_lengths, mix=mix, needle_order=needle_order,
-                  needle_formats=needle_formats, needle_counts=needle_counts, lm_weight=lm_weight, set_=set_, log_every=log_every, save_every=save_every, keep=keep,
-                  stop_at=stop_at)
+                  needle_formats=needle_formats, needle_counts=needle_counts, lm_weight=lm_weight, set_=set_,
+                  log_every=log_every, save_every=save_every, keep=keep, stop_at=stop_at)
     from yoco_core import train as tr
 
     with lock_results(cfg.out, command_line()):        # one writer per run folder
@@ -114,8 +114,8 @@ def _run(cfg, resume: bool, stop_at):
 
 
 def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup, weight_decay, batch_tokens,
-            curriculum, mix_lengths, mix, needle_order, lm_weight, set_, log_every, save_every, keep, stop_at,
-            needle_formats="", needle_counts=""):
+            curriculum, mix_lengths, mix, needle_order, needle_formats, needle_counts, lm_weight, set_, log_every,
+            save_every, keep, stop_at):
     """The checked ``TrainConfig`` of the options (every check before any work; exit 2 if bad)."""
     from yoco_core import train as tr
     from yoco_core.synthetic import parse_mix, parse_needle_counts, parse_needle_formats
@@ -130,8 +130,7 @@ def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup,
     tokens = parse_size(batch_tokens)
     try:
         mixture = parse_mix(mix)
-        formats = parse_needle_formats(needle_formats) if str(needle_formats).strip() else None
-        counts = parse_needle_counts(needle_counts)
+        formats, counts = parse_needle_formats(needle_formats), parse_needle_counts(needle_counts)
         overrides = tr.parse_overrides(set_ or [])
     except (ValueError, tr.TrainError) as e:
         fail(str(e))
@@ -143,7 +142,7 @@ def _config(*, model, steps, out, device, dtype, seed, lr, min_lr_ratio, warmup,
             model=model, overrides=overrides, steps=steps, out=str(out), device=dev, amp=amp, seed=seed, lr=lr,
             min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, batch_tokens=tokens,
             curriculum=lengths, mix_lengths=mix_lengths, mix=mixture, needle_order=needle_order.strip().lower(),
-            **({} if formats is None else {"needle_formats": formats}), needle_counts=counts,
+            needle_formats=formats, needle_counts=counts,
             lm_weight=lm_weight, log_every=log_every, save_every=save_every, keep=keep, command=command_line())
     except tr.TrainError as e:
         fail(str(e))

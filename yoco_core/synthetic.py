@@ -83,7 +83,8 @@ def parse_weights(text: str, names, what: str, entry: str) -> dict[str, float]:
         name, sep, value = part.partition("=")
         name = name.strip()
         if not sep or name not in names:
-            raise ValueError(f"bad {what} entry {part.strip()!r}: use {entry}=WEIGHT with {entry} in {', '.join(names)}")
+            raise ValueError(f"bad {what} entry {part.strip()!r}: use {entry}=WEIGHT with {entry} in "
+                             f"{', '.join(names)}")
         try:
             weights[name] = float(value)
         except ValueError:
@@ -121,7 +122,9 @@ NEEDLE_COUNTS = tuple(str(n) for n in range(2, MAX_TRAIN_NEEDLES + 1))
 
 
 def parse_needle_formats(text: str) -> dict[str, float]:
-    return parse_weights(text, tuple(NEEDLE_FORMATS), "needle format", "FORMAT")
+    """``single=1,multi-value=2`` -> weights of every format (``NEEDLE_FORMATS`` for an empty text)."""
+    return parse_weights(text, tuple(NEEDLE_FORMATS), "needle format", "FORMAT") if str(text).strip() \
+        else dict(NEEDLE_FORMATS)
 
 
 def normalise_needle_formats(w: dict[str, float]) -> dict[str, float]:
@@ -299,7 +302,12 @@ class SyntheticData:
         needles, then to ``single``."""
         pick = lambda table: rng.choices(list(table), weights=list(table.values()))[0]
         fmt = fmt or pick(self.formats)
-        n = 1 if fmt == "single" else int(n or (pick(self.counts) if self.counts else rng.randint(2, MAX_TRAIN_NEEDLES)))
+        if fmt == "single":
+            n = 1
+        elif n:
+            n = int(n)
+        else:
+            n = int(pick(self.counts)) if self.counts else rng.randint(2, MAX_TRAIN_NEEDLES)
         haystack = haystack or pick(HAYSTACKS)
         style = key_style or pick(KEY_STYLES)
         while True:

@@ -200,7 +200,7 @@ def check_peer(arch: str, device=None) -> None:
             found = False
         if not found:
             raise PeerUnavailable("arch fla needs flash-linear-attention (pip install 'yoco[fla]' or pip install "
-                                  "flash-linear-attention)") from None
+                                  "flash-linear-attention)")
         try:
             from fla.models.yoco import YOCOConfig, YOCOForCausalLM  # noqa: F401
         except Exception as e:

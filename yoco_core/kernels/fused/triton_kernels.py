@@ -353,6 +353,6 @@ def quantize_rows(x, block: int = QUANT_BLOCK):
     if R:
         BLOCK = min(block, triton.next_power_of_2(K))
         _launched()
-        _quantize_rows_kernel[(R,)](x2, q, s, sx, K, E4M3_MAX, E4M3_INV_MAX, FP8_TINY, BLOCK=BLOCK, ONE_BLOCK=BLOCK >= K,
-                                    num_warps=min(16, max(1, BLOCK // 256)))
+        _quantize_rows_kernel[(R,)](x2, q, s, sx, K, E4M3_MAX, E4M3_INV_MAX, FP8_TINY, BLOCK=BLOCK,
+                                    ONE_BLOCK=BLOCK >= K, num_warps=min(16, max(1, BLOCK // 256)))
     return q, s
