@@ -3,6 +3,7 @@ and measure them with ``yoco needle`` (one device call per stage; every run the 
 
     python3 scripts/train_shipped.py train --plan sweep-a --out $OUT [--budget-s 470]
     python3 scripts/train_shipped.py eval  --out $OUT --models yoco-tiny,yoco-swa-tiny,transformer-tiny
+    python3 scripts/train_shipped.py eval  --out $OUT --models new=/tmp/yoco-train/RUN/run/final   # a run's weights
     python3 scripts/train_shipped.py ruler --out $OUT --models yoco-tiny,transformer-tiny --limit 50
     python3 scripts/train_shipped.py unpack --bundle DIR --run NAME --as PRESET      # here, after a call
 
@@ -70,13 +71,10 @@ PLANS = {
 }
 SELECT_GRID = [("single", None, "512,1k,2k,4k,8k"), ("multi-needle", 4, "8k"), ("multi-key", 4, "8k"),
                ("multi-value", 4, "8k")]        # 3 depths x 2 trials: a minute beside the training
-EVAL_GRID = {
-    "yoco": [("single", None, "1k,2k,4k,8k,16k,32k,64k,128k,256k,512k,1m")]
-            + [(t, n, "8k,128k,1m") for t, n in (("multi-needle", 2), ("multi-needle", 4), ("multi-needle", 8),
-                                                 ("multi-key", 4), ("multi-value", 4))],
-    "transformer": [("single", None, "1k,2k,4k,8k,16k,32k,64k,128k")]
-                   + [(t, n, "8k,128k") for t, n in (("multi-needle", 2), ("multi-needle", 4), ("multi-needle", 8),
-                                                     ("multi-key", 4), ("multi-value", 4))],
+MULTI = (("multi-needle", 2), ("multi-needle", 4), ("multi-needle", 8), ("multi-key", 4), ("multi-value", 4))
+EVAL_GRID = {   # the multi formats first: a budget that cuts the grid cuts single needles (1.0 so far), not them
+    "yoco": [(t, n, "8k,128k,1m") for t, n in MULTI] + [("single", None, "1k,2k,4k,8k,16k,32k,64k,128k,256k,512k,1m")],
+    "transformer": [(t, n, "8k,128k") for t, n in MULTI] + [("single", None, "1k,2k,4k,8k,16k,32k,64k,128k")],
 }
 
 
@@ -277,9 +275,12 @@ def stage_eval(a) -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     procs = []
-    for m in a.models.split(","):
-        grid = "transformer" if get_config(m).arch == "transformer" else "yoco"
-        procs.append((m, subprocess.Popen([sys.executable, __file__, "_needle", "--weights", m, "--out",
+    for spec in a.models.split(","):
+        m, _, weights = spec.partition("=")          # NAME=DIR: a trained run's weights under a name
+        arch = (json.loads((Path(weights) / "config.json").read_text())["arch"] if weights
+                else get_config(m).arch)
+        grid = "transformer" if arch == "transformer" else "yoco"
+        procs.append((m, subprocess.Popen([sys.executable, __file__, "_needle", "--weights", weights or m, "--out",
                                            str(work / m), "--grid", "smoke" if a.smoke else grid,
                                            "--device", a.device], cwd=ROOT, start_new_session=True)))
     wait_or_stop([p for _, p in procs], t0 + a.budget_s)   # yoco needle keeps its rows; --resume continues
@@ -417,7 +418,8 @@ def main() -> None:
     t.add_argument("--no-select", dest="select", action="store_false", help="skip the needle check after training")
     t.add_argument("--select-s", type=float, default=100.0, help="wall seconds for that check, all runs together")
     e = sub.add_parser("eval")
-    e.add_argument("--models", default="yoco-tiny,yoco-swa-tiny,transformer-tiny")
+    e.add_argument("--models", default="yoco-tiny,yoco-swa-tiny,transformer-tiny",
+                   help="presets, or NAME=DIR for a trained run's weights folder (its config.json beside them)")
     e.add_argument("--out", required=True)
     e.add_argument("--work", default="/tmp/yoco-eval")
     e.add_argument("--budget-s", type=float, default=500.0)
