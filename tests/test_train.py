@@ -634,3 +634,37 @@ def test_gret_check_on_the_cpu_changes_no_backend(tmp_path):
     tf = tr.make_model(micro_cfg(tmp_path, model="transformer-tiny"))
     assert tr.check_gret_backend(tf, micro_cfg(tmp_path)) == ("no gated retention in this model", None)
     assert backend.chosen("gret") == before
+
+
+def test_gret_check_asks_fla_cores_own_flags_before_compiling(tmp_path, monkeypatch):
+    """fla-core 0.6 refuses its gated backward on Hopper with Triton 3.4 to < 3.7.1, but only once
+    its forward kernels are compiled and autotuned (a minute of a training call): its own flags
+    say so first, and the check then trains on the PyTorch form without running the model."""
+    import sys
+    import types
+
+    from yoco_core.kernels import gret
+
+    fla, utils = types.ModuleType("fla"), types.ModuleType("fla.utils")
+    fla.utils = utils
+    monkeypatch.setitem(sys.modules, "fla", fla)
+    monkeypatch.setitem(sys.modules, "fla.utils", utils)
+    assert gret.fla_backward_refusal() is None                 # a fla-core without these flags
+    utils.IS_NVIDIA_HOPPER, utils.TRITON_ABOVE_3_4_0, utils.TRITON_ABOVE_3_7_1 = True, True, False
+    line = gret.fla_backward_refusal()
+    assert "Hopper" in line and "3.7.1" in line and "\n" not in line
+    utils.TRITON_ABOVE_3_7_1 = True                            # a fixed Triton: the usual check runs
+    assert gret.fla_backward_refusal() is None
+    utils.TRITON_ABOVE_3_7_1, utils.IS_NVIDIA_HOPPER = False, False   # not Hopper
+    assert gret.fla_backward_refusal() is None
+
+    class Unrunnable(torch.nn.Module):
+        config = tr.make_model(micro_cfg(tmp_path)).config
+
+        def forward(self, ids):
+            raise AssertionError("the model ran")
+
+    monkeypatch.setattr(tr, "gret_backend_for", lambda x: "fla")
+    monkeypatch.setattr(tr, "fla_backward_refusal", lambda: "fla-core refuses X")
+    assert tr.check_gret_backend(Unrunnable(), micro_cfg(tmp_path)) == (
+        "gRet backend: PyTorch chunkwise form (fla-core refuses X)", "torch")

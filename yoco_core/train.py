@@ -67,7 +67,7 @@ from .state import CheckpointError, load_state, model_from_state, read_state_dic
 from .config import PRESETS, ModelConfig, field_from_text, field_problem, get_config
 from .errors import first_line
 from .kernels import backend
-from .kernels.gret import backend_for as gret_backend_for
+from .kernels.gret import backend_for as gret_backend_for, fla_backward_refusal
 from .model import CausalLM, build_model
 from .perf.hardware import device_name
 from .synthetic import (ANSWER, CONTEXT, DATA_VERSION, DEFAULT_MIX, NEEDLE_FORMATS, NEEDLE_ORDERS, TASKS, Batch,
@@ -517,6 +517,9 @@ def check_gret_backend(model: CausalLM, cfg: TrainConfig) -> tuple[str, str | No
         return "no gated retention in this model", None
     if gret_backend_for(torch.zeros(1, device=dev)) != "fla":
         return "gRet backend: PyTorch chunkwise form", None
+    refused = fla_backward_refusal()          # known before a minute of compiling and autotuning
+    if refused:
+        return f"gRet backend: PyTorch chunkwise form ({refused})", "torch"
     gen = torch.Generator(device="cpu").manual_seed(1234)
     ids = torch.randint(0, 256, (2, 256), generator=gen).to(dev)
     amp = cfg.use_amp()

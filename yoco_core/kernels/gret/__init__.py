@@ -18,7 +18,7 @@ from .chunk import gret_chunk, gret_step
 from .naive import gret_parallel_ref, gret_recurrent_ref
 
 __all__ = ["gated_retention", "gret_chunk", "gret_step", "gret_parallel_ref", "gret_recurrent_ref",
-           "fla_available"]
+           "fla_available", "fla_backward_refusal"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,6 +35,28 @@ def _fla_chunk():
 
 def fla_available() -> bool:
     return _fla_chunk() is not None
+
+
+def fla_backward_refusal() -> str | None:
+    """The line fla-core's own flags give for refusing its gated-retention backward here, else None.
+    fla-core 0.6 raises in ``chunk_bwd_dqkwg`` on Hopper with Triton >= 3.4 and < 3.7.1 (its issue
+    #640) unless tilelang is installed; it raises only after its forward kernels are compiled and
+    autotuned (about a minute), so training asks first. A fla-core without these flags: None."""
+    import importlib.util
+
+    try:
+        from fla import utils
+    except Exception:
+        return None
+    hopper, t340, t371 = (getattr(utils, k, None) for k in ("IS_NVIDIA_HOPPER", "TRITON_ABOVE_3_4_0",
+                                                            "TRITON_ABOVE_3_7_1"))
+    if (None not in (hopper, t340, t371) and hopper and t340 and not t371
+            and importlib.util.find_spec("tilelang") is None):
+        import triton
+
+        return (f"fla-core refuses its gated backward on Hopper with Triton {triton.__version__} "
+                "(>= 3.4.0 and < 3.7.1, fla-core issue #640) without tilelang")
+    return None
 
 
 def backend_for(x: torch.Tensor) -> str:
