@@ -118,7 +118,7 @@ def test_reading_results_loads_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, yoco_cli.main, yoco_cli.schemas, yoco_core.dtypes; "
+    code = ("import sys, yoco_cli.main, yoco_cli.schemas, yoco_cli.reporting, yoco_cli.plots, yoco_core.dtypes; "
             "from yoco_cli.schemas import NEEDLE; NEEDLE.key_of({'dtype': 'bfloat16'}); "
             "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'yoco_core.model'))); "
             "print(loaded); sys.exit(1 if loaded else 0)")

@@ -743,6 +743,21 @@ def test_timed_prefills_prefill_one_sequence_at_a_time(tmp_path, one_at_a_time):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "prefill extrapolated from 1 sequence(s) (at most the batch's) prefilled one at a time" in md
     assert "Every batch was prefilled one sequence at a time, 1 of those prefills timed" in md
+    assert "timed cold" not in md
+
+
+def test_the_throughput_table_says_whose_prefill_was_timed_cold(tmp_path):
+    """--cold-after: a row timed by its warm-up says so in its note, and the report's throughput
+    table says whose prefill that was (a cold prefill includes one-time builds)."""
+    argv = [*TP1, "--arch", "yoco,transformer", "--timed-steps", "2", "--timed-prefills", "1", "--batch", "2"]
+    assert main([*argv, "--arch", "transformer", "--cold-after", "0", "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--arch", "yoco", "--out", str(tmp_path), "--resume"]) == 0
+    t, y = _rows(tmp_path)
+    assert "prefill timed cold" in t["note"] and "cold" not in y["note"] and t["prefill_s"] != ""
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Transformer's prefill timed cold (its warm-up: one-time builds included, --cold-after)" in md
+    assert "YOCO's prefill timed cold" not in md
 
 
 @pytest.mark.parametrize("name,ctx,chunk", [("yoco-3b", 32768, 8192), ("transformer-3b", 32768, 65536),

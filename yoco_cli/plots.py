@@ -24,6 +24,7 @@ from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from .options import format_size, slug  # noqa: E402  (slug: plots.slug, file names of figures)
+from yoco_core.perf.notes import COLD_PREFILL  # noqa: E402
 
 DPI = 120
 BASELINES = ("transformer", "hf", "fla")        # what YOCO is compared against, in this order
@@ -485,6 +486,9 @@ def throughput_rows(df: pd.DataFrame) -> pd.DataFrame:
         if "ok" in (ys, bs) and fmt_int(r["timed_prefills"]):
             notes.append(f"prefill extrapolated from {fmt_int(r['timed_prefills'])} sequence(s) (at most the batch's) "
                          "prefilled one at a time")
+        for who, k in (("YOCO", "y"), ("Transformer", "b")):
+            if COLD_PREFILL in str(r.get(f"note_{k}", "")):
+                notes.append(f"{who}'s prefill timed cold (its warm-up: one-time builds included, --cold-after)")
         out.append({**{k: r[k] for k in THROUGHPUT_KEYS}, "yoco_model": r.get("model_y"),
                     "yoco_batch": r.get("batch_y"), "yoco_cap": r.get("batch_cap_y"), "yoco_capped": capped["y"],
                     "yoco_tok_s": ty, "yoco_status": ys, "base_batch": r.get("batch_b"),

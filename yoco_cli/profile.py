@@ -403,7 +403,7 @@ def _done_keys(row: dict) -> list[tuple[str, ...]]:
     """The cells a row completes: its own; for a throughput row that ended its batch search (not
     an out-of-memory, or one at batch 1, or one of prefilling a single sequence), also its
     context's throughput cell (batch 0)."""
-    from yoco_core.perf.sweep import ONE_SEQUENCE
+    from yoco_core.perf.notes import ONE_SEQUENCE
 
     keys = [schemas.PROFILE.key_of(row)]
     if row["mode"] == "throughput" and (row["status"] != "oom" or int(row["batch"]) == 1

@@ -90,6 +90,7 @@ from .analytic import cell_analytics, decode_bytes_over, effective_chunk, larges
 from .hardware import (Ceilings, Clock, available_memory, device_name, is_context_lost, is_out_of_memory, release,
                        reset_memory, use_device, versions)
 from .runners import FolderModel, Runner, build_folder_runner, build_runner, model_name, size_config
+from .notes import COLD_PREFILL, ONE_SEQUENCE
 
 DEFAULT_YOCO_CHUNK = 8192            # prefill chunk of ``--chunk-size auto`` for our yoco (see default_chunk)
 DEFAULT_TRANSFORMER_CHUNK = 65536    # ... and for our Transformer
@@ -97,7 +98,6 @@ WARMUP_TOKENS = 4096                 # warm-up cache length for decode-only cell
 WARMUP_STEPS = 3                     # warm-up decode steps
 PREFILL_BUDGET_S = 1.0               # short prefills are timed again while their total stays under this
 MAX_PREFILL_REPEATS = 5              # ... up to this many times (the median is reported)
-ONE_SEQUENCE = "prefilling one sequence:"   # a --timed-prefills row's note when its batch-1 prefill failed
 STEP_DOWN = 0.8                      # a throughput batch that ran out of memory is retried at 0.8 x
 INJECT_ENV = "YOCO_PROFILE_INJECT_OOM"
 INJECT_CUDA_ERROR_ENV = "YOCO_PROFILE_INJECT_CUDA_ERROR"
@@ -218,7 +218,7 @@ def measure_cell(runner: Runner, ctx: int, batch: int, gen_tokens: int, chunk_si
     res.prefill_s = statistics.median(prefill_times)
     res.warmup_prefill_s, res.cold = warm, cold
     if cold:
-        res.note = _join(res.note, f"prefill timed cold: the warm-up's own ({warm:.4g} s, over --cold-after "
+        res.note = _join(res.note, f"{COLD_PREFILL} the warm-up's own ({warm:.4g} s, over --cold-after "
                                    f"{cold_after:g} s), one-time builds included; not prefilled again")
     return res
 
