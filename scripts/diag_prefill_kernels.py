@@ -1,6 +1,6 @@
 """Where long prefills spend their time, kernel by kernel (one H200 call, ~4 minutes).
 
-    python3 scripts/diag_prefill_kernels.py --out DIR [--parts attention,profile,chunks,swa]
+    python3 scripts/diag_prefill_kernels.py --out DIR [--parts attention,profile,chunks,swa,yoco]
 
 * ``attention``: one Llama-3.1-8B layer's causal attention at 128K (32 over 8 heads of 128) by
   SDPA's choice, our 64K split, staircase splits (the diagonal blocks batched into one causal
@@ -14,6 +14,10 @@
   128, a 16K chunk after earlier ones, and Mistral's 32 over 8 heads, window 4096, 64K) by the
   masked blocks, ``band_attention`` and ``flash_window``; then yoco-swa-3b itself: prefill at 1M
   with each form and two chunk sizes, decode steps (CUDA graph) at 4K and 1M.
+* ``yoco`` (not in the default parts): YOCO-3B's whole prefill at ``--yoco-ctx`` (1M) in 8K chunks
+  (``--chunk-size auto``), bf16 and fp8, under ``torch.profiler``: CUDA time per kernel family and
+  the top kernels (``DIR/yoco-kernels.csv``), beside the wall time; where issue 17's 5.0 s (bf16) and
+  4.0 s (fp8) would have to come from.
 """
 from __future__ import annotations
 
@@ -114,7 +118,8 @@ def attention_part(rows: list) -> None:
 
 def _kernel_family(name: str) -> str:
     n = name.lower()
-    for key, fam in (("cudnn", "attention"), ("flash", "attention"), ("fmha", "attention"), ("sdpa", "attention"),
+    for key, fam in (("quantize", "fp8 quantize"), ("chunk_fwd", "gated retention"),
+                     ("chunk_local_cumsum", "gated retention"), ("gret", "gated retention"), ("cudnn", "attention"), ("flash", "attention"), ("fmha", "attention"), ("sdpa", "attention"),
                      ("merge", "attention merge"), ("gemm", "matmul"), ("nvjet", "matmul"), ("cutlass", "matmul"),
                      ("sm90", "matmul"), ("rms", "norm"), ("norm", "norm"), ("rope", "rope"), ("silu", "silu_mul"),
                      ("copy", "copy"), ("cat", "copy"), ("elementwise", "elementwise"), ("reduce", "reduce")):
@@ -181,6 +186,30 @@ def profile_part(rows: list, out: Path) -> None:
                 rows.append(("profile", f"{side}: {fam}", round(ms, 1), "", ""))
             for name, ms in p["top"]:
                 w.writerow([side, "kernel", name[:120], round(ms, 1)])
+
+
+def yoco_part(rows: list, out: Path, n: int) -> None:
+    from yoco_core.perf.runners import build_runner
+    from yoco_core.perf.sweep import DEFAULT_YOCO_CHUNK
+
+    with open(out / "yoco-kernels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dtype", "kind", "name", "ms"])
+        for dtype in ("bf16", "fp8"):            # the model yoco profile --size 3b [--dtype fp8] measures
+            runner = build_runner("yoco", "3b", "cuda", BF16, n + 64, fp8=dtype == "fp8")
+            ids = torch.randint(0, runner.config.vocab_size, (1, n), device="cuda")
+            run = lambda: runner.prefill(ids, DEFAULT_YOCO_CHUNK, 64)
+            with torch.inference_mode():
+                t = timed(run, reps=2)
+                prof = _profiled(run)
+            rows.append(("yoco", f"yoco-3b {n} {dtype}, wall", round(t * 1e3, 1), "", ""))
+            for fam, ms in sorted(prof["families"].items(), key=lambda x: -x[1]):
+                w.writerow([dtype, "family", fam, round(ms, 1)])
+                rows.append(("yoco", f"yoco-3b {n} {dtype}: {fam}", round(ms, 1), "", ""))
+            for name, ms in prof["top"]:
+                w.writerow([dtype, "kernel", name[:120], round(ms, 1)])
+            del runner, prof
+            torch.cuda.empty_cache()
 
 
 def _llama_8b_shape():
@@ -270,6 +299,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--parts", default="attention,profile,chunks,swa")
+    p.add_argument("--yoco-ctx", type=int, default=1 << 20, help="the yoco part's prompt length")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
@@ -278,7 +308,7 @@ if __name__ == "__main__":
         t0 = time.time()
         try:
             {"attention": attention_part, "profile": lambda r: profile_part(r, a.out), "chunks": chunks_part,
-             "swa": swa_part}[part](rows)
+             "swa": swa_part, "yoco": lambda r: yoco_part(r, a.out, a.yoco_ctx)}[part](rows)
         except Exception as e:            # one part failing keeps the others' rows
             rows.append((part, "FAILED", "", "", f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"))
         print(f"[{part} took {time.time() - t0:.0f} s]", flush=True)
