@@ -138,6 +138,15 @@ def test_multi_needle_answers_in_the_question_order_when_asked():
             assert nd.score(s.expected, _as_generated(s.answer)) == 1.0
             orders.add(tuple(s.values.index(v) for v in s.expected))
     assert len(orders) > 3                      # a fresh order per sample
+    mixed, orders = syn.SyntheticData(tok, needle_order="asked-any"), set()
+    for seed in range(6):                       # multi-needle as asked, multi-value any
+        _, _, s = mixed.needle_sample(2048, random.Random(seed), fmt="multi-needle", n=4)
+        assert s.expected == s.values and s.answer == " " + nd.join_keys(s.values) + "."
+        _, _, s = mixed.needle_sample(2048, random.Random(seed), fmt="multi-value", n=4)
+        assert sorted(s.expected) == sorted(s.values) and s.answer == " " + ", ".join(s.expected) + "."
+        assert nd.score(s.expected, _as_generated(s.answer)) == 1.0
+        orders.add(tuple(s.values.index(v) for v in s.expected))
+    assert len(orders) > 3
     with pytest.raises(ValueError, match="needle order 'sorted'"):
         syn.SyntheticData(tok, needle_order="sorted")
     with pytest.raises(tr.TrainError, match="needle_order must be"):

@@ -59,7 +59,8 @@ def train(
                                 "empty: every count alike.")] = "",
     needle_order: Annotated[str, typer.Option(
         "--needle-order", help="Multi-needle / multi-value answers: text (the values in the order of the text), "
-                               "asked (multi-needle in the question's order) or any (a random order, commas).")] = "text",
+                               "asked (multi-needle in the question's order), any (a random order, commas) or asked-any "
+                               "(multi-needle asked, multi-value any).")] = "text",
     lm_weight: Annotated[float, typer.Option(
         "--lm-weight", help="Weight of the loss on non-answer tokens (the answer tokens weigh 1).")] = 0.1,
     set_: Annotated[Optional[List[str]], typer.Option(

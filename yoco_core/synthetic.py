@@ -20,7 +20,9 @@ Three tasks, mixed per sample (``mix``):
   the values in the order they stand in the text (``needle_order="text"``), multi-needle's in the
   order the question lists the keys (``"asked"``), or both in a random order per sample, joined by
   commas alone (``"any"``: the next value is any one not yet given, and a comma says more
-  follow); the scorer takes any order.
+  follow), or multi-needle's in the question's order and multi-value's in a random one
+  (``"asked-any"``: each multi-needle value is the lookup of the next key listed, none has to be
+  remembered as given); the scorer takes any order.
   Each needle at a uniform random depth (the ends included). Haystacks (``HAYSTACKS``): ``noise``
   (the evaluation default, exactly), ``noise-lines`` (the same sentences a line at a time, as
   RULER's ``repeat`` haystack), ``text`` prose from grammar seeds other than the evaluation's
@@ -67,7 +69,9 @@ NEEDLE_FORMATS = {"single": 0.15, "multi-key": 0.35, "multi-needle": 0.3, "multi
 MAX_TRAIN_NEEDLES = 8          # multi-* samples hold 2 .. this many needles
 HAYSTACKS = {"noise": 0.35, "noise-lines": 0.1, "text": 0.35, "needle-lines": 0.2}
 KEY_STYLES = {"grammar": 0.5, "words": 0.5}
-NEEDLE_ORDERS = ("text", "asked", "any")   # a list answer's order: the text's, the question's, random
+# a list answer's order: the text's, the question's, random; asked-any: multi-needle the question's,
+# multi-value (one key: the question orders nothing) random
+NEEDLE_ORDERS = ("text", "asked", "any", "asked-any")
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]    # made-up words: 2 to 4 of these
 TEXT_SEEDS = (1, 2, 3, 4)      # prose grammar seeds for training haystacks (evaluation uses 0)
 POOL_SENTENCES = 6000          # sentences kept per prose seed (~70 bytes each)
@@ -339,8 +343,9 @@ class SyntheticData:
             hay = LinesHaystack(self.tok, haystack, random.Random(rng.getrandbits(64)),
                                 lambda: self._key(style, rng), exclude=keys)
         s = nd.build_sample(self.tok, ctx, depth, fmt, n, rng, hay, keys=keys, values=values,
-                            order="asked" if self.needle_order == "asked" else "text")
-        if fmt in ("multi-needle", "multi-value") and self.needle_order == "any":
+                            order="asked" if self.needle_order in ("asked", "asked-any") else "text")
+        if (fmt in ("multi-needle", "multi-value") and self.needle_order == "any"
+                or fmt == "multi-value" and self.needle_order == "asked-any"):
             rng.shuffle(s.expected)
             s.answer = " " + ", ".join(s.expected) + "."
         ids = list(s.prompt_ids)
