@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # issue 16, one device call: train run specs (scripts/train_shipped.py's, ';'-separated in RUNS) with
-# tests/gpu beside them, then the shipped-models eval grid (5 depths x 4 trials, 1K-1M) on every run
-# that finished its schedule, under its run name:
+# tests/gpu beside them, then the shipped-models eval grid (5 depths x 4 trials, 1K-1M, the multi formats
+# first) on every run: its final weights under its run name, a cut run's newest checkpoint as <run>-step<N>:
 #   RUNS="yoco-tiny lr=2e-3 order=any formats=..." STEPS=4000 TRAIN_S=420 EVAL_S=200 CHECK_S=240 bash scripts/gpu_train_eval.sh
 # Back in $OUT: check.txt, train.log, t/sweep.csv, t/runs.tar.gz, t/<run>.safetensors, e/eval.csv, e/needle.tar.gz.
 set -u
@@ -17,9 +17,22 @@ python3 scripts/train_shipped.py train --runs "$RUNS" --steps ${STEPS:-4000} --b
 echo "train rc=$?"; tail -3 "$OUT/train.log"
 wait
 tail -3 "$OUT/check.txt" 2>/dev/null
-models=$(for d in /tmp/yoco-train/*/run/final; do [ -d "$d" ] && printf '%s=%s,' "$(basename "$(dirname "$(dirname "$d")")")" "$d"; done)
+# each run's final weights, or a cut run's newest complete checkpoint under <run>-step<N>
+models=$(python3 - <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, "scripts")
+from train_shipped import weights_dir
+out = []
+for run in sorted(Path("/tmp/yoco-train").glob("*/run")):
+    w, status = weights_dir(run)
+    if w is not None:
+        out.append(f"{run.parent.name}{'' if status == 'done' else '-' + w.name.replace('_', '')}={w}")
+print(",".join(out))
+PY
+)
 if [ -n "$models" ] && [ "${EVAL_S:-200}" -gt 0 ]; then
-  python3 scripts/train_shipped.py eval --models "${models%,}" --budget-s ${EVAL_S:-200} --work /tmp/yoco-eval \
+  python3 scripts/train_shipped.py eval --models "$models" --budget-s ${EVAL_S:-200} --work /tmp/yoco-eval \
       --out "$OUT/e" > "$OUT/e/eval.log" 2>&1
   echo "eval rc=$?"; grep -v " single " "$OUT/e/eval.log" | tail -20; grep " single " "$OUT/e/eval.log" | awk '{print $4, $5}' | tr '\n' ' '
   gzip "$OUT/e/eval.log"

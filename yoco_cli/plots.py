@@ -23,8 +23,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .options import format_size, slug  # noqa: E402  (slug: plots.slug, file names of figures)
 from yoco_core.perf.notes import COLD_PREFILL  # noqa: E402
+
+from .options import format_size, slug  # noqa: E402  (slug: plots.slug, file names of figures)
 
 DPI = 120
 BASELINES = ("transformer", "hf", "fla")        # what YOCO is compared against, in this order
