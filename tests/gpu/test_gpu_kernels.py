@@ -216,3 +216,21 @@ def test_fla_gated_retention_past_32_bit_offsets(gen):
     assert err < 2e-2, err
     err_s = float((s[-1:] - s_ref).norm() / s_ref.norm())
     assert err_s < 2e-2, err_s
+
+
+def test_the_trainers_fla_gate_agrees_with_fla_cores_backward(gen):
+    """``fla_backward_refusal`` (what ``yoco train`` reads before a minute of compiling) says a line
+    exactly where fla-core's gated-retention backward refuses to run on this GPU, and None where it runs."""
+    if not gret.fla_available():
+        pytest.skip("fla-core is not installed")
+    q, k, v, g, scale, _ = _retention_inputs(gen)
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    refused = gret.fla_backward_refusal()
+    try:
+        o, _ = gret.gated_retention(q, k, v, g, scale)
+        o.float().square().mean().backward()
+    except RuntimeError as e:
+        assert refused, f"fla-core's backward failed, the gate said nothing: {e}"
+        return
+    assert refused is None, f"the gate refused ({refused}), fla-core's backward ran"
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
