@@ -58,7 +58,10 @@ class Float8Linear(nn.Module):
         return self._cut(out).reshape(*lead, self.out_features)
 
     def _cut(self, out: torch.Tensor) -> torch.Tensor:
-        return out if out.shape[-1] == self.out_features else out[:, : self.out_features].contiguous()
+        """The padded product's first ``out_features`` columns, as a view (rows strided by the padded
+        width: what reads it slices it further, as it slices the unpadded fused projection; a copy
+        would move gRet's whole projection once more per layer and chunk)."""
+        return out if out.shape[-1] == self.out_features else out[:, : self.out_features]
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same quantized product, plainly: both operands dequantized, a float32 matmul."""
