@@ -677,3 +677,16 @@ def test_gret_check_asks_fla_cores_own_flags_before_compiling(tmp_path, monkeypa
     monkeypatch.setattr(tr, "fla_backward_refusal", lambda: "fla-core refuses X")
     assert tr.check_gret_backend(Unrunnable(), micro_cfg(tmp_path)) == (
         "gRet backend: PyTorch chunkwise form (fla-core refuses X)", "torch")
+
+
+def test_the_cli_defaults_are_the_data_tables():
+    """``yoco train``'s option defaults spell the library's own tables (written out so that the CLI
+    starts without torch): a change to one without the other would train on other data."""
+    import inspect
+
+    from yoco_cli import train as cli
+
+    p = inspect.signature(cli.train).parameters
+    assert syn.parse_mix(p["mix"].default) == syn.normalise_mix(syn.DEFAULT_MIX)
+    assert syn.parse_needle_formats(p["needle_formats"].default) == syn.NEEDLE_FORMATS
+    assert syn.parse_needle_counts(p["needle_counts"].default) == {}

@@ -66,8 +66,8 @@ def load_state(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> 
 def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str, device, dtype) -> CausalLM:
     """``cfg`` with the weights ``state`` (our names), in eval mode and without a tokenizer.
 
-    Allocated once, in the target dtype on the target device (built on ``meta``, then
-    ``to_empty``): ``load_state_dict`` copies across device and dtype, so the peak is the model plus
+    Allocated once, in the target dtype on the target device (built on ``meta``, then each tensor
+    made empty there): ``load_state_dict`` copies across device and dtype, so the peak is the model plus
     the state, not a float32 copy besides. What every loader (directories, ``yoco_core.convert``) uses.
     Each tensor is made by ``torch.empty`` of its shape (``to_empty`` itself calls ``empty_like`` on the
     meta tensors, which goes through ``torch._refs`` and imports sympy: 0.4 s before a first prompt);
